@@ -1,0 +1,1 @@
+"""acceleration_sdk: convert container images to lazy-pulling formats (eStargz, zstd:chunked)."""

@@ -1,0 +1,116 @@
+"""Image references: parse, normalise, and the tag rules of acceld.
+
+Grammar (distribution/reference): ``[host[:port]/]path[:tag][@digest]``. The first path component is a
+host when it contains a ``.`` or ``:`` or is ``localhost``; otherwise the host is ``docker.io`` and a
+one-component path gets ``library/`` (``nginx`` -> ``docker.io/library/nginx:latest``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .errors import ReferenceError_
+
+DEFAULT_HOST = "docker.io"
+DEFAULT_TAG = "latest"
+
+# distribution/reference regular expressions, reduced to what we check.
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+_HOST = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                   r"(?::[0-9]+)?$|^\[[0-9a-fA-F:]+\](?::[0-9]+)?$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reference:
+    """A parsed, normalised image reference. ``tag`` and ``digest`` may both be set."""
+
+    host: str
+    repository: str
+    tag: str = ""
+    digest: str = ""
+
+    @property
+    def name(self) -> str:
+        """``host/repository`` without tag or digest."""
+        return f"{self.host}/{self.repository}"
+
+    @property
+    def api_host(self) -> str:
+        """The host to talk to: Docker Hub's API lives at registry-1.docker.io."""
+        return "registry-1.docker.io" if self.host == DEFAULT_HOST else self.host
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+    @property
+    def object(self) -> str:
+        """What to put after ``/manifests/``: the digest when there is one, else the tag."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    def with_tag(self, tag: str) -> "Reference":
+        if not _TAG.match(tag):
+            raise ReferenceError_(f"invalid tag {tag!r}", reference=str(self))
+        return dataclasses.replace(self, tag=tag, digest="")
+
+    def with_digest(self, digest: str) -> "Reference":
+        return dataclasses.replace(self, tag="", digest=digest)
+
+
+def parse(text: str) -> Reference:
+    """Parse and normalise ``text``; raise :class:`ReferenceError_` naming it when it does not parse."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReferenceError_("empty image reference", reference=str(text))
+    raw = text.strip()
+    if "://" in raw:
+        raise ReferenceError_(f"invalid image reference {raw!r}: a reference has no scheme", reference=raw)
+    rest, digest = raw, ""
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        if not _DIGEST.match(digest):
+            raise ReferenceError_(f"invalid image reference {raw!r}: bad digest {digest!r}", reference=raw)
+    tag = ""
+    last_slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > last_slash:
+        rest, tag = rest[:colon], rest[colon + 1:]
+        if not _TAG.match(tag):
+            raise ReferenceError_(f"invalid image reference {raw!r}: bad tag {tag!r}", reference=raw)
+    parts = rest.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0] != parts[0].lower()):
+        host, path = parts[0], parts[1:]
+        if not _HOST.match(host):
+            raise ReferenceError_(f"invalid image reference {raw!r}: bad host {host!r}", reference=raw)
+    else:
+        host, path = DEFAULT_HOST, parts
+    if host == DEFAULT_HOST and len(path) == 1:
+        path = ["library"] + path
+    for comp in path:
+        if not _PATH_COMPONENT.match(comp):
+            raise ReferenceError_(f"invalid image reference {raw!r}: bad repository component {comp!r}",
+                                  reference=raw)
+    repository = "/".join(path)
+    if len(host) + 1 + len(repository) > 255:
+        raise ReferenceError_(f"invalid image reference {raw!r}: name longer than 255 characters", reference=raw)
+    if not tag and not digest:
+        tag = DEFAULT_TAG
+    return Reference(host=host, repository=repository, tag=tag, digest=digest)
+
+
+def target_for(source: Reference | str, tag_suffix: str) -> Reference:
+    """The converted image's reference: same repository, tag + suffix; digest-only -> ``latest<suffix>``."""
+    ref = parse(source) if isinstance(source, str) else source
+    base = ref.tag or DEFAULT_TAG
+    return ref.with_tag(base + tag_suffix)
+
+
+def is_converted(source: Reference | str, tag_suffix: str) -> bool:
+    """True when the source's tag already ends with the suffix: converting it again would loop."""
+    ref = parse(source) if isinstance(source, str) else source
+    return bool(tag_suffix) and bool(ref.tag) and ref.tag.endswith(tag_suffix)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ConversionsConfig(AppConfig):
+    name = "conversions"
+    verbose_name = "Conversions"

@@ -1,0 +1,1 @@
+"""Format drivers, registered by name (imported lazily)."""
