@@ -1,0 +1,128 @@
+"""The engine: pull -> walk index/manifest/config -> driver -> rewrite diff_ids -> push children before parents.
+
+``convert(config, source)`` is the one-call API. The engine, not the driver, filters platforms, maps Docker
+media types to OCI, rewrites ``rootfs.diff_ids``, sets ``subject`` and the Harbor annotations, sums sizes and
+pushes: blobs, then configs, then manifests, then the index, each by digest; the tag is written last, so a
+failed conversion never leaves a tag pointing at a half-pushed image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable
+
+from . import reference
+from .config import Config
+from .content import ContentStore
+from .driver import Driver, ProgressEvent, load_driver
+from .errors import AccelError, ConversionError
+from .oci import Descriptor, Index, Manifest, INDEX_TYPES
+from .provider import EngineProvider
+from .registry import RegistryClient
+
+log = logging.getLogger("acceleration_sdk.engine")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConversionResult:
+    source: str
+    target: str  # the target reference with its tag
+    digest: str  # the pushed manifest/index digest ("" when skipped)
+    source_size: int
+    target_size: int
+    skipped: bool  # True when the source needs no conversion (already converted, or the cache tag)
+    durations: dict[str, float]  # seconds per phase: prepare, convert (includes pulling), push, total
+    driver: str
+    driver_version: str
+    reason: str = ""  # why it was skipped
+
+
+def store_for(cfg: Config) -> ContentStore:
+    return ContentStore(os.path.join(cfg.provider.work_dir, "content"))
+
+
+def skip_reason(cfg: Config, source: reference.Reference) -> str:
+    """Why ``source`` needs no conversion ("" when it does): this stops the webhook loop."""
+    suffix = cfg.converter.tag_suffix
+    if reference.is_converted(source, suffix):
+        return f"tag {source.tag!r} already ends with {suffix!r}: already converted"
+    if cfg.converter.cache_tag and source.tag == cfg.converter.cache_tag:
+        return f"tag {source.tag!r} is the remote cache tag"
+    return ""
+
+
+def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], None] | None = None,
+            client: RegistryClient | None = None, store: ContentStore | None = None,
+            driver: Driver | None = None) -> ConversionResult:
+    """Convert ``source`` with the configured driver and push ``<tag><suffix>`` next to it."""
+    started = time.monotonic()
+    src = reference.parse(source)
+    driver = driver or load_driver(cfg.converter.driver.type, cfg.converter.driver.config)
+    target = reference.target_for(src, cfg.converter.tag_suffix)
+    reason = skip_reason(cfg, src)
+    if reason:
+        return ConversionResult(source=str(src), target=str(target), digest="", source_size=0, target_size=0,
+                                skipped=True, durations={"total": time.monotonic() - started},
+                                driver=driver.name(), driver_version=driver.version(), reason=reason)
+    client = client or RegistryClient(cfg)
+    store = store or store_for(cfg)
+    durations: dict[str, float] = {}
+    with store.lease() as lease:
+        t = time.monotonic()
+        fetched = client.get_manifest(src)
+        root = Descriptor(media_type=fetched.media_type, digest=fetched.digest, size=len(fetched.raw))
+        store.write_bytes(fetched.raw, expected=fetched.digest)
+        lease.add([fetched.digest])
+        provider = EngineProvider(cfg=cfg, source=src, target=target, client=client, store=store, lease=lease,
+                                  root=root, on_progress=progress)
+        durations["prepare"] = time.monotonic() - t
+
+        t = time.monotonic()
+        try:
+            converted = driver.convert(provider, str(src))
+        except AccelError:
+            raise
+        except Exception as exc:  # a driver bug must become a FAILED task with a reason, not a traceback
+            log.exception("driver %s failed on %s", driver.name(), src)
+            raise ConversionError(f"driver {driver.name()} failed on {src}: {type(exc).__name__}: {exc}",
+                                  reference=str(src)) from exc
+        durations["convert"] = time.monotonic() - t
+
+        t = time.monotonic()
+        push_image(provider, converted)
+        durations["push"] = time.monotonic() - t
+    try:
+        store.gc(cfg.provider.gcpolicy.threshold)
+    except AccelError as exc:  # GC trouble must not fail a conversion that succeeded
+        log.warning("content GC failed: %s", exc)
+    durations["total"] = time.monotonic() - started
+    provider.progress(ProgressEvent("done", "", 1, 1, f"pushed {target}"))
+    return ConversionResult(source=str(src), target=str(target), digest=converted.digest,
+                            source_size=provider.source_size, target_size=provider.target_size,
+                            skipped=False, durations=durations, driver=driver.name(),
+                            driver_version=driver.version())
+
+
+def push_image(provider: EngineProvider, root: Descriptor) -> None:
+    """Push everything ``root`` points at, children before parents, then the tag."""
+    pushed: set[str] = set()
+
+    def push_manifest(desc: Descriptor) -> None:
+        raw = provider.store.read_bytes(desc.digest)
+        if desc.media_type in INDEX_TYPES or desc.media_type.endswith("image.index.v1+json"):
+            for child in Index.from_json(raw, desc.media_type).manifests:
+                push_manifest(child)
+        else:
+            m = Manifest.from_json(raw, desc.media_type)
+            blobs = list(m.layers) + [m.config]
+            provider.push_blobs([b for b in blobs if b.digest not in pushed])
+            pushed.update(b.digest for b in blobs)
+        if desc.digest not in pushed:
+            provider.client.put_manifest(provider.target.with_digest(desc.digest), raw, desc.media_type)
+            pushed.add(desc.digest)
+
+    push_manifest(root)
+    raw = provider.store.read_bytes(root.digest)
+    provider.client.put_manifest(provider.target, raw, root.media_type)  # the tag, last
