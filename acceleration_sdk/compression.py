@@ -34,56 +34,62 @@ def sniff(head: bytes) -> str:
 
 
 class _GzipMembersReader(io.RawIOBase):
-    """Decompresses concatenated gzip members from a stream with bounded memory."""
+    """Decompresses concatenated gzip members from a stream with bounded memory (max_length per call)."""
 
     def __init__(self, src: BinaryIO):
         self._src = src
         self._d = fast_zlib.decompressobj(31)
+        self._started = False  # a member has begun and not ended
         self._pending = b""
         self._eof = False
 
     def readable(self) -> bool:
         return True
 
+    def _inflate(self, data: bytes, want: int) -> bytes:
+        try:
+            out = self._d.decompress(data, want)
+        except (zlib.error, fast_zlib.error) as exc:
+            raise LayerError(f"corrupt gzip stream: {exc}") from exc
+        if self._d.eof:
+            rest = self._d.unused_data
+            self._d = fast_zlib.decompressobj(31)
+            self._started = False
+            if rest.strip(b"\0"):  # another member follows in the same read (zero padding is ignored)
+                if isinstance(self._src, _Prepend):  # keep one wrapper, however many members follow
+                    self._src.head = rest + self._src.head
+                else:
+                    self._src = _Prepend(rest, self._src)
+        return out
+
     def readinto(self, buf) -> int:
         want = len(buf)
         while not self._pending and not self._eof:
             data = self._d.unconsumed_tail or self._src.read(READ_SIZE)
-            if not data:
-                if not self._d.eof and self._started:
-                    raise LayerError("truncated gzip stream")
+            if data:
+                self._started = True
+                self._pending = self._inflate(data, want)
+                continue
+            if not self._started:
                 self._eof = True
                 break
-            self._started = True
-            try:
-                out = self._d.decompress(data, want)
-            except zlib.error as exc:
-                raise LayerError(f"corrupt gzip stream: {exc}") from exc
-            if self._d.eof:
-                rest = self._d.unused_data
-                self._d = fast_zlib.decompressobj(31)
-                if rest:
-                    # another member follows in the same read; skip trailing zero padding (seen in the wild)
-                    if rest.strip(b"\0"):
-                        self._src = _Prepend(rest, self._src)
-                    self._started = False
-            self._pending = out
+            self._pending = self._inflate(b"", want)  # output zlib still holds
+            if not self._pending and self._started:
+                raise LayerError("truncated gzip stream")
         n = min(want, len(self._pending))
         buf[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
 
-    _started = False
-
 
 class _Prepend(io.RawIOBase):
     def __init__(self, head: bytes, src: BinaryIO):
-        self._head, self._src = head, src
+        self.head, self._src = head, src
 
     def read(self, n: int = -1) -> bytes:
-        if self._head:
-            out, self._head = (self._head, b"") if n < 0 or n >= len(self._head) else \
-                (self._head[:n], self._head[n:])
+        if self.head:
+            out, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else \
+                (self.head[:n], self.head[n:])
             return out
         return self._src.read(n)
 

@@ -88,7 +88,7 @@ class MetricConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WebhookConfig:
-    auth_header: str = ""
+    auth_header: str = dataclasses.field(default="", repr=False)  # a shared secret: never in a repr
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,0 +1,172 @@
+"""accelctl: one-time conversions (``accelctl convert``) and the service's tasks (``accelctl task``).
+
+Exit codes: 0 success, 1 conversion failed, 2 bad usage or config. Failures print one line
+(``accelctl: error: <reason>``); ``--debug`` adds the traceback and debug logs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from typing import TextIO
+
+from . import __version__
+from .driver import ProgressEvent
+from .errors import AccelError, ConfigError, ReferenceError_
+
+EXAMPLES = """examples:
+  accelctl convert --config config.yaml registry.example.com/library/nginx:latest
+  accelctl convert --config config.yaml --platform linux/amd64 localhost:5000/app@sha256:...
+  accelctl task create --addr 127.0.0.1:2077 --auth 'Bearer s3cret' --sync harbor.example.com/library/nginx:latest
+  accelctl task list --addr 127.0.0.1:2077
+"""
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class ProgressPrinter:
+    """Per-layer progress: a redrawn status line on a TTY, plain lines (start/finish only) otherwise."""
+
+    def __init__(self, out: TextIO, tty: bool | None = None, quiet: bool = False):
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.quiet = quiet
+        self._lock = threading.Lock()
+        self._state: dict[tuple[str, str], tuple[int, int]] = {}
+        self._last_draw = 0.0
+
+    def __call__(self, ev: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        with self._lock:
+            key = (ev.phase, ev.layer)
+            first = key not in self._state
+            self._state[key] = (ev.done, ev.total)
+            short = ev.layer[7:19] if ev.layer.startswith("sha256:") else ev.layer
+            finished = ev.total and ev.done >= ev.total and ev.message
+            if self.tty:
+                now = time.monotonic()
+                if finished or now - self._last_draw > 0.1:
+                    self._last_draw = now
+                    line = self._tty_line()
+                    self.out.write("\r\x1b[2K" + line)
+                    if finished:
+                        self.out.write(f"\r\x1b[2K{ev.phase:8} {short:12} {ev.message} "
+                                       f"({_human(ev.total)})\n")
+                    self.out.flush()
+            elif ev.phase == "done" or (first and ev.message) or finished:
+                size = f" ({_human(ev.total)})" if ev.total and ev.phase != "done" else ""
+                self.out.write(f"{ev.phase:<8} {short:<12} {ev.message or 'started'}{size}\n")
+                self.out.flush()
+
+    def _tty_line(self) -> str:
+        active = [(k, v) for k, v in self._state.items() if v[1] and v[0] < v[1]]
+        parts = []
+        for (phase, layer), (done, total) in active[:3]:
+            pct = int(100 * done / total)
+            bar = "#" * (pct // 10) + "-" * (10 - pct // 10)
+            parts.append(f"{phase} {layer[7:15]} [{bar}] {pct:3d}%")
+        return " | ".join(parts)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from .engine import convert
+
+    cfg = config_mod.load(args.config)
+    if args.platform:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, converter=dataclasses.replace(
+            cfg.converter, platforms=config_mod.parse_platforms(args.platform, "--platform")))
+    if args.driver:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, converter=dataclasses.replace(
+            cfg.converter, driver=dataclasses.replace(cfg.converter.driver, type=args.driver)))
+    printer = ProgressPrinter(sys.stderr, quiet=args.quiet)
+    result = convert(cfg, args.source, progress=printer)
+    if result.skipped:
+        print(f"skipped {result.source}: {result.reason}", file=sys.stderr)
+        print(result.source)
+        return 0
+    if not args.quiet:
+        took = ", ".join(f"{k} {v:.1f}s" for k, v in result.durations.items())
+        print(f"converted {result.source} -> {result.target} ({result.driver} {result.driver_version}); "
+              f"{_human(result.source_size)} -> {_human(result.target_size)}; {took}", file=sys.stderr)
+    print(f"{result.target}@{result.digest}" if args.digest else result.target)
+    return 0
+
+
+def _cmd_drivers(args: argparse.Namespace) -> int:
+    from .driver import available
+
+    for name, where in sorted(available().items()):
+        print(f"{name}\t{where}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accelctl", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert container images to lazy-pulling formats (eStargz, zstd:chunked) and manage "
+                    "the acceld service's conversion tasks.", epilog=EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"accelctl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    conv = sub.add_parser("convert", help="convert one image now and push the result (one-time mode)",
+                          description="Pull SOURCE, convert its layers with the configured driver and push "
+                                      "SOURCE's tag + the rule's tag_suffix next to it. Prints the target "
+                                      "reference on stdout; progress goes to stderr.")
+    conv.add_argument("--config", "-c", required=True, metavar="FILE", help="acceld YAML config (see config.example.yaml)")
+    conv.add_argument("--platform", metavar="OS/ARCH[,...]", help="override converter.platforms")
+    conv.add_argument("--driver", metavar="NAME", help="override converter.driver.type")
+    conv.add_argument("--digest", action="store_true", help="print TARGET@DIGEST instead of TARGET")
+    conv.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    conv.add_argument("source", metavar="SOURCE", help="image reference, e.g. registry.example.com/library/nginx:latest")
+    conv.set_defaults(func=_cmd_convert)
+
+    drv = sub.add_parser("drivers", help="list the conversion drivers this installation knows")
+    drv.set_defaults(func=_cmd_drivers)
+
+    try:
+        from .cli_task import add_parser as add_task_parser
+    except ImportError:
+        pass
+    else:
+        add_task_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, ReferenceError_) as exc:
+        if args.debug:
+            raise
+        print(f"accelctl: error: {exc}", file=sys.stderr)
+        return 2
+    except AccelError as exc:
+        if args.debug:
+            raise
+        print(f"accelctl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("accelctl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
