@@ -60,10 +60,16 @@ class _PipeWriter:
     def __init__(self, fd: int):
         self._fh = os.fdopen(fd, "wb", buffering=0)
 
+    broken = False  # the reader stopped: keep downloading (and hashing) to learn whether the blob was bad
+
     def write(self, data) -> int:
         view = memoryview(data)
-        while view:
-            n = self._fh.write(view)
+        while view and not self.broken:
+            try:
+                n = self._fh.write(view)
+            except BrokenPipeError:
+                self.broken = True
+                break
             view = view[n:]
         return len(data)
 
@@ -129,8 +135,6 @@ class EngineProvider:
         def download() -> None:
             try:
                 self.client.download_blob(self.source, desc.digest, writer, size=desc.size)
-            except BrokenPipeError:
-                pass  # the reader stopped early (it failed or did not need the rest)
             except BaseException as exc:  # handed to the reader, raised there
                 errors.append(exc)
             finally:
@@ -141,9 +145,13 @@ class EngineProvider:
         thread.start()
         try:
             yield _Counting(reader, on_bytes)
-        finally:
-            reader.close()
-        if errors and not isinstance(errors[0], BrokenPipeError):
+        except BaseException as exc:
+            reader.close()  # the download runs on to the end, so a bad blob is named as the cause
+            if errors and isinstance(errors[0], AccelError) and errors[0] is not exc:
+                raise errors[0] from exc
+            raise
+        reader.close()
+        if errors:
             raise errors[0]
 
     @contextlib.contextmanager
