@@ -262,9 +262,10 @@ class Transport:
         message = _one_line(message, secrets)
         target = str(ref)
         if status in (401, 403):
-            reason = f"{message} ({code})" if message and code else (message or f"HTTP {status}")
+            reason = ", ".join(x for x in (message, code, f"HTTP {status}") if x)
+            hint = "" if self.credentials.for_host(ref.host) else f"; no credentials are configured for {ref.host}"
             exc: RegistryError = AuthError(
-                f"{what}: {ref.api_host} denied access to {ref.repository} ({reason}, HTTP {status})",
+                f"{what}: {ref.api_host} denied access to {ref.repository} ({reason}){hint}",
                 reference=target, status=status, registry_code=code)
         elif status == 404:
             exc = NotFoundError(f"{message or unknown or 'not found'}: {target}", reference=target,
