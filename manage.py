@@ -1,10 +1,15 @@
 #!/usr/bin/env python
-"""Django's command-line utility for acceld."""
+"""Django's command-line utility for acceld (``migrate``, ``qcluster``, ``acceld_admin``...)."""
 import os
 import sys
 
-if __name__ == "__main__":
+
+def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "acceld_project.settings")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,16 +1,141 @@
-"""Django settings for acceld (minimal; the service issue fills this in)."""
+"""Django settings for acceld.
+
+The acceld YAML is read once, here, from ``$ACCELD_CONFIG`` (default ``config.yaml``, else
+``config.example.yaml``); django-q2 reads ``Q_CLUSTER`` at import, so nothing may change it later.
+"""
+from __future__ import annotations
+
+import os
+import secrets
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-SECRET_KEY = "acceld-dev-only"
-DEBUG = False
+from acceld_project import runtime
+
+BASE_DIR = runtime.BASE_DIR
+
+ACCELD_CONFIG_PATH = runtime.config_path()
+ACCELD = runtime.load_config()
+ACCELD_WORK_DIR = runtime.work_dir(ACCELD)
+ACCELD_WORK_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """``$ACCELD_SECRET_KEY``, else one kept under work_dir: the web server and the qcluster must share it
+    (django-q2 signs queued tasks with it)."""
+    if os.environ.get("ACCELD_SECRET_KEY"):
+        return os.environ["ACCELD_SECRET_KEY"]
+    path = ACCELD_WORK_DIR / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+SECRET_KEY = _secret_key()
+DEBUG = os.environ.get("ACCELD_DEBUG", "").lower() in ("1", "true", "yes")
 ALLOWED_HOSTS = ["*"]
+APPEND_SLASH = False  # acceld's paths have no trailing slash; a redirect would break Harbor's POST
+
 INSTALLED_APPS = [
-    "django.contrib.contenttypes",
+    "django.contrib.admin",
     "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    # Before django_q: our `qcluster` command (the stock one plus the reaper) must win.
     "conversions",
+    "django_q",
 ]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
 ROOT_URLCONF = "acceld_project.urls"
-USE_TZ = True
+WSGI_APPLICATION = "acceld_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": runtime.database_settings(ACCELD)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+
+REST_FRAMEWORK = {
+    "EXCEPTION_HANDLER": "conversions.errors.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["conversions.renderers.AcceldJSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "conversions.auth.WebhookHeaderAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "acceld",
+    "DESCRIPTION": "Harbor webhook service that converts pushed images to lazy-pulling formats (eStargz).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+Q_CLUSTER = runtime.q_cluster_settings(ACCELD)
+
+# --- acceld's own knobs (env for tests and operators; the YAML stays acceld-compatible)
+# The function that converts: (cfg, source, *, progress) -> ConversionResult. Tests may name a fake.
+ACCELD_CONVERTER = os.environ.get("ACCELD_CONVERTER", "acceleration_sdk.engine.convert")
+# A PROCESSING task whose worker has not written a heartbeat for this long is taken to be dead.
+ACCELD_STALE_AFTER = float(os.environ.get("ACCELD_STALE_AFTER", "60"))
+# How often a running conversion writes its heartbeat (and flushes progress at most every PROGRESS_INTERVAL).
+ACCELD_HEARTBEAT_INTERVAL = float(os.environ.get("ACCELD_HEARTBEAT_INTERVAL", str(max(ACCELD_STALE_AFTER / 4, 0.5))))
+ACCELD_PROGRESS_INTERVAL = float(os.environ.get("ACCELD_PROGRESS_INTERVAL", "1.0"))
+# How often the qcluster's reaper looks for interrupted conversions.
+ACCELD_REAPER_INTERVAL = float(os.environ.get("ACCELD_REAPER_INTERVAL", str(min(ACCELD_STALE_AFTER / 2, 10))))
+# An interrupted conversion is re-queued until it has been started this many times, then FAILED.
+ACCELD_MAX_ATTEMPTS = int(os.environ.get("ACCELD_MAX_ATTEMPTS", "3"))
+# ?sync=true polls the task this often, for at most converter.timeout plus the margin.
+ACCELD_SYNC_POLL = 0.2
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("ACCELD_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

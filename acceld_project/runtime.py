@@ -1,0 +1,141 @@
+"""Turns the acceld YAML into Django settings: which config file, which database, which queue.
+
+Kept apart from ``settings.py`` so each rule can be tested without reloading Django.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from acceleration_sdk import config as sdk_config
+from acceleration_sdk.errors import ConfigError
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# 30 s: how long SQLite waits for another process's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 30
+# Seconds the queue waits past converter.timeout before it hands a task out again (django-q2 needs retry > timeout).
+RETRY_MARGIN = 60
+
+
+def config_path(env: dict | None = None, cwd: Path | None = None) -> Path | None:
+    """``$ACCELD_CONFIG``, else ``config.yaml``, else ``config.example.yaml`` (cwd first, then the repo)."""
+    env = os.environ if env is None else env
+    explicit = env.get("ACCELD_CONFIG", "").strip()
+    if explicit:
+        return Path(explicit)
+    for base in (cwd or Path.cwd(), BASE_DIR):
+        for name in ("config.yaml", "config.example.yaml"):
+            if (base / name).is_file():
+                return base / name
+    return None
+
+
+def load_config(env: dict | None = None) -> sdk_config.Config:
+    """Read the YAML once; with no file at all the defaults apply (a fresh checkout still starts)."""
+    path = config_path(env)
+    if path is None:
+        return sdk_config.Config()
+    if not path.is_file():
+        raise ConfigError(f"ACCELD_CONFIG names {path}, which does not exist")
+    return sdk_config.load(path)
+
+
+def work_dir(cfg: sdk_config.Config) -> Path:
+    return Path(cfg.provider.work_dir).expanduser().resolve()
+
+
+def sqlite_database(path: Path | str) -> dict:
+    """SQLite for a web server and a qcluster at once: WAL, a busy timeout, and IMMEDIATE transactions.
+
+    IMMEDIATE takes the write lock when an atomic block starts, so two processes never both read
+    "no conversion running" and then both start one (a deferred transaction would fail to upgrade).
+    """
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {
+            "timeout": SQLITE_BUSY_TIMEOUT,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        },
+    }
+
+
+_SCHEMES = {
+    "postgres": "django.db.backends.postgresql",
+    "postgresql": "django.db.backends.postgresql",
+    "pgsql": "django.db.backends.postgresql",
+    "mysql": "django.db.backends.mysql",
+}
+
+
+def parse_database_url(url: str) -> dict:
+    """``sqlite:////abs/path``, ``sqlite:///relative``, ``postgres://user:pw@host:5432/name?sslmode=require``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        # dj-database-url's convention: sqlite:///relative/file, sqlite:////absolute/file
+        path = unquote(parts.netloc + parts.path)
+        if not parts.netloc and path.startswith("/"):
+            path = path[1:]
+        if not path or path == ":memory:":
+            raise ConfigError("a sqlite DATABASE_URL needs a file path")
+        return sqlite_database(Path(path))
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"unsupported database scheme {scheme!r} (use sqlite, postgres or mysql)")
+    db = {
+        "ENGINE": _SCHEMES[scheme],
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+        "CONN_MAX_AGE": 60,
+    }
+    options = dict(parse_qsl(parts.query))
+    if options:
+        db["OPTIONS"] = options
+    return db
+
+
+def database_settings(cfg: sdk_config.Config, env: dict | None = None) -> dict:
+    """``$DATABASE_URL``, else ``server.database``, else SQLite at ``<work_dir>/acceld.sqlite3``."""
+    env = os.environ if env is None else env
+    url = env.get("DATABASE_URL", "").strip() or cfg.server.database.strip()
+    if url:
+        return parse_database_url(url)
+    return sqlite_database(work_dir(cfg) / "acceld.sqlite3")
+
+
+def q_cluster_settings(cfg: sdk_config.Config, env: dict | None = None) -> dict:
+    """django-q2: ORM broker unless ``server.redis``; workers and timeout from the converter section.
+
+    ``retry`` is longer than ``timeout``: a task not acknowledged within ``retry`` is handed out again,
+    and a shorter one would turn one webhook into two conversions.
+    """
+    env = os.environ if env is None else env
+    timeout = cfg.converter.timeout
+    q = {
+        "name": "acceld",
+        "workers": cfg.converter.worker,
+        "timeout": timeout,
+        "retry": timeout + RETRY_MARGIN,
+        # Our own reaper re-queues interrupted conversions with a fresh token; the queue must not
+        # run the same message again on its own (conversion_run is idempotent all the same).
+        "max_attempts": 1,
+        "ack_failures": True,
+        "save_limit": 1000,
+        "catch_up": False,
+        "label": "Queue",
+        "poll": 0.2,
+        "recycle": 50,
+    }
+    if cfg.server.redis.strip():
+        q["redis"] = cfg.server.redis.strip()
+    else:
+        q["orm"] = "default"
+    if env.get("ACCELD_Q_SYNC", "").lower() in ("1", "true", "yes"):
+        q["sync"] = True
+    return q

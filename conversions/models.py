@@ -1,0 +1,82 @@
+"""One conversion task per image and request; the task row is the whole state of a conversion.
+
+Status changes happen only in ``conversions.services`` inside ``transaction.atomic``.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class Trigger(models.TextChoices):
+    WEBHOOK = "webhook"
+    ADMIN = "admin"
+    API = "api"
+    CLI = "cli"
+
+
+class ConversionTask(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    # The normalised reference (nginx -> docker.io/library/nginx:latest); Harbor's resource_url is already so.
+    source = models.CharField(max_length=512, db_index=True)
+    target = models.CharField(max_length=512, blank=True)
+    target_digest = models.CharField(max_length=100, blank=True)
+    driver = models.CharField(max_length=64, blank=True)
+    driver_version = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROCESSING, db_index=True)
+    reason = models.TextField(blank=True)
+    skipped = models.BooleanField(default=False, help_text="Already converted: nothing was pulled or pushed.")
+    source_size = models.BigIntegerField(default=0)
+    target_size = models.BigIntegerField(default=0)
+    # {"phase", "message", "done", "total", "layers": {digest: {"phase", "done", "total"}}, "updated"}
+    progress = models.JSONField(default=dict, blank=True)
+    durations = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker started this conversion.")
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.WEBHOOK)
+    digest = models.CharField(max_length=100, blank=True, help_text="The pushed artifact's digest from the webhook.")
+    event_id = models.CharField(max_length=200, blank=True, db_index=True,
+                                help_text="X-Harbor-Event-Id or the CloudEvents id: a redelivery has the same one.")
+    # Set when another task was already converting this source: that one does the work for both.
+    shared_with = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="followers")
+    # The queued run that may work on this task; a re-queue writes a new one, so a stale message is a no-op.
+    run_token = models.UUIDField(null=True, blank=True, editable=False)
+    queued = models.DateTimeField(null=True, blank=True)
+    started = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = "conversion task"
+        constraints = [
+            # At most one conversion does the work for a source at a time; others share it.
+            models.UniqueConstraint(fields=["source"], condition=Q(status="PROCESSING", shared_with__isnull=True),
+                                    name="one_running_conversion_per_source"),
+            # A redelivered webhook finds its task instead of making a second one.
+            models.UniqueConstraint(fields=["event_id", "source"], condition=~Q(event_id=""),
+                                    name="one_task_per_event_and_source"),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat"], name="task_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.source} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status != Status.PROCESSING
+
+    @property
+    def worker_task(self) -> "ConversionTask":
+        """The task whose conversion this one follows (itself when it does its own work)."""
+        return self.shared_with if self.shared_with_id else self

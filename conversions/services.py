@@ -1,0 +1,251 @@
+"""Everything that changes a ConversionTask (HackSoftware style: views and admin call these, nothing else).
+
+Every status change happens here inside ``transaction.atomic`` on a locked row, and the queue is told
+only with ``transaction.on_commit``, so a worker never sees a task its creator rolled back.
+
+A task either *leads* (it owns ``run_token`` and a queued run does the work) or *follows* a leader
+converting the same source (``shared_with``): one pull, one push, and the leader's outcome is copied
+to its followers in the same transaction that records it.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Callable, Iterable
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from acceleration_sdk import reference
+from acceleration_sdk.config import Config
+from acceleration_sdk.errors import AccelError
+
+from .conf import get_config
+from .errors import InvalidState
+from .models import ConversionTask, Status, Trigger
+from .progress import ProgressReporter
+
+log = logging.getLogger("acceld.services")
+
+
+def _skip_reason(cfg: Config, ref: reference.Reference) -> str:
+    """Why ``ref`` needs no conversion: pushing the converted tag fires the webhook again (the loop)."""
+    suffix = cfg.converter.tag_suffix
+    if reference.is_converted(ref, suffix):
+        return f"already converted: tag {ref.tag!r} ends with {suffix!r}"
+    if cfg.converter.cache_tag and ref.tag == cfg.converter.cache_tag:
+        return f"tag {ref.tag!r} is the remote cache tag"
+    return ""
+
+
+def _running_leader(source: str, exclude=None) -> ConversionTask | None:
+    qs = ConversionTask.objects.select_for_update().filter(source=source, status=Status.PROCESSING,
+                                                            shared_with__isnull=True)
+    if exclude is not None:
+        qs = qs.exclude(pk=exclude)
+    return qs.first()
+
+
+def _enqueue_on_commit(task: ConversionTask) -> None:
+    from . import tasks  # the queue module imports django_q, which needs the app registry
+
+    task_id, token = task.pk, task.run_token
+    transaction.on_commit(lambda: tasks.enqueue_run(task_id, token), robust=True)
+
+
+def _lead_or_follow(task: ConversionTask) -> None:
+    """Save ``task`` as PROCESSING: follow the conversion already running for its source, else lead a new one.
+
+    Call inside ``transaction.atomic``. On SQLite the transaction is IMMEDIATE, so the lookup and the write
+    are serialised; elsewhere the partial unique index settles a race and the loser follows the winner.
+    """
+    task.status = Status.PROCESSING
+    leader = _running_leader(task.source, exclude=task.pk)
+    if leader is None:
+        task.shared_with = None
+        task.run_token = uuid.uuid4()
+        task.queued = timezone.now()
+        task.heartbeat = None
+        try:
+            with transaction.atomic():
+                task.save()
+        except IntegrityError:
+            leader = _running_leader(task.source, exclude=task.pk)
+            if leader is None:
+                raise
+        else:
+            _enqueue_on_commit(task)
+            return
+    task.shared_with = leader
+    task.run_token = None
+    task.queued = None
+    task.save()
+
+
+def conversion_create(*, source: str, trigger: str = Trigger.API, digest: str = "", event_id: str = "",
+                      cfg: Config | None = None) -> ConversionTask:
+    """Record a conversion of ``source`` and queue it (or share a running one, or finish it at once).
+
+    A redelivered webhook (same ``event_id``, same source) returns the task of the first delivery.
+    Raises ``ReferenceError_`` for a reference that does not parse.
+    """
+    cfg = cfg or get_config()
+    ref = reference.parse(source)
+    key = str(ref)
+    with transaction.atomic():
+        if event_id:
+            existing = ConversionTask.objects.filter(event_id=event_id, source=key).first()
+            if existing is not None:
+                log.info("redelivered event %s for %s: task %s", event_id, key, existing.pk)
+                return existing
+        task = ConversionTask(source=key, trigger=trigger, digest=digest, event_id=event_id,
+                              driver=cfg.converter.driver.type)
+        why = _skip_reason(cfg, ref)
+        if why:
+            now = timezone.now()
+            task.status, task.skipped, task.finished, task.target = Status.COMPLETED, True, now, key
+            task.progress = {"phase": "done", "message": why, "percent": 100}
+            task.save()
+            return task
+        task.target = str(reference.target_for(ref, cfg.converter.tag_suffix))
+        _lead_or_follow(task)
+        return task
+
+
+def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, event_id: str = "",
+                       cfg: Config | None = None) -> list[ConversionTask]:
+    """All of a webhook's resources ``(resource_url, digest)`` in one transaction: all tasks or none."""
+    with transaction.atomic():
+        return [conversion_create(source=url, digest=digest, trigger=trigger, event_id=event_id, cfg=cfg)
+                for url, digest in sources]
+
+
+def conversion_retry(*, task_id) -> ConversionTask:
+    """Queue a FAILED task again, same source; raises :class:`InvalidState` for any other status."""
+    with transaction.atomic():
+        task = ConversionTask.objects.select_for_update().get(pk=task_id)
+        if task.status != Status.FAILED:
+            raise InvalidState(f"task {task.pk} is {task.status}: only FAILED tasks can be retried")
+        task.reason, task.finished, task.started = "", None, None
+        task.source_size = task.target_size = task.attempts = 0
+        task.progress, task.durations, task.target_digest = {}, {}, ""
+        _lead_or_follow(task)
+        return task
+
+
+# ---------------------------------------------------------------- running
+
+
+def _claim(task_id, token) -> ConversionTask | None:
+    """Mark the start of a run; None when this run is not (or no longer) the one to do the work."""
+    with transaction.atomic():
+        task = ConversionTask.objects.select_for_update().filter(pk=task_id).first()
+        if task is None or task.status != Status.PROCESSING or task.shared_with_id or task.run_token != token:
+            return None
+        now = timezone.now()
+        task.attempts += 1
+        task.started = task.heartbeat = now
+        task.progress = {"phase": "queued", "message": f"attempt {task.attempts}", "percent": 0}
+        task.save(update_fields=["attempts", "started", "heartbeat", "progress"])
+        return task
+
+
+def _finish(task_id, token, **outcome) -> ConversionTask | None:
+    """Record the outcome on the task and on every task sharing its conversion, in one transaction."""
+    with transaction.atomic():
+        task = ConversionTask.objects.select_for_update().filter(pk=task_id, run_token=token).first()
+        if task is None or task.status != Status.PROCESSING:
+            log.warning("task %s was taken over or removed while converting; dropping this run's outcome", task_id)
+            return None
+        outcome["finished"] = timezone.now()
+        for field, value in outcome.items():
+            setattr(task, field, value)
+        task.heartbeat = None
+        task.save()
+        shared = {k: v for k, v in outcome.items() if k not in ("durations",)}
+        shared["progress"] = task.progress
+        n = ConversionTask.objects.filter(shared_with=task, status=Status.PROCESSING).update(**shared)
+        if n:
+            log.info("task %s: %s for %d task(s) sharing it", task.pk, task.status, n)
+        return task
+
+
+def _converter() -> Callable:
+    return import_string(settings.ACCELD_CONVERTER)
+
+
+def conversion_run(*, task_id, token, cfg: Config | None = None) -> ConversionTask | None:
+    """Do one queued run: convert, then record COMPLETED or FAILED (with the SDK's one-line reason).
+
+    Idempotent: a run whose token is stale (the task was re-queued, retried or finished) does nothing.
+    """
+    cfg = cfg or get_config()
+    task = _claim(task_id, token)
+    if task is None:
+        log.info("task %s: run %s is not current; nothing to do", task_id, token)
+        return None
+    log.info("task %s: converting %s (attempt %d)", task.pk, task.source, task.attempts)
+    reporter = ProgressReporter(task.pk, token)
+    reporter.start()
+    try:
+        result = _converter()(cfg, task.source, progress=reporter.on_event)
+    except AccelError as exc:
+        reporter.stop()
+        log.info("task %s failed: %s", task.pk, exc)
+        return _finish(task.pk, token, status=Status.FAILED, reason=str(exc) or exc.code,
+                       progress=dict(reporter.snapshot(), phase="failed"))
+    except Exception as exc:  # a bug must end as a FAILED task with a safe reason; the traceback goes to the log
+        reporter.stop()
+        log.exception("task %s: unexpected error converting %s", task.pk, task.source)
+        return _finish(task.pk, token, status=Status.FAILED, reason=f"internal error ({type(exc).__name__})",
+                       progress=dict(reporter.snapshot(), phase="failed"))
+    reporter.stop()
+    progress = dict(reporter.snapshot(), phase="done", percent=100)
+    if result.skipped:
+        progress["message"] = getattr(result, "reason", "") or "already converted"
+    return _finish(task.pk, token, status=Status.COMPLETED, reason="", skipped=bool(result.skipped),
+                   target=result.target or task.target, target_digest=result.digest or "",
+                   source_size=int(result.source_size), target_size=int(result.target_size),
+                   driver=result.driver or task.driver, driver_version=result.driver_version or "",
+                   durations={k: round(float(v), 3) for k, v in (result.durations or {}).items()},
+                   progress=progress)
+
+
+_ANY = object()
+
+
+def _unchanged(task: ConversionTask | None, token, heartbeat) -> bool:
+    """The caller saw this leader with ``token`` and ``heartbeat``; is it still so (nobody touched it)?"""
+    if task is None or task.status != Status.PROCESSING or task.shared_with_id:
+        return False
+    return (token is _ANY or task.run_token == token) and (heartbeat is _ANY or task.heartbeat == heartbeat)
+
+
+def conversion_fail(*, task_id, reason: str, token=_ANY, heartbeat=_ANY) -> ConversionTask | None:
+    """Give up on a PROCESSING leader (the reaper's last resort); its followers fail with it."""
+    with transaction.atomic():
+        task = ConversionTask.objects.select_for_update().filter(pk=task_id).first()
+        if not _unchanged(task, token, heartbeat):
+            return None
+        token = task.run_token
+    return _finish(task_id, token, status=Status.FAILED, reason=reason)
+
+
+def conversion_requeue(*, task_id, token=_ANY, heartbeat=_ANY) -> ConversionTask | None:
+    """Hand a PROCESSING leader to the queue again under a new token (its old run is presumed dead).
+
+    With ``token``/``heartbeat`` it does so only if the task still has them: a worker that wrote a
+    heartbeat since the caller looked is alive after all.
+    """
+    with transaction.atomic():
+        task = ConversionTask.objects.select_for_update().filter(pk=task_id).first()
+        if not _unchanged(task, token, heartbeat):
+            return None
+        task.run_token = uuid.uuid4()
+        task.queued, task.heartbeat = timezone.now(), None
+        task.progress = dict(task.progress or {}, phase="queued", message="re-queued after an interrupted run")
+        task.save(update_fields=["run_token", "queued", "heartbeat", "progress"])
+        _enqueue_on_commit(task)
+        return task

@@ -1,0 +1,25 @@
+"""The queue's side: what django-q2 is asked to run, and how it is asked."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+log = logging.getLogger("acceld.tasks")
+
+RUN = "conversions.tasks.run"
+
+
+def enqueue_run(task_id, token) -> None:
+    """Queue one run of a task (called from ``transaction.on_commit`` by the services)."""
+    from django_q.tasks import async_task
+
+    async_task(RUN, str(task_id), str(token), task_name=f"convert-{task_id}-{str(token)[:8]}",
+               group="conversions")
+
+
+def run(task_id: str, token: str) -> str:
+    """The worker's entry point; returns the task's final status for django-q2's result log."""
+    from .services import conversion_run
+
+    task = conversion_run(task_id=uuid.UUID(task_id), token=uuid.UUID(token))
+    return task.status if task is not None else "SKIPPED (stale run)"
