@@ -10,6 +10,7 @@ from acceleration_sdk.oci import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
 
 DEFAULT_CHUNK_SIZE = 4 << 20  # 4 MiB: the estargz default chunk size
 DEFAULT_LEVEL = 9  # gzip level of the reference converter (ctr-remote / acceld)
+DEFAULT_ZSTD_LEVEL = 3  # the reference's zstd:chunked uses klauspost/zstd SpeedDefault, which is zstd level 3
 COMPRESSIONS = ("estargz", "zstdchunked")
 _OPTIONS = ("compression", "docker2oci", "chunk_size", "compression_level", "prioritized_files",
             "with_referrer", "workers")
@@ -48,7 +49,8 @@ class EStargzDriver(LayerDriver):
         self._with_referrer = _bool(self.options.get("with_referrer", False), "with_referrer")
         self.chunk_size = _int(self.options.get("chunk_size", DEFAULT_CHUNK_SIZE), "chunk_size", 4096, 1 << 30)
         high = 9 if self.compression == "estargz" else 22
-        self.level = _int(self.options.get("compression_level", DEFAULT_LEVEL), "compression_level", 1, high)
+        default = DEFAULT_LEVEL if self.compression == "estargz" else DEFAULT_ZSTD_LEVEL
+        self.level = _int(self.options.get("compression_level", default), "compression_level", 1, high)
         self.workers = _int(self.options.get("workers", min(2, os.cpu_count() or 1)), "workers", 1, 64)
         prioritized = self.options.get("prioritized_files", ())
         if isinstance(prioritized, str):
