@@ -224,6 +224,10 @@ def push(t: Transport, ref: Reference, digest: str, size: int, src, mount_from: 
     hasher(digest)  # refuse unknown algorithms before any request
     if size < 0:
         raise ContentError(f"blob {digest}: negative size {size}", digest=digest)
+    if isinstance(src, (str, os.PathLike)):
+        have = os.path.getsize(src)  # a wrong file is refused before any request
+        if have != size:
+            raise ContentError(f"{os.fspath(src)} is {have} bytes, blob {digest} is {size}", digest=digest)
     if exists():
         return "exists"
     blob = ref.with_digest(digest)
