@@ -58,7 +58,7 @@ def download(t: Transport, ref: Reference, digest: str, dst: BinaryIO, size: int
         if written:
             headers["Range"] = f"bytes={written}-"
         try:
-            resp = t.request("GET", ref, path, scopes=scopes, what=what, headers=headers, stream=True)
+            resp = t.request("GET", ref, path, scopes=scopes, what=what, headers=headers)
         except UnreachableError:
             failures += 1
             if failures > t.retries:

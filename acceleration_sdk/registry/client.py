@@ -91,7 +91,7 @@ class RegistryClient:
             if attempt:
                 time.sleep(min(t.backoff * 2 ** (attempt - 1), MAX_RETRY_AFTER))
             resp = t.request("GET", ref, f"/v2/{ref.repository}/manifests/{ref.object}", scopes=scopes,
-                             what=what, headers={"Accept": oci.ACCEPT}, stream=True)
+                             what=what, headers={"Accept": oci.ACCEPT})
             with resp:
                 if resp.status_code != 200:
                     raise t.error(resp, ref, what, unknown="manifest unknown")

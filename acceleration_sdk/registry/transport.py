@@ -193,9 +193,10 @@ class Transport:
 
     def request(self, method: str, ref: Reference, path_or_url: str, *, scopes: tuple[str, ...], what: str,
                 headers: dict | None = None, body: bytes | Callable[[], object] | None = None,
-                stream: bool = False, allow_redirects: bool = True) -> requests.Response:
+                allow_redirects: bool = True) -> requests.Response:
         """Send; on 401 follow the challenge and send once more. Returns the response whatever its status,
-        except that a 401 after the auth flow raises :class:`AuthError`.
+        except that a 401 after the auth flow raises :class:`AuthError`. The body is not read yet: the
+        caller reads (bounded) what it needs and closes the response.
 
         ``body`` is bytes or a callable returning a fresh body (file-like) for each send.
         """
@@ -203,7 +204,7 @@ class Transport:
         creds = self.credentials.for_host(ref.host)
         verify = not self.credentials.insecure(ref.host)
         authz = self.auth.header(host, scopes, creds, verify=verify, what=what)
-        resp = self._send(method, ref, path_or_url, headers, body, authz, stream, allow_redirects, what)
+        resp = self._send(method, ref, path_or_url, headers, body, authz, allow_redirects, what)
         if resp.status_code != 401:
             return resp
         challenge = pick_challenge(resp.headers.get("WWW-Authenticate", ""))
@@ -212,12 +213,12 @@ class Transport:
         self.auth.remember(host, challenge)
         authz = self.auth.header(host, scopes, creds, verify=verify, what=what, fresh=True)
         resp.close()
-        resp = self._send(method, ref, path_or_url, headers, body, authz, stream, allow_redirects, what)
+        resp = self._send(method, ref, path_or_url, headers, body, authz, allow_redirects, what)
         if resp.status_code == 401:
             raise self.error(resp, ref, what)
         return resp
 
-    def _send(self, method, ref, path_or_url, headers, body, authz, stream, allow_redirects, what):
+    def _send(self, method, ref, path_or_url, headers, body, authz, allow_redirects, what):
         host = ref.api_host
         url = self.url(ref, path_or_url)
         hdrs = dict(headers or {})
@@ -228,7 +229,7 @@ class Transport:
             data = body() if callable(body) else body
             try:
                 resp = self.session.request(method, url, headers=hdrs, data=data, timeout=self.timeout,
-                                            verify=verify, stream=stream, allow_redirects=allow_redirects)
+                                            verify=verify, stream=True, allow_redirects=allow_redirects)
             except requests.exceptions.SSLError as exc:
                 if attempt == 1 and not verify and url.startswith(f"https://{host}/"):
                     # insecure: true and the host refuses TLS: plain HTTP for this host only.
