@@ -84,6 +84,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": runtime.database_settings(ACCELD)}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Tests get a real file (WAL, busy timeout, several connections), one per test run.
+    DATABASES["default"]["TEST"] = {"NAME": str(ACCELD_WORK_DIR / f"test-acceld-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

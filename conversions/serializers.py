@@ -23,8 +23,25 @@ def rfc3339(value: datetime.datetime | None) -> str:
 
 
 class RFC3339Field(serializers.Field):
+    """A time as RFC3339; a missing one as Go's zero time (DRF would write null for None)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, **kwargs)
+
+    def get_attribute(self, instance):
+        return _Time(super().get_attribute(instance))
+
     def to_representation(self, value):
-        return rfc3339(value)
+        return rfc3339(value.value)
+
+
+class _Time:
+    """Wraps the value so DRF's "None means null" shortcut does not skip to_representation."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
 
 
 class TaskSerializer(serializers.ModelSerializer):
