@@ -205,10 +205,7 @@ def _open_source(src, attempt: int, start: int | None, size: int, digest: str):
             fh.close()
             raise ContentError(f"{os.fspath(src)} is {have} bytes, blob {digest} is {size}", digest=digest)
         return fh, True, 0
-    if start is None:
-        if attempt:
-            raise ContentError(f"the source of blob {digest} cannot be rewound for another attempt",
-                               digest=digest)
+    if start is None:  # not seekable: push() gives it a single attempt
         return src, False, None
     src.seek(start)
     return src, False, start
@@ -290,6 +287,8 @@ def push(t: Transport, ref: Reference, digest: str, size: int, src, mount_from: 
                                       digest=digest, actual=echoed)
         return "uploaded"
 
+    if start is None and not isinstance(src, (str, os.PathLike)):
+        return attempt(0)  # a source that cannot be rewound gets one attempt, and its error as it was
     return t.retrying(attempt, what)
 
 

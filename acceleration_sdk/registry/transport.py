@@ -98,30 +98,42 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), MAX_RETRY_AFTER))
 
 
-def wire_reason(exc: BaseException) -> str:
-    """A short, secret-free reason for a wire error: 'connection refused', 'timed out', ..."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, urllib3 ``reason``s, exception args)."""
+    out: list[BaseException] = []
+    todo = [exc]
     while todo:
         e = todo.pop(0)
-        if id(e) in seen:
+        if any(e is seen for seen in out):
             continue
-        seen.add(id(e))
-        if isinstance(e, (requests.exceptions.SSLError, ssl.SSLError, urllib3.exceptions.SSLError)):
-            return "TLS handshake failed"
-        if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
-            return "timed out"
+        out.append(e)
+        todo.extend(x for x in (e.__cause__, e.__context__, getattr(e, "reason", None)) if isinstance(x, BaseException))
+        todo.extend(x for x in e.args if isinstance(x, BaseException))
+    return out
+
+
+def wire_reason(exc: BaseException) -> str:
+    """A short, secret-free reason for a wire error: 'connection refused', 'timed out', ..."""
+    chain = _chain(exc)
+    # The most specific cause first: urllib3 files a refused connection under its timeout errors.
+    for e in chain:
         if isinstance(e, ConnectionRefusedError):
             return "connection refused"
         if isinstance(e, socket.gaierror):
             return "host name does not resolve"
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return "TLS certificate not trusted"
+    for e in chain:
+        if isinstance(e, (requests.exceptions.SSLError, ssl.SSLError, urllib3.exceptions.SSLError)):
+            return "TLS handshake failed"
         if isinstance(e, (ConnectionResetError, BrokenPipeError)):
             return "connection reset"
-        if isinstance(e, (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError)):
-            if "IncompleteRead" in repr(e) or "incomplete" in repr(e).lower():
-                return "connection closed before the whole body arrived"
-        todo.extend(x for x in (e.__cause__, e.__context__, getattr(e, "reason", None)) if isinstance(x, BaseException))
-        todo.extend(x for x in e.args if isinstance(x, BaseException))
+        if isinstance(e, urllib3.exceptions.IncompleteRead) or "IncompleteRead" in type(e).__name__:
+            return "connection closed before the whole body arrived"
+    for e in chain:
+        if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
+            return "timed out"
     return f"connection failed ({type(exc).__name__})"
 
 
