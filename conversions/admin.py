@@ -153,3 +153,8 @@ class ConversionTaskAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/conversions/conversiontask/convert.html", context)
+
+
+admin.site.site_header = "acceld administration"
+admin.site.site_title = "acceld"
+admin.site.index_title = "Image conversions"

@@ -1,0 +1,61 @@
+"""How settings are derived from the acceld YAML and the environment (acceld_project.runtime)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from acceld_project import runtime
+from acceleration_sdk import config as sdk_config
+from acceleration_sdk.errors import ConfigError
+
+
+def test_config_path_precedence(tmp_path):
+    assert runtime.config_path({"ACCELD_CONFIG": "/etc/acceld.yaml"}, tmp_path) == Path("/etc/acceld.yaml")
+    (tmp_path / "config.example.yaml").write_text("{}")
+    found = runtime.config_path({}, tmp_path)
+    assert found == tmp_path / "config.example.yaml"
+    (tmp_path / "config.yaml").write_text("{}")
+    assert runtime.config_path({}, tmp_path) == tmp_path / "config.yaml"
+
+
+def test_missing_explicit_config_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        runtime.load_config({"ACCELD_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_sqlite_under_work_dir_with_wal_and_busy_timeout(tmp_path):
+    cfg = sdk_config.from_dict({"provider": {"work_dir": str(tmp_path)}})
+    db = runtime.database_settings(cfg, env={})
+    assert db["NAME"] == str(tmp_path / "acceld.sqlite3")
+    assert db["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    assert "journal_mode=WAL" in db["OPTIONS"]["init_command"] and db["OPTIONS"]["timeout"] >= 5
+
+
+def test_database_url_beats_server_database(tmp_path):
+    cfg = sdk_config.from_dict({"server": {"database": "postgres://u:p%40ss@db.example.com:5433/acceld"}})
+    db = runtime.database_settings(cfg, env={})
+    assert (db["ENGINE"], db["HOST"], db["PORT"], db["USER"], db["PASSWORD"], db["NAME"]) == (
+        "django.db.backends.postgresql", "db.example.com", "5433", "u", "p@ss", "acceld")
+    db = runtime.database_settings(cfg, env={"DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite3"})
+    assert db["NAME"] == f"{tmp_path}/x.sqlite3"  # tmp_path is absolute: sqlite:////tmp/...
+    assert runtime.parse_database_url("sqlite:////abs/file.db")["NAME"] == "/abs/file.db"
+    assert runtime.parse_database_url("sqlite:///rel/file.db")["NAME"] == "rel/file.db"
+    with pytest.raises(ConfigError):
+        runtime.parse_database_url("oracle://x/y")
+
+
+def test_q_cluster_orm_by_default_redis_when_configured():
+    cfg = sdk_config.from_dict({"converter": {"worker": 3, "timeout": 900}})
+    q = runtime.q_cluster_settings(cfg, env={})
+    assert q["orm"] == "default" and "redis" not in q
+    assert (q["workers"], q["timeout"]) == (3, 900) and q["retry"] > q["timeout"]
+    q = runtime.q_cluster_settings(sdk_config.from_dict({"server": {"redis": "redis://r:6379/0"}}), env={})
+    assert q["redis"] == "redis://r:6379/0" and "orm" not in q
+
+
+def test_django_settings_follow_the_loaded_config(settings):
+    # What settings.py did at import, for the config this test run loaded.
+    assert settings.Q_CLUSTER["workers"] == settings.ACCELD.converter.worker
+    assert settings.Q_CLUSTER["retry"] > settings.Q_CLUSTER["timeout"] == settings.ACCELD.converter.timeout
+    assert settings.APPEND_SLASH is False
