@@ -21,5 +21,8 @@ system-deps:
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+run: install
+	CONFIG=$(CONFIG) PY=$(PY) ./scripts/run.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache
