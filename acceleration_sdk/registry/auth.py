@@ -144,6 +144,7 @@ class Authenticator:
         self._timeout = timeout
         self.tokens = TokenCache()
         self._challenges: dict[str, Challenge] = {}
+        self._fetching: dict[tuple[str, tuple[str, ...]], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -158,35 +159,45 @@ class Authenticator:
             return self._challenges.get(host)
 
     def header(self, host: str, scopes: tuple[str, ...], creds: Credentials | None, *, verify: bool,
-               what: str, fresh: bool = False) -> str | None:
+               what: str, reference: str = "", challenge: Challenge | None = None,
+               refused: str | None = None) -> str | None:
         """The header for a request needing ``scopes`` on ``host``, or ``None`` (anonymous, no challenge yet).
 
-        ``fresh`` skips the cache (the cached token was just refused). ``what`` names the host and
-        repository in errors.
+        After a 401, ``challenge`` is the one it carried (its scopes are asked for too) and ``refused``
+        the header that was sent, which is not offered again. ``what`` (the operation and image) starts
+        error messages; ``reference`` is the errors' ``.reference``. Concurrent callers needing the same
+        scopes share one token request.
         """
-        challenge = self.known(host)
-        if challenge is None:
+        if challenge is not None:
+            self.remember(host, challenge)
+        known = self.known(host)
+        if known is None:
             return None
-        if challenge.scheme == "basic":
+        if known.scheme == "basic":
             if creds is None:
-                raise AuthError(f"{what}: the registry requires a login and no credentials are configured "
-                                f"for {host}", reference=what, status=401)
+                raise AuthError(f"{what}: {host} requires a login and no credentials are configured "
+                                f"for {host}", reference=reference, status=401)
             return creds.basic()
-        if not fresh:
+        with self._key_lock(host, scopes):
             token = self.tokens.get(host, scopes)
-            if token is not None:
+            if token is not None and "Bearer " + token != refused:
                 return "Bearer " + token
-        wanted = merge_scopes(scopes + challenge.scopes) if fresh else scopes
-        token, lifetime = self._fetch_token(host, challenge, wanted, creds, verify=verify, what=what)
-        self.tokens.put(host, scopes, token, lifetime)
+            wanted = merge_scopes(scopes + (challenge.scopes if challenge else ()))
+            token, lifetime = self._fetch_token(host, known, wanted, creds, verify=verify, what=what,
+                                               reference=reference)
+            self.tokens.put(host, scopes, token, lifetime)
         return "Bearer " + token
 
+    def _key_lock(self, host: str, scopes: tuple[str, ...]) -> threading.Lock:
+        with self._lock:
+            return self._fetching.setdefault((host, scopes), threading.Lock())
+
     def _fetch_token(self, host: str, challenge: Challenge, scopes: tuple[str, ...], creds: Credentials | None,
-                     *, verify: bool, what: str) -> tuple[str, float]:
+                     *, verify: bool, what: str, reference: str) -> tuple[str, float]:
         realm = challenge.realm
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise AuthError(f"{what}: {host} sent a token realm that is not an http(s) URL", reference=what)
+            raise AuthError(f"{what}: {host} sent a token realm that is not an http(s) URL", reference=reference)
         params: list[tuple[str, str]] = []
         if challenge.service:
             params.append(("service", challenge.service))
@@ -200,28 +211,28 @@ class Authenticator:
                                      verify=verify, stream=True)
         except requests.RequestException as exc:
             raise UnreachableError(f"{what}: cannot reach the token service {parts.netloc} of {host} "
-                                   f"({type(exc).__name__})", reference=what) from exc
+                                   f"({type(exc).__name__})", reference=reference) from exc
         with resp:
             log.debug("GET %s%s (token, scopes %s) -> %s", parts.netloc, parts.path, " ".join(scopes),
                       resp.status_code)
             if resp.status_code in (401, 403):
                 who = f"as {creds.username!r}" if creds else "anonymously"
                 raise AuthError(f"{what}: the token service of {host} refused to log in {who} "
-                                f"(HTTP {resp.status_code})", reference=what, status=resp.status_code)
+                                f"(HTTP {resp.status_code})", reference=reference, status=resp.status_code)
             if resp.status_code != 200:
                 raise RegistryError(f"{what}: the token service of {host} answered HTTP {resp.status_code}",
-                                    reference=what, status=resp.status_code)
+                                    reference=reference, status=resp.status_code)
             try:
                 body = resp.raw.read(MAX_TOKEN_RESPONSE + 1, decode_content=True)
                 data = json.loads(body) if len(body) <= MAX_TOKEN_RESPONSE else None
             except (ValueError, requests.RequestException, OSError) as exc:
                 raise RegistryError(f"{what}: the token service of {host} sent an unreadable answer",
-                                    reference=what) from exc
+                                    reference=reference) from exc
         if not isinstance(data, dict):
-            raise RegistryError(f"{what}: the token service of {host} sent no JSON object", reference=what)
+            raise RegistryError(f"{what}: the token service of {host} sent no JSON object", reference=reference)
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
-            raise RegistryError(f"{what}: the token service of {host} sent no token", reference=what)
+            raise RegistryError(f"{what}: the token service of {host} sent no token", reference=reference)
         lifetime = data.get("expires_in")
         if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime < DEFAULT_TOKEN_LIFETIME:
             lifetime = DEFAULT_TOKEN_LIFETIME

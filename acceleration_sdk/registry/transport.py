@@ -215,15 +215,15 @@ class Transport:
         host = ref.api_host
         creds = self.credentials.for_host(ref.host)
         verify = not self.credentials.insecure(ref.host)
-        authz = self.auth.header(host, scopes, creds, verify=verify, what=what)
+        authz = self.auth.header(host, scopes, creds, verify=verify, what=what, reference=str(ref))
         resp = self._send(method, ref, path_or_url, headers, body, authz, allow_redirects, what)
         if resp.status_code != 401:
             return resp
         challenge = pick_challenge(resp.headers.get("WWW-Authenticate", ""))
         if challenge is None or (challenge.scheme == "basic" and (creds is None or authz is not None)):
             raise self.error(resp, ref, what)
-        self.auth.remember(host, challenge)
-        authz = self.auth.header(host, scopes, creds, verify=verify, what=what, fresh=True)
+        authz = self.auth.header(host, scopes, creds, verify=verify, what=what, reference=str(ref),
+                                 challenge=challenge, refused=authz)
         resp.close()
         resp = self._send(method, ref, path_or_url, headers, body, authz, allow_redirects, what)
         if resp.status_code == 401:
@@ -251,10 +251,10 @@ class Transport:
                     url = "http://" + url[len("https://"):]
                     continue
                 raise UnreachableError(f"{what}: cannot reach {host}: {wire_reason(exc)}",
-                                       reference=what) from exc
+                                       reference=str(ref)) from exc
             except requests.RequestException as exc:
                 raise UnreachableError(f"{what}: cannot reach {host}: {wire_reason(exc)}",
-                                       reference=what) from exc
+                                       reference=str(ref)) from exc
             finally:
                 close = getattr(data, "close", None)
                 if callable(body) and close is not None:

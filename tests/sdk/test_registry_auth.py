@@ -3,6 +3,7 @@ credentials from the acceld config and docker's config.json, and secrets that ne
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -83,6 +84,16 @@ def test_token_auth_push_pull_and_tokens_are_cached_per_scope(token_registry, is
     # Another repository is another scope: another token.
     push_and_pull(client, parse(f"{token_registry.host}/team/other:v1"), b"other")
     assert issuer.count("repository:team/other:") == 2
+
+
+def test_concurrent_pushes_share_one_token(token_registry, issuer):
+    client = RegistryClient(config_for(token_registry.host))
+    ref = parse(f"{token_registry.host}/team/conc:v1")
+    blobs = [f"concurrent {i}".encode() for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: client.push_blob(ref, sha(b), len(b), io.BytesIO(b)), blobs))
+    assert results == ["uploaded"] * 8
+    assert issuer.count("repository:team/conc:pull,push") == 1
 
 
 def test_expired_token_is_fetched_again(token_registry, issuer):
