@@ -48,6 +48,20 @@ def _bind(cfg) -> str:
     return f"[{host}]:{cfg.server.port}" if ":" in host else f"{host}:{cfg.server.port}"
 
 
+def web_command(cfg, env: dict, stop_timeout: float = 15) -> list[str]:
+    """gunicorn on the config's address; gthread, so ?sync=true can hold a thread for a whole conversion
+    without tripping the worker timeout."""
+    return [sys.executable, "-m", "gunicorn", "acceld_project.wsgi:application", "--bind", _bind(cfg),
+            "--worker-class", "gthread", "--workers", env.get("ACCELD_WEB_WORKERS", "2"),
+            "--threads", env.get("ACCELD_WEB_THREADS", "16"), "--timeout", "120",
+            "--graceful-timeout", str(int(stop_timeout)), "--access-logfile", "-", "--no-control-socket",
+            "--forwarded-allow-ips", env.get("ACCELD_FORWARDED_ALLOW_IPS", "127.0.0.1")]
+
+
+def qcluster_command() -> list[str]:
+    return [sys.executable, str(ROOT / "manage.py"), "qcluster"]
+
+
 def _stop(procs: dict[str, subprocess.Popen], timeout: float) -> None:
     for proc in procs.values():
         if proc.poll() is None:
@@ -81,12 +95,6 @@ def main() -> int:
     subprocess.run(manage + ["acceld_admin"], check=True, env=env)
 
     stop_timeout = float(env.get("ACCELD_STOP_TIMEOUT", "15"))
-    gunicorn = [py, "-m", "gunicorn", "acceld_project.wsgi:application", "--bind", _bind(cfg),
-                # gthread: ?sync=true holds a thread for a whole conversion without tripping the worker timeout
-                "--worker-class", "gthread", "--workers", env.get("ACCELD_WEB_WORKERS", "2"),
-                "--threads", env.get("ACCELD_WEB_THREADS", "16"), "--timeout", "120",
-                "--graceful-timeout", str(int(stop_timeout)), "--access-logfile", "-", "--no-control-socket",
-                "--forwarded-allow-ips", env.get("ACCELD_FORWARDED_ALLOW_IPS", "127.0.0.1")]
     stopping = False
 
     def on_signal(signum, frame):
@@ -96,8 +104,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     procs = {
-        "gunicorn": subprocess.Popen(gunicorn, env=env, preexec_fn=_own_session),
-        "qcluster": subprocess.Popen(manage + ["qcluster"], env=env, preexec_fn=_own_session),
+        "gunicorn": subprocess.Popen(web_command(cfg, env, stop_timeout), env=env, preexec_fn=_own_session),
+        "qcluster": subprocess.Popen(qcluster_command(), env=env, preexec_fn=_own_session),
     }
     print(f"acceld: serving on http://{_bind(cfg)} (admin at /admin/); Ctrl-C stops", flush=True)
     code = 0
