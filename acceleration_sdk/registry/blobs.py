@@ -5,6 +5,7 @@ hashing; uploads read the source through :class:`BoundedReader`, which requests/
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -13,7 +14,7 @@ import time
 from typing import BinaryIO, Callable
 from urllib.parse import urlencode
 
-from ..errors import ContentError, DigestMismatchError, RegistryError, UnreachableError
+from ..errors import ContentError, DigestMismatchError, RegistryError, StorageFullError, UnreachableError
 from ..reference import Reference
 from .auth import repository_scope
 from .transport import MAX_RETRY_AFTER, WIRE_ERRORS, Transport, wire_reason
@@ -57,14 +58,8 @@ def download(t: Transport, ref: Reference, digest: str, dst: BinaryIO, size: int
         headers = {"Accept-Encoding": "identity"}  # the digest is over the stored bytes: no transfer decoding
         if written:
             headers["Range"] = f"bytes={written}-"
-        try:
-            resp = t.request("GET", ref, path, scopes=scopes, what=what, headers=headers)
-        except UnreachableError:
-            failures += 1
-            if failures > t.retries:
-                raise
-            time.sleep(min(t.backoff * 2 ** failures, MAX_RETRY_AFTER))
-            continue
+        # Connection failures before the answer are retried by urllib3; this loop handles broken bodies.
+        resp = t.request("GET", ref, path, scopes=scopes, what=what, headers=headers)
         try:
             if resp.status_code not in (200, 206):
                 raise t.error(resp, blob, what, unknown="blob unknown")
@@ -79,9 +74,9 @@ def download(t: Transport, ref: Reference, digest: str, dst: BinaryIO, size: int
             elif resp.status_code == 206 and not resp.headers.get("Content-Range", "").startswith(
                     f"bytes {written}-"):
                 raise RegistryError(f"{what}: {ref.api_host} resumed at the wrong offset", reference=str(blob))
-            for chunk in resp.raw.stream(COPY_SIZE, decode_content=False):
+            for chunk in _body(resp):
                 h.update(chunk)
-                dst.write(chunk)
+                _write_all(dst, chunk, digest)
                 written += len(chunk)
                 if progress is not None:
                     progress(len(chunk))
@@ -89,8 +84,9 @@ def download(t: Transport, ref: Reference, digest: str, dst: BinaryIO, size: int
                     raise DigestMismatchError(f"blob {digest} of {ref.name}: the registry sent more than the "
                                               f"expected {size} bytes", digest=digest, actual="")
             break
-        except WIRE_ERRORS as exc:
+        except _BrokenBody as broken:
             failures += 1
+            exc = broken.__cause__
             if failures > t.retries:
                 raise UnreachableError(f"{what}: {ref.api_host}: {wire_reason(exc)} after {written} bytes",
                                        reference=str(blob)) from exc
@@ -106,6 +102,36 @@ def download(t: Transport, ref: Reference, digest: str, dst: BinaryIO, size: int
         raise DigestMismatchError(f"blob {digest} of {ref.name}: content hashes to {actual}",
                                   digest=digest, actual=actual)
     return written
+
+
+class _BrokenBody(Exception):
+    """A response body that broke off on the wire (the cause is the wire error)."""
+
+
+def _body(resp):
+    """The raw body in ``COPY_SIZE`` pieces; wire errors while reading become :class:`_BrokenBody`."""
+    pieces = resp.raw.stream(COPY_SIZE, decode_content=False)
+    while True:
+        try:
+            piece = next(pieces)
+        except StopIteration:
+            return
+        except WIRE_ERRORS as exc:
+            raise _BrokenBody() from exc
+        yield piece
+
+
+def _write_all(dst: BinaryIO, data: bytes, digest: str) -> None:
+    """``dst.write`` until all is written (raw files may write less); ENOSPC is :class:`StorageFullError`."""
+    try:
+        n = dst.write(data)
+        while n is not None and n < len(data):
+            data = data[n:]
+            n = dst.write(data)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StorageFullError(f"no space left writing blob {digest}", digest=digest) from exc
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- upload

@@ -2,6 +2,7 @@
 mount), streamed download, digest checks, and memory that does not grow with the blob."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -13,7 +14,7 @@ import textwrap
 
 import pytest
 
-from acceleration_sdk.errors import ContentError, DigestMismatchError, NotFoundError
+from acceleration_sdk.errors import ContentError, DigestMismatchError, NotFoundError, StorageFullError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 
@@ -145,6 +146,31 @@ def test_download_checks_the_expected_size(registry):
         client.download_blob(ref, sha(data), io.BytesIO(), size=100)
     with pytest.raises(DigestMismatchError, match="got 4000 bytes, expected 5000"):
         client.download_blob(ref, sha(data), io.BytesIO(), size=5000)
+
+
+def test_download_writes_everything_to_a_raw_writer_and_reports_a_full_disk(registry):
+    client = RegistryClient()
+    ref = parse(f"{registry.host}/app/raw:v1")
+    data = blob_of(50_000, seed=8)
+    client.push_blob(ref, sha(data), len(data), io.BytesIO(data))
+
+    class Trickle:  # a raw writer that takes at most 999 bytes a call
+        def __init__(self):
+            self.buf = bytearray()
+
+        def write(self, b):
+            self.buf += b[:999]
+            return min(len(b), 999)
+
+    sink = Trickle()
+    assert client.download_blob(ref, sha(data), sink) == len(data) and bytes(sink.buf) == data
+
+    class Full:
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageFullError, match=sha(data)):
+        client.download_blob(ref, sha(data), Full())
 
 
 def test_missing_blob_is_not_found(registry):
