@@ -110,6 +110,11 @@ def push_image(provider: EngineProvider, root: Descriptor) -> None:
     pushed: set[str] = set()
 
     def push_manifest(desc: Descriptor) -> None:
+        if not provider.store.has(desc.digest):
+            # a child kept as it was (an attestation): it is already in the repository we push to
+            if provider.client.head_manifest(provider.target.with_digest(desc.digest)) is not None:
+                return
+            provider.read_manifest(desc)
         raw = provider.store.read_bytes(desc.digest)
         if desc.media_type in INDEX_TYPES or desc.media_type.endswith("image.index.v1+json"):
             for child in Index.from_json(raw, desc.media_type).manifests:

@@ -174,6 +174,14 @@ class EngineProvider:
         self.lease.add([desc.digest])
         return self.store.read_bytes(desc.digest, limit)
 
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        """A child manifest of an index: fetched by digest from /manifests/ (registries do not serve it as a blob)."""
+        if not self.store.has(desc.digest):
+            fetched = self.client.get_manifest(self.source.with_digest(desc.digest))
+            self.store.write_bytes(fetched.raw, expected=desc.digest)
+        self.lease.add([desc.digest])
+        return self.store.read_bytes(desc.digest)
+
     def put_json(self, obj: Any) -> tuple[str, int]:
         raw = oci.canonical_json(obj)
         digest = self.store.write_bytes(raw)
@@ -201,7 +209,7 @@ class EngineProvider:
             elif child.media_type in oci.INDEX_TYPES:
                 raise ConversionError(f"{self.source}: nested indexes are not supported", reference=str(self.source))
             elif self._platform_wanted(*child.platform_tuple):
-                raw = self.read_blob(child)
+                raw = self.read_manifest(child)
                 manifest = Manifest.from_json(raw, child.media_type, f"{self.source}@{child.digest}")
                 converted[child.digest] = self._convert_manifest(driver, child, manifest, check_platform=False)
         if not converted:
