@@ -49,7 +49,13 @@ def _repo_ref(ref: Reference) -> Reference:
 
 
 class RegistryClient:
-    """A distribution-spec client; see the package docstring for policies. Thread-safe for concurrent calls."""
+    """A distribution-spec client; see :mod:`.transport` for policies. Thread-safe for concurrent calls.
+
+    Without ``session`` the client makes one with urllib3 ``Retry`` mounted (``retries``, ``backoff``;
+    connection errors, 429 with ``Retry-After``, 5xx, for idempotent methods). A ``session`` you pass is
+    used as it is: mount your own adapters (``transport.new_session`` builds ours). Whole-operation
+    retries of uploads and manifest PUTs use ``retries``/``backoff`` either way.
+    """
 
     def __init__(self, config: Config | None = None, *, session: requests.Session | None = None,
                  docker_config: str | None = None, timeout: float = 60.0, retries: int = 5,
