@@ -12,9 +12,10 @@ from django.utils import timezone
 
 
 class Status(models.TextChoices):
-    PROCESSING = "PROCESSING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
+    # Labels are acceld's words, shown as-is in the admin and its filters.
+    PROCESSING = "PROCESSING", "PROCESSING"
+    COMPLETED = "COMPLETED", "COMPLETED"
+    FAILED = "FAILED", "FAILED"
 
 
 class Trigger(models.TextChoices):

@@ -100,9 +100,9 @@ class ServiceStack:
             if self.web is not None and self.web.poll() is not None:
                 raise RuntimeError(f"gunicorn exited:\n{self.logs()}")
             try:
-                if self.session.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
+                if self.session.get(self.url + "/api/v1/health", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still booting
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"acceld did not become healthy:\n{self.logs()}")
