@@ -234,9 +234,7 @@ class TarReader:
                     raise LayerError(f"invalid tar: extended header of {size} bytes at byte {at}")
                 payload = self._read_exact(size, "an extended header")
                 pad = self._read_exact(-size % BLOCK, "an extended header")
-                if flag == ord("g"):
-                    if raw:
-                        raise LayerError(f"invalid tar: global header inside an entry at byte {at}")
+                if flag == ord("g"):  # (extended headers before it, as Python's tarfile can write, ride along)
                     records = _pax_records(payload, at)
                     _refuse_sparse(records, at)
                     for key, value in records.items():
@@ -244,7 +242,8 @@ class TarReader:
                             self.globals[key] = value
                         else:
                             self.globals.pop(key, None)
-                    return TarEntry(header=block + payload + pad, name="", kind="global", offset=start)
+                    return TarEntry(header=b"".join(raw) + block + payload + pad, name="", kind="global",
+                                    offset=start)
                 raw += (block, payload, pad)
                 if flag == ord("x"):
                     pax.update(_pax_records(payload, at))
