@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONFIG ?= $(if $(wildcard config.yaml),config.yaml,config.example.yaml)
 
-.PHONY: install system-deps test run bench clean
+.PHONY: install system-deps test run bench bench-api clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: install system-deps
 
 run: install
 	CONFIG=$(CONFIG) PY=$(PY) ./scripts/run.sh
+
+bench: install
+	./scripts/system-deps.sh bench
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-api: install
+	$(PY) bench/api.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

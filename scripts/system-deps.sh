@@ -2,6 +2,8 @@
 # Installs the Debian packages the tests need when they are missing (idempotent; needs root or sudo).
 set -euo pipefail
 pkgs=(docker-registry skopeo golang-go golang-github-containerd-stargz-snapshotter-dev apache2-utils zstd)
+# `system-deps.sh bench`: what `make bench` needs on top (debootstrap for the rootfs, the reference converter)
+[ "${1:-}" = "bench" ] && pkgs+=(debootstrap stargz-snapshotter containerd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,197 @@
+"""``make bench``: acceld vs the reference converter (ctr-remote), registry to registry, on a real rootfs.
+
+Builds (once, cached under bench/cache/) a Debian bookworm minbase root file system with debootstrap, using
+the mirror apt is already configured with, and a 1 GiB single-layer image; pushes both to a loopback
+registry; then, alternating, times pull + convert + push end to end for ours and ctr-remote (each run into a
+fresh repository so nothing is skipped), measures peak RSS (wait4), prints a table of medians and ratios and
+writes it as JSON under bench/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from acceleration_sdk.reference import parse  # noqa: E402
+from acceleration_sdk.registry import RegistryClient  # noqa: E402
+from bench.images import build_big_layer, build_rootfs, push_layer_image  # noqa: E402
+from tests.support.registry import RegistryServer  # noqa: E402
+
+CACHE = os.path.join(ROOT, "bench", "cache")
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Run ``cmd``; return (seconds, peak RSS in bytes of that process)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - start
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {err[-2000:]}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+class Containerd:
+    """A private containerd (own root, state and socket) for ctr-remote; fresh for every reference run."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-containerd-")
+        self.sock = os.path.join(self.dir, "containerd.sock")
+        cfg = os.path.join(self.dir, "config.toml")
+        with open(cfg, "w") as fh:
+            fh.write('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+        self.log = open(os.path.join(self.dir, "containerd.log"), "wb")
+        self.proc = subprocess.Popen(["containerd", "--config", cfg, "--root", os.path.join(self.dir, "root"),
+                                      "--state", os.path.join(self.dir, "state"), "--address", self.sock],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while subprocess.run(["ctr", "-a", self.sock, "version"], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("containerd did not start")
+            time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def reference_run(src: str, dst: str, zstd: bool, level: int) -> tuple[float, int]:
+    ctrd = Containerd()
+    try:
+        base = ["ctr-remote", "-a", ctrd.sock, "-n", "bench"]
+        flags = ["--zstdchunked"] if zstd else ["--estargz", "--estargz-compression-level", str(level)]
+        t = 0.0
+        rss = 0
+        for cmd in (base + ["images", "pull", "--plain-http", src],
+                    base + ["images", "convert", *flags, "--oci", src, dst],
+                    base + ["images", "push", "--plain-http", dst]):
+            secs, peak = timed(cmd)
+            t, rss = t + secs, max(rss, peak)
+        return t, rss
+    finally:
+        ctrd.stop()
+
+
+def ours_run(src: str, work_dir: str, compression: str, level: int) -> tuple[float, int]:
+    cfg = os.path.join(work_dir, "config.yaml")
+    with open(cfg, "w") as fh:
+        json.dump({"provider": {"work_dir": os.path.join(work_dir, "work")},
+                   "converter": {"driver": {"type": "estargz", "config": {"compression": compression,
+                                                                         "compression_level": level}},
+                                 "rules": [{"tag_suffix": "-acc"}]}}, fh)
+    return timed([os.path.join(ROOT, ".venv", "bin", "python"), "-m", "acceleration_sdk.cli", "convert", "-q",
+                  "--config", cfg, src])
+
+
+def fresh_repo(client: RegistryClient, source: str, name: str) -> str:
+    """Copy ``source`` into a new repository by cross-repo mounts (cheap), so no run finds its output pushed."""
+    src = parse(source)
+    dst = parse(f"{src.host}/{name}:v1")
+    fetched = client.get_manifest(src)
+    manifest = json.loads(fetched.raw)
+    for blob in [manifest["config"], *manifest["layers"]]:
+        client.push_blob(dst, blob["digest"], blob["size"], _NoBytes(), mount_from=src)
+    client.put_manifest(dst, fetched.raw, fetched.media_type)
+    return str(dst)
+
+
+class _NoBytes:
+    def read(self, n=-1):
+        raise RuntimeError("cross-repository mount failed")
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3, help="runs of each measure (medians are reported)")
+    ap.add_argument("--skip-reference", action="store_true", help="time ours only")
+    ap.add_argument("--skip-big", action="store_true", help="skip the 1 GiB layer RSS measure")
+    args = ap.parse_args()
+    os.makedirs(CACHE, exist_ok=True)
+    os.makedirs(RESULTS, exist_ok=True)
+    rootfs = build_rootfs(CACHE)
+    big = None if args.skip_big else build_big_layer(CACHE)
+    work = tempfile.mkdtemp(prefix="acceld-bench-")
+    registry = RegistryServer(os.path.join(work, "registry")).start()
+    try:
+        client = RegistryClient()
+        source = push_layer_image(client, f"{registry.host}/bench/rootfs:v1", rootfs)
+        rows: dict[str, list[tuple[float, int]]] = {}
+
+        def record(key, value):
+            rows.setdefault(key, []).append(value)
+            print(f"  {key:28} {value[0]:7.2f} s  {value[1] / 1e6:7.1f} MB", flush=True)
+
+        n = 0
+        for rep in range(args.reps):
+            print(f"rep {rep + 1}/{args.reps}", flush=True)
+            for compression, level, ref_level in (("estargz", 9, 9), ("zstdchunked", 3, 0)):
+                n += 1
+                repo = fresh_repo(client, source, f"bench/ours-{n}")
+                run_dir = tempfile.mkdtemp(dir=work)
+                record(f"ours {compression}", ours_run(repo, run_dir, compression, level))
+                if compression == "estargz":
+                    record("ours estargz again", ours_run(repo, run_dir, compression, level))
+                if not args.skip_reference:
+                    repo = fresh_repo(client, source, f"bench/ref-{n}")
+                    record(f"ctr-remote {compression}",
+                           reference_run(repo, repo + "-ref", compression == "zstdchunked", ref_level))
+            n += 1
+            repo = fresh_repo(client, source, f"bench/fast-{n}")
+            record("ours estargz level 1", ours_run(repo, tempfile.mkdtemp(dir=work), "estargz", 1))
+        if big:
+            big_src = push_layer_image(client, f"{registry.host}/bench/big:v1", big)
+            record("ours 1 GiB layer level 1", ours_run(big_src, tempfile.mkdtemp(dir=work), "estargz", 1))
+
+        med = {k: {"seconds": median([v[0] for v in vs]), "peak_rss_mb": max(v[1] for v in vs) / 1e6,
+                   "runs": [v[0] for v in vs]} for k, vs in rows.items()}
+
+        def ratio(a, b):
+            return med[a]["seconds"] / med[b]["seconds"] if a in med and b in med else None
+
+        ratios = {
+            "estargz ours/ctr-remote (target <= 0.25)": ratio("ours estargz", "ctr-remote estargz"),
+            "zstdchunked ours/ctr-remote (target <= 0.30)": ratio("ours zstdchunked", "ctr-remote zstdchunked"),
+            "estargz level 1 / ctr-remote level 9 (target <= 0.10)": ratio("ours estargz level 1",
+                                                                           "ctr-remote estargz"),
+            "second conversion / first (target <= 0.05)": ratio("ours estargz again", "ours estargz"),
+        }
+        print("\n| measure | median s | peak RSS MB |\n|---|---|---|")
+        for k, v in med.items():
+            print(f"| {k} | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} |")
+        print("\n| ratio | value |\n|---|---|")
+        for k, v in ratios.items():
+            print(f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = {"date": stamp, "cpus": os.cpu_count(), "rootfs_bytes": os.path.getsize(rootfs),
+               "medians": med, "ratios": ratios}
+        for name in (f"{stamp}.json", "latest.json"):
+            with open(os.path.join(RESULTS, name), "w") as fh:
+                json.dump(out, fh, indent=2)
+        print(f"\nwritten bench/results/{stamp}.json")
+    finally:
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
