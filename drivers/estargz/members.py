@@ -4,8 +4,9 @@ An eStargz blob is a sequence of independently compressed members; the TOC recor
 which a file's (or chunk's) member starts. :class:`MemberPipeline` receives uncompressed bytes in output
 order, cuts them into members where the writer says so, compresses each member as one job (zlib, zlib-ng and
 zstandard release the GIL, so ``workers`` threads really run in parallel), and writes the results to ``dst``
-strictly in order, recording each member's offset. At most ``2 * workers`` members are in flight, so memory
-is a few chunks whatever the layer size.
+strictly in order, recording each member's offset. Small members are batched (``BATCH_BYTES``) so a thread
+hand-off is never per tiny file; at most ``2 * workers`` batches are in flight, so memory is a few chunks per
+worker whatever the layer size.
 
 Also here: the two footers and the zstd skippable frame (byte layouts from stargz-snapshotter
 ``estargz/gzip.go`` and ``estargz/zstdchunked/zstdchunked.go``).
@@ -33,7 +34,7 @@ ESTARGZ_FOOTER_SIZE = 51
 ZSTD_SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
 ZSTDCHUNKED_FOOTER_MAGIC = b"GnUlInUx"
 ZSTDCHUNKED_MANIFEST_TYPE = 1  # manifestTypeCRFS
-INLINE_LIMIT = 64 << 10  # members smaller than this are compressed on the calling thread (measured: faster)
+BATCH_BYTES = 1 << 20  # uncompressed bytes per pool job (small members travel together)
 
 
 class GzipCodec:
@@ -115,7 +116,9 @@ class MemberPipeline:
         self._pool = (concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="estargz-z")
                       if workers > 1 else None)
         self._inflight: collections.deque[concurrent.futures.Future] = collections.deque()
-        self._limit = 2 * workers
+        self._limit = 2 * workers  # batches in flight: memory stays at a few chunks per worker
+        self._batch: list[list[bytes]] = []
+        self._batch_bytes = 0
 
     def start_member(self) -> int:
         """Close the open member (if any) and open the next; returns the new member's index."""
@@ -137,12 +140,13 @@ class MemberPipeline:
     def flush(self) -> None:
         """Close the open member and wait until every member is written; ``offsets`` is then complete."""
         self._submit()
+        self._dispatch()
         while self._inflight:
-            self._emit(self._inflight.popleft().result())
+            self._emit_all(self._inflight.popleft().result())
 
     def write_raw(self, data: bytes) -> None:
         """Bytes that bypass compression (footers, skippable frames); only between members."""
-        if self._open or self._inflight:
+        if self._open or self._inflight or self._batch:
             raise RuntimeError("write_raw while members are pending")
         self._write(data)
 
@@ -159,16 +163,27 @@ class MemberPipeline:
         if self._pool is None:
             self._emit(self._codec.compress(pieces) if pieces else b"")
             return
-        if size < INLINE_LIMIT:
-            # Small members (most files of a layer) cost more to hand to a thread than to compress here;
-            # a finished future keeps them in order behind the big ones still in flight.
-            done: concurrent.futures.Future = concurrent.futures.Future()
-            done.set_result(self._codec.compress(pieces) if pieces else b"")
-            self._inflight.append(done)
-        else:
-            self._inflight.append(self._pool.submit(self._codec.compress, pieces))
+        # Members are handed to the pool in batches of at least BATCH_BYTES: most files of a layer are
+        # small, and one thread hand-off per small member costs more than compressing it.
+        self._batch.append(pieces)
+        self._batch_bytes += size
+        if self._batch_bytes >= BATCH_BYTES:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._inflight.append(self._pool.submit(self._compress_batch, batch))
         while len(self._inflight) > self._limit:
-            self._emit(self._inflight.popleft().result())
+            self._emit_all(self._inflight.popleft().result())
+
+    def _compress_batch(self, batch: list[list[bytes]]) -> list[bytes]:
+        return [self._codec.compress(pieces) if pieces else b"" for pieces in batch]
+
+    def _emit_all(self, members: list[bytes]) -> None:
+        for data in members:
+            self._emit(data)
 
     def _emit(self, data: bytes) -> None:
         self.offsets.append(self.written)
