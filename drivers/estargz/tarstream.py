@@ -122,13 +122,13 @@ def ustar_header(name: str, size: int, *, mode: int = 0, typeflag: bytes = b"0")
 
 
 class TarReader:
-    """Reads a tar stream entry by entry; ``src`` only needs ``read`` (``readinto`` is used when present).
+    """Reads a tar stream entry by entry; ``src`` only needs ``read`` (short reads are fine, like a pipe's).
 
     Usage: ``while (e := r.next()) is not None: data = r.read(n) ...``. ``next`` skips whatever payload the
-    caller did not read. ``globals_`` seeds PAX global records (used when re-reading a spooled entry).
+    caller did not read. PAX global records (``globals``) apply to every later entry.
     """
 
-    def __init__(self, src: BinaryIO, *, globals_: dict[str, bytes] | None = None):
+    def __init__(self, src: BinaryIO):
         self._src = src
         self._buf = b""
         self._off = 0
@@ -136,7 +136,7 @@ class TarReader:
         self._payload_left = 0
         self._padding_left = 0
         self._done = False
-        self.globals: dict[str, bytes] = dict(globals_ or {})
+        self.globals: dict[str, bytes] = {}
 
     # -- raw input -------------------------------------------------------------------------------
     def _fill(self, want: int) -> bytes:

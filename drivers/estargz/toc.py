@@ -71,9 +71,6 @@ class TocBuilder:
         self._items: list[tuple[int, str] | None] = []
         self._names: dict[str, _Name] = {}
 
-    def __len__(self) -> int:
-        return sum(1 for item in self._items if item is not None)
-
     def resolve_hardlink(self, entry: TarEntry) -> str:
         """The final (non-hard-link) target of a hard link; refuses dangling links, links to dirs and cycles.
 
@@ -129,10 +126,6 @@ class TocBuilder:
             self._items.append((NO_OFFSET, _dumps(doc)[:-1]))
         target = linkname if entry.kind == "hardlink" else entry.name
         self._names[entry.name] = _Name(entry.kind, target, first, len(self._items) - first)
-
-    def kind(self, name: str) -> str | None:
-        info = self._names.get(name)
-        return info.kind if info else None
 
     def render(self, member_offsets: list[int]) -> bytes:
         """The TOC JSON, with each payload entry's ``offset`` resolved from its member's compressed offset."""
