@@ -162,6 +162,9 @@ def feature_entries(chunk_size: int = 64 << 10) -> list[Entry]:
         reg("usr/bin/sgid", b"#!/bin/sh\n", mode=0o2755, uid=0, gid=42, uname="root", gname="shadow"),
         reg("empty"),
         reg("empty-too", mode=0o600),
+        hardlink("empty-link", "empty"),
+        reg("sub/stargz.index.json", b"{}\n"),               # only the root one is reserved
+        reg("sub/.no.prefetch.landmark", b"\x0f"),
         reg("bigids", b"big ids\n", uid=100_000_000, gid=4_294_967_294, uname="nobody-ish", gname="nogroup-ish"),
         reg("gnu-bigids", b"base-256\n", uid=1 << 21, gid=(1 << 33) + 5, format=GNU),
         reg(long_name, b"long name\n"),
