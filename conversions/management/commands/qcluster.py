@@ -5,11 +5,18 @@ The stock command starts the cluster and leaves the main process idle; here that
 conversion whose worker (or whole previous cluster) died is picked up again. The reaper lives in the
 main process, not in a thread of the sentinel, because the sentinel forks workers and SQLite
 connections must not cross a fork.
+
+Stopping: SIGTERM/SIGINT ask the sentinel to stop (workers finish their task first). When the whole
+process group gets SIGTERM (systemd's control-group kill, ``kill -- -PGID``) the sentinel dies at once,
+possibly holding the lock of the stop event; the stock handler then blocks forever in ``stop_event.set()``.
+Here the stop runs in a thread and the command returns as soon as the sentinel is gone.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 
 from django import db
@@ -36,9 +43,12 @@ class Command(StockCommand):
         if options.get("run_once"):
             cluster.stop()
             return
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
         interval = settings.ACCELD_REAPER_INTERVAL
         next_sweep = 0.0
-        while cluster.sentinel is not None and cluster.sentinel.is_alive():
+        while cluster.sentinel.is_alive() and not stopping.is_set():
             if time.monotonic() >= next_sweep:
                 try:
                     counts = recover_interrupted()
@@ -51,3 +61,8 @@ class Command(StockCommand):
                 next_sweep = time.monotonic() + interval
             time.sleep(0.2)
         db.connections.close_all()
+        if cluster.sentinel.is_alive():
+            stopper = threading.Thread(target=cluster.stop, name="qcluster-stop", daemon=True)
+            stopper.start()
+            while stopper.is_alive() and cluster.sentinel.is_alive():
+                stopper.join(0.2)
