@@ -38,6 +38,8 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 DEBUG = os.environ.get("ACCELD_DEBUG", "").lower() in ("1", "true", "yes")
 ALLOWED_HOSTS = ["*"]
+# Behind a TLS proxy the admin's login needs its public origin: ACCELD_CSRF_TRUSTED_ORIGINS=https://acceld.example.com
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("ACCELD_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 APPEND_SLASH = False  # acceld's paths have no trailing slash; a redirect would break Harbor's POST
 
 INSTALLED_APPS = [

@@ -93,25 +93,37 @@ def conversion_create(*, source: str, trigger: str = Trigger.API, digest: str = 
     """
     cfg = cfg or get_config()
     ref = reference.parse(source)
+    try:
+        with transaction.atomic():
+            return _create(cfg, ref, trigger=trigger, digest=digest, event_id=event_id)
+    except IntegrityError:
+        # Two deliveries of one event at the same instant (possible off SQLite): the first one's task wins.
+        existing = ConversionTask.objects.filter(event_id=event_id, source=str(ref)).first() if event_id else None
+        if existing is None:
+            raise
+        return existing
+
+
+def _create(cfg: Config, ref: reference.Reference, *, trigger: str, digest: str, event_id: str) -> ConversionTask:
+    """conversion_create's body, inside its transaction."""
     key = str(ref)
-    with transaction.atomic():
-        if event_id:
-            existing = ConversionTask.objects.filter(event_id=event_id, source=key).first()
-            if existing is not None:
-                log.info("redelivered event %s for %s: task %s", event_id, key, existing.pk)
-                return existing
-        task = ConversionTask(source=key, trigger=trigger, digest=digest, event_id=event_id,
-                              driver=cfg.converter.driver.type)
-        why = _skip_reason(cfg, ref)
-        if why:
-            now = timezone.now()
-            task.status, task.skipped, task.finished, task.target = Status.COMPLETED, True, now, key
-            task.progress = {"phase": "done", "message": why, "percent": 100}
-            task.save()
-            return task
-        task.target = str(reference.target_for(ref, cfg.converter.tag_suffix))
-        _lead_or_follow(task)
+    if event_id:
+        existing = ConversionTask.objects.filter(event_id=event_id, source=key).first()
+        if existing is not None:
+            log.info("redelivered event %s for %s: task %s", event_id, key, existing.pk)
+            return existing
+    task = ConversionTask(source=key, trigger=trigger, digest=digest, event_id=event_id,
+                          driver=cfg.converter.driver.type)
+    why = _skip_reason(cfg, ref)
+    if why:
+        now = timezone.now()
+        task.status, task.skipped, task.finished, task.target = Status.COMPLETED, True, now, key
+        task.progress = {"phase": "done", "message": why, "percent": 100}
+        task.save()
         return task
+    task.target = str(reference.target_for(ref, cfg.converter.tag_suffix))
+    _lead_or_follow(task)
+    return task
 
 
 def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, event_id: str = "",
