@@ -148,3 +148,23 @@ def test_ten_concurrent_requests_share_one_conversion(registry, tmp_path):
         assert count_requests(log, "PUT", "/v2/library/shared/manifests/1-esgz") == 1  # one push
     finally:
         stack.stop()
+
+
+def test_accelctl_task_create_and_list_like_acceld_scripts(stack, registry):
+    import subprocess
+    import sys
+
+    addr = stack.url.removeprefix("http://")
+    src = stack.source("library/httpd:2")
+    accelctl = [sys.executable, "-m", "acceleration_sdk.cli", "task"]
+    created = subprocess.run(accelctl + ["create", "--addr", addr, "--auth", AUTH, "--sync", src],
+                             capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, created.stderr
+    listed = subprocess.run(accelctl + ["--addr", addr, "--auth", AUTH, "list"], capture_output=True, text=True,
+                            timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    statuses = {row[4]: row[3] for row in rows}  # awk '{print $4}' is the STATUS
+    assert statuses[src] == "COMPLETED"
+    assert set(statuses.values()) <= {"COMPLETED", "FAILED", "PROCESSING"}
+    assert manifest_exists(registry.host, "library/httpd:2-esgz")
