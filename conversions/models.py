@@ -19,10 +19,10 @@ class Status(models.TextChoices):
 
 
 class Trigger(models.TextChoices):
-    WEBHOOK = "webhook"
-    ADMIN = "admin"
-    API = "api"
-    CLI = "cli"
+    WEBHOOK = "webhook", "webhook"
+    ADMIN = "admin", "admin"
+    API = "api", "API"
+    CLI = "cli", "accelctl"
 
 
 class ConversionTask(models.Model):
