@@ -59,3 +59,9 @@ def test_django_settings_follow_the_loaded_config(settings):
     assert settings.Q_CLUSTER["workers"] == settings.ACCELD.converter.worker
     assert settings.Q_CLUSTER["retry"] > settings.Q_CLUSTER["timeout"] == settings.ACCELD.converter.timeout
     assert settings.APPEND_SLASH is False
+
+
+def test_migrations_match_the_models(db):
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)  # exits non-zero when one is missing
