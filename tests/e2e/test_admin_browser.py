@@ -27,8 +27,8 @@ def chromium_binary() -> str:
 
 
 def chromedriver_binary() -> str:
-    found = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
-    assert shutil.which(found) or found, "chromedriver is not installed (apt-get install chromium-driver)"
+    found = shutil.which("chromedriver") or shutil.which("/usr/lib/chromium/chromedriver")
+    assert found, "chromedriver is not installed (apt-get install chromium-driver)"
     return found
 
 
