@@ -18,7 +18,7 @@ import concurrent.futures
 import hashlib
 import struct
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 import zstandard
 
@@ -48,10 +48,12 @@ class GzipCodec:
         self.level = level
 
     def compress(self, pieces: list[bytes]) -> bytes:
-        c = _zlib.compressobj(self.level, _zlib.DEFLATED, GZIP_WBITS)
-        out = [c.compress(p) for p in pieces]
-        out.append(c.flush())
-        return b"".join(out)
+        # one-shot: with zlib-ng ~40% cheaper per small member than a compressobj
+        return _zlib.compress(pieces[0] if len(pieces) == 1 else b"".join(pieces), self.level, GZIP_WBITS)
+
+    def streamer(self, size: int):
+        """A compressobj-like object for one member of ``size`` bytes fed piece by piece."""
+        return _zlib.compressobj(self.level, _zlib.DEFLATED, GZIP_WBITS)
 
 
 class ZstdCodec:
@@ -70,6 +72,10 @@ class ZstdCodec:
         if cctx is None:
             cctx = self._local.cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
         return cctx.compress(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    def streamer(self, size: int):
+        """A compressobj-like object for one frame of ``size`` bytes (the size goes in the frame header)."""
+        return zstandard.ZstdCompressor(level=self.level, write_checksum=True).compressobj(size=size)
 
 
 def estargz_footer(toc_offset: int) -> bytes:
@@ -143,6 +149,27 @@ class MemberPipeline:
         self._dispatch()
         while self._inflight:
             self._emit_all(self._inflight.popleft().result())
+
+    def stream_member(self, pieces: Iterable[bytes], size: int) -> int:
+        """Write one member of ``size`` uncompressed bytes, compressing ``pieces`` as they come (the TOC);
+        only between members. Returns the member's index."""
+        if self._open or self._inflight or self._batch:
+            raise RuntimeError("stream_member while members are pending")
+        self.offsets.append(self.written)
+        self._members += 1
+        compressor = self._codec.streamer(size)
+        seen = 0
+        for piece in pieces:
+            self.diff.update(piece)
+            seen += len(piece)
+            out = compressor.compress(piece)
+            if out:
+                self._write(out)
+        self._write(compressor.flush())
+        if seen != size:
+            raise RuntimeError(f"stream_member: {seen} bytes, announced {size}")
+        self.uncompressed_size += seen
+        return self._members - 1
 
     def write_raw(self, data: bytes) -> None:
         """Bytes that bypass compression (footers, skippable frames); only between members."""

@@ -257,9 +257,12 @@ class TarReader:
 
     def _entry(self, block: bytes, header: bytes, pax: dict[str, bytes], long_name: str | None,
                long_link: str | None, start: int, at: int) -> TarEntry:
-        records = {k: v for k, v in self.globals.items() if k not in ("path", "linkpath", "size")}
-        records.update(pax)
-        _refuse_sparse(records, at)
+        records = pax
+        if self.globals:
+            records = {k: v for k, v in self.globals.items() if k not in ("path", "linkpath", "size")}
+            records.update(pax)
+        if records:
+            _refuse_sparse(records, at)
         flag = block[156]
         magic = block[257:263]
         name = _cstr(block[0:100])
@@ -326,8 +329,9 @@ class TarReader:
                 raise LayerError(f"{where}: hard link {name!r} has an empty target")
         elif kind == "symlink":
             entry.linkname = link  # a symlink target is data: dangling, absolute and ../ targets are all legal
-        entry.xattrs = {k[len(_XATTR_PREFIX):]: v for k, v in records.items()
-                        if k.startswith(_XATTR_PREFIX) and len(k) > len(_XATTR_PREFIX)}
+        if records:
+            entry.xattrs = {k[len(_XATTR_PREFIX):]: v for k, v in records.items()
+                            if k.startswith(_XATTR_PREFIX) and len(k) > len(_XATTR_PREFIX)}
         self._payload_left = size
         self._padding_left = -size % BLOCK
         return entry
@@ -355,12 +359,15 @@ def _number(field: bytes, what: str, at: int) -> int:
         if field[0] == 0xFF:
             return int.from_bytes(field, "big", signed=True)
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-    digits = field.split(b"\x00", 1)[0].strip(b" ")
+    digits = field.strip(b" \x00").split(b"\x00", 1)[0]  # Go: Trim(" \x00"), then up to the first NUL
     if not digits:
         return 0
-    if not _OCTAL.fullmatch(digits):
-        raise LayerError(f"invalid tar: bad {what} field {field!r} at byte {at}")
-    return int(digits, 8)
+    if digits.isdigit():  # ASCII digits only, so no sign, "0o" or "_" reaches int()
+        try:
+            return int(digits, 8)
+        except ValueError:
+            pass
+    raise LayerError(f"invalid tar: bad {what} field {field!r} at byte {at}")
 
 
 def _pax_int(value: bytes, what: str, at: int) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import tempfile
 import types
 from typing import BinaryIO, Callable, Mapping, Sequence
@@ -158,27 +159,33 @@ class _LayerBuilder:
     def finish(self, codec: GzipCodec | ZstdCodec) -> LayerResult:
         pipe = self._pipe
         annotations: dict[str, str] = {}
+        toc_hash = hashlib.sha256()
+
+        def toc_pieces():  # streamed: a TOC of many entries is never built twice in memory
+            for piece in self._toc.render(pipe.offsets):
+                toc_hash.update(piece)
+                yield piece
+
         if codec.name == "gzip":
             pipe.flush()
-            toc_json = self._toc.render(pipe.offsets)
+            toc_len = self._toc.rendered_size(pipe.offsets)
             toc_offset = pipe.written
-            pipe.start_member()
-            pipe.write(ustar_header(TOC_TAR_NAME, len(toc_json)))
-            pipe.write(toc_json)
-            pipe.write(bytes(-len(toc_json) % BLOCK) + END_OF_ARCHIVE)
-            pipe.flush()
+            tail = bytes(-toc_len % BLOCK) + END_OF_ARCHIVE
+            header = ustar_header(TOC_TAR_NAME, toc_len)
+            pipe.stream_member(itertools.chain([header], toc_pieces(), [tail]), len(header) + toc_len + len(tail))
             pipe.write_raw(estargz_footer(toc_offset))
         else:
             pipe.write(END_OF_ARCHIVE)
             pipe.flush()
-            toc_json = self._toc.render(pipe.offsets)
-            compressed = codec.compress([toc_json])
+            toc_len = self._toc.rendered_size(pipe.offsets)
+            compressor = codec.streamer(toc_len)
+            compressed = b"".join([compressor.compress(piece) for piece in toc_pieces()] + [compressor.flush()])
             toc_offset = pipe.written + 8  # past the skippable frame's magic and length
             pipe.write_raw(zstd_skippable(compressed))
-            pipe.write_raw(zstd_skippable(zstdchunked_footer(toc_offset, len(compressed), len(toc_json))))
+            pipe.write_raw(zstd_skippable(zstdchunked_footer(toc_offset, len(compressed), toc_len)))
             annotations[MANIFEST_CHECKSUM_ANNOTATION] = "sha256:" + hashlib.sha256(compressed).hexdigest()
-            annotations[MANIFEST_POSITION_ANNOTATION] = f"{toc_offset}:{len(compressed)}:{len(toc_json)}:1"
-        toc_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+            annotations[MANIFEST_POSITION_ANNOTATION] = f"{toc_offset}:{len(compressed)}:{toc_len}:1"
+        toc_digest = "sha256:" + toc_hash.hexdigest()
         annotations[TOC_DIGEST_ANNOTATION] = toc_digest
         annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(pipe.uncompressed_size)
         return LayerResult(
