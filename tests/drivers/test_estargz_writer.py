@@ -203,3 +203,22 @@ def test_short_writes_are_completed():
     first = convert_tar(io.BytesIO(data), whole, chunk_size=8192)
     second = convert_tar(io.BytesIO(data), trickle, chunk_size=8192, workers=2)
     assert bytes(trickle.buf) == whole.getvalue() and first == second
+
+
+@pytest.mark.slow
+def test_memory_with_many_entries(tmp_path):
+    """The TOC grows with the entry count (like Go's); 150k files still convert well under 200 MB."""
+    blob = tmp_path / "many.blob"
+    stats = _run_isolated(f"""
+        import json, resource
+        from tests.support import tars
+        from drivers.estargz.writer import convert_tar
+        with open({str(blob)!r}, "wb") as dst:
+            result = convert_tar(tars.IterStream(tars.many_files_layer(150_000)), dst, level=1, workers=2)
+        print(json.dumps({{"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                          "toc_digest": result.toc_digest}}))
+    """)
+    toc, raw = blobs.read_toc(blob.read_bytes(), "gzip")
+    assert stats["toc_digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert len(toc["entries"]) == 1 + 100 + 150_000
+    assert stats["rss_kib"] < 200_000, f"peak RSS {stats['rss_kib']} KiB"

@@ -380,6 +380,17 @@ def generated_layer(total_size: int, *, file_size: int = 10 << 20, small_files: 
     yield END_OF_ARCHIVE
 
 
+def many_files_layer(count: int, *, max_size: int = 300) -> Iterator[bytes]:
+    """Yield a tar of ``count`` small files (sizes 0..max_size-1) in 100 directories, cheaply (hand-made
+    ustar headers): for entry-count scaling tests."""
+    for d in range(100):
+        yield raw_header(f"d{d:02d}/", b"5", mode=0o755)
+    for i in range(count):
+        size = i % max_size
+        yield raw_header(f"d{i % 100:02d}/f{i:07d}", b"0", size) + b"x" * size + bytes(-size % BLOCK)
+    yield END_OF_ARCHIVE
+
+
 class IterStream(io.RawIOBase):
     """A read-only, non-seekable file object over an iterator of byte strings."""
 
