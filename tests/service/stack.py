@@ -72,12 +72,16 @@ class ServiceStack:
             log.close()
 
     def start(self, *, qcluster: bool = True) -> "ServiceStack":
-        self.manage("migrate", "--noinput", "-v", "0")
-        cfg = runtime.load_config(self.env)
-        self.web = self._spawn("gunicorn", acceld_run.web_command(cfg, self.env, stop_timeout=5))
-        self.wait_healthy()
-        if qcluster:
-            self.start_qcluster()
+        try:
+            self.manage("migrate", "--noinput", "-v", "0")
+            cfg = runtime.load_config(self.env)
+            self.web = self._spawn("gunicorn", acceld_run.web_command(cfg, self.env, stop_timeout=5))
+            self.wait_healthy()
+            if qcluster:
+                self.start_qcluster()
+        except BaseException:
+            self.stop()  # a fixture whose setup fails gets no teardown
+            raise
         return self
 
     def start_qcluster(self) -> subprocess.Popen:
@@ -88,10 +92,7 @@ class ServiceStack:
     def kill_qcluster(self, proc: subprocess.Popen | None = None, sig: int = signal.SIGKILL) -> None:
         """Kill a qcluster and every worker it forked (its own process group): a crash, not a stop."""
         proc = proc or self.qclusters[-1]
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        _signal_group(proc, sig)
         proc.wait(30)
 
     def wait_healthy(self, timeout: float = 30) -> None:
@@ -108,16 +109,17 @@ class ServiceStack:
         raise RuntimeError(f"acceld did not become healthy:\n{self.logs()}")
 
     def stop(self) -> None:
+        """SIGTERM each process group, SIGKILL what is left after 10 s; never leaves a process behind."""
         for proc in [*self.qclusters, self.web]:
-            if proc is not None and proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-                except ProcessLookupError:
-                    pass
+            if proc is None:
+                continue
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc, signal.SIGKILL)  # stragglers in the group (workers) too
+            proc.wait(10)
         self.session.close()
 
     def logs(self, tail: int = 3000) -> str:
@@ -155,6 +157,13 @@ class ServiceStack:
                 return tasks
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}; last tasks: {tasks}\n{self.logs()}")
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def manifest_exists(registry_host: str, repo_tag: str) -> bool:
