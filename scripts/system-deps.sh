@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need when they are missing (idempotent; needs root or sudo).
 set -euo pipefail
-pkgs=(docker-registry skopeo golang-go golang-github-containerd-stargz-snapshotter-dev apache2-utils zstd)
+pkgs=(docker-registry skopeo golang-go golang-github-containerd-stargz-snapshotter-dev apache2-utils zstd
+      chromium chromium-driver git make)
 # `system-deps.sh bench`: what `make bench` needs on top (debootstrap for the rootfs, the reference converter)
 [ "${1:-}" = "bench" ] && pkgs+=(debootstrap stargz-snapshotter containerd)
 missing=()
