@@ -5,7 +5,10 @@
     tars.write_tar(path, [tars.reg("a", b"x"), tars.symlink("b", "a")])
     view = tars.expected_view(data)                      # what a reader of the converted layer must show
     for name, bad in tars.hostile_tars().items(): ...    # each must be refused with LayerError
-    stream = tars.IterStream(tars.generated_layer(1 << 30))   # a 1 GiB tar, never held in memory
+    src = tars.IterStream(tars.generated_layer(1 << 30))      # a 1 GiB tar, never held in memory
+    src = tars.stream(data, 4096)                            # bytes as a non-seekable, short-reading stream
+    dst = tars.HashingSink()                                 # write-only sink keeping size + sha256
+    tars.many_files_layer(150_000)                           # a tar of many small files (entry scaling)
 
 Entries are :class:`Entry` values (helpers ``reg``, ``directory``, ``symlink``, ``hardlink``, ``chardev``,
 ``blockdev``, ``fifo``); each picks its own header format (PAX by default, GNU or USTAR), so one tar can mix
@@ -17,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import random
 import tarfile
 from typing import Iterable, Iterator, Mapping
@@ -418,10 +420,6 @@ def stream(data: bytes, piece: int = 4096) -> IterStream:
     return IterStream(data[i:i + piece] for i in range(0, len(data), piece))
 
 
-def sink() -> "HashingSink":
-    return HashingSink()
-
-
 class HashingSink:
     """A write-only destination that keeps only the size and sha256 of what it was given."""
 
@@ -438,6 +436,3 @@ class HashingSink:
     def digest(self) -> str:
         return "sha256:" + self._h.hexdigest()
 
-
-def urandom_layer(size: int) -> bytes:  # pragma: no cover - convenience for ad-hoc benchmarks
-    return build_tar([reg("blob", os.urandom(size))])
