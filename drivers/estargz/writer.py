@@ -44,6 +44,7 @@ from .toc import (LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, RE
 DEFAULT_CHUNK_SIZE = 4 << 20  # 4 MiB: estargz's default chunk size (Writer.chunkSize)
 DEFAULT_LEVEL = 9             # gzip.BestCompression, Go's estargz default
 END_OF_ARCHIVE = bytes(2 * BLOCK)
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()  # Go records a digest for empty files too
 
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
@@ -151,7 +152,7 @@ class _LayerBuilder:
             if whole is not None:
                 digest = "sha256:" + whole.hexdigest()
             else:
-                digest = chunks[0].digest if chunks else "sha256:" + hashlib.sha256(b"").hexdigest()
+                digest = chunks[0].digest if chunks else EMPTY_DIGEST
             if entry.padding:
                 pipe.write(bytes(entry.padding))
         self._toc.add(entry, chunks, digest, linkname)
