@@ -40,6 +40,7 @@ class ContentProvider(Protocol):
     def open_blob(self, desc: Descriptor) -> ContextManager[Any]: ...  # verified stream of a source blob
     def open_uncompressed(self, desc: Descriptor) -> ContextManager[Any]: ...  # the layer's tar stream
     def read_blob(self, desc: Descriptor) -> bytes: ...  # a small blob (config, manifest), verified
+    def blob_writer(self) -> Any: ...  # an ingest for a converted blob: write(), commit() -> digest, .size
     def progress(self, event: ProgressEvent) -> None: ...
     def walk(self, driver: "LayerDriver") -> Descriptor: ...  # the engine's walk for LayerDriver.convert
 

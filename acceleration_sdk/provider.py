@@ -101,6 +101,7 @@ class EngineProvider:
     on_progress: Callable[[ProgressEvent], None] | None = None
     source_size: int = 0
     target_size: int = 0
+    stream_uploads: bool = True  # push converted blobs while they are written (see UploadingIngest)
 
     # ------------------------------------------------------------------ reading
     def progress(self, event: ProgressEvent) -> None:
@@ -173,6 +174,11 @@ class EngineProvider:
                 w.commit()
         self.lease.add([desc.digest])
         return self.store.read_bytes(desc.digest, limit)
+
+    def blob_writer(self) -> "UploadingIngest":
+        """Where a driver writes a converted blob: the content store, and the target repository as it goes."""
+        return UploadingIngest(self.store.writer(), self.client.start_upload(self.target) if self.stream_uploads
+                               else None)
 
     def read_manifest(self, desc: Descriptor) -> bytes:
         """A child manifest of an index: fetched by digest from /manifests/ (registries do not serve it as a blob)."""
@@ -352,3 +358,44 @@ class _Missing:
 
     def read(self, n: int = -1) -> bytes:
         raise ConversionError(f"blob {self.digest} is neither in the target repository nor in the content store")
+
+
+class UploadingIngest:
+    """A content-store ingest that also streams the same bytes to the target repository.
+
+    The upload is best effort: when it fails, the blob is still committed to the store and the push phase
+    uploads it from there (its HEAD finds it missing). When it succeeds, the push phase finds it present.
+    """
+
+    def __init__(self, ingest, upload):
+        self._ingest, self._upload = ingest, upload
+
+    @property
+    def size(self) -> int:
+        return self._ingest.size
+
+    def write(self, data) -> int:
+        n = self._ingest.write(data)
+        if self._upload is not None:
+            self._upload.write(data)
+        return n
+
+    def commit(self, expected: str | None = None) -> str:
+        digest = self._ingest.commit(expected)
+        if self._upload is not None:
+            self._upload.finish(digest)
+            self._upload = None
+        return digest
+
+    def abort(self) -> None:
+        self._ingest.abort()
+        if self._upload is not None:
+            self._upload.abort()
+            self._upload = None
+
+    def __enter__(self) -> "UploadingIngest":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None or self._upload is not None:
+            self.abort()

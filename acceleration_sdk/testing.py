@@ -47,6 +47,9 @@ class StoreProvider:
     def read_blob(self, desc: Descriptor) -> bytes:
         return self.store.read_bytes(desc.digest)
 
+    def blob_writer(self):
+        return self.store.writer()
+
     def progress(self, event: ProgressEvent) -> None:
         self.events.append(event)
 

@@ -22,6 +22,7 @@ from ..reference import Reference
 from . import blobs
 from .auth import repository_scope
 from .credentials import CredentialStore
+from .stream_upload import StreamingUpload
 from .transport import MAX_RETRY_AFTER, WIRE_ERRORS, Transport, new_session, wire_reason
 
 log = logging.getLogger("acceleration_sdk.registry")
@@ -249,6 +250,10 @@ class RegistryClient:
             scopes += (repository_scope(mount_from.repository, "pull"),)
         return blobs.push(self._transport, ref, digest, size, src, mount_from, progress, self.chunk_size,
                           self.monolithic_max, lambda: self._blob_exists(ref, digest, scopes))
+
+    def start_upload(self, ref: Reference) -> StreamingUpload:
+        """Begin uploading a blob whose bytes are still being produced (see :mod:`.stream_upload`)."""
+        return StreamingUpload(self._transport, ref)
 
     # ------------------------------------------------------------------ helpers
 

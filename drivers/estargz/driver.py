@@ -79,7 +79,7 @@ class EStargzDriver(LayerDriver):
     def convert_layer(self, content, desc: Descriptor) -> ConvertedLayer | None:
         from .writer import convert_tar
 
-        with content.open_uncompressed(desc) as tar, content.store.writer() as out:
+        with content.open_uncompressed(desc) as tar, content.blob_writer() as out:
             result = convert_tar(tar, out, compression=self.compression, chunk_size=self.chunk_size,
                                  level=self.level, prioritized_files=self.prioritized_files,
                                  tmp_dir=content.store.tmp_dir, workers=self.workers)

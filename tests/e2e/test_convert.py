@@ -228,3 +228,28 @@ def test_accelctl_failure_is_one_line(tmp_path, registry):
     bad.write_text("converter: {wrokers: 1}\n")
     out = run_accelctl("convert", "--config", str(bad), "x/y:z", cwd=tmp_path)
     assert out.returncode == 2 and "converter.wrokers" in out.stderr
+
+
+def test_converted_layers_stream_to_the_registry_while_written(tmp_path, registry, client):
+    repo = f"{registry.host}/stream"
+    push_image(client, f"{repo}:v1", [simple_tar({"f": os.urandom(300_000)})])
+    events = []
+    convert(make_cfg(tmp_path), f"{repo}:v1", progress=events.append, client=client)
+    pushed = {e.layer: e.message for e in events if e.phase == "push" and e.message}
+    manifest, _ = fetch_json(client, f"{repo}:v1-esgz")
+    assert pushed[manifest["layers"][0]["digest"]] == "exists"  # the push phase found it already uploaded
+    assert 'PATCH /v2/stream/blobs/uploads/' in registry.log()
+
+
+def test_failed_streaming_upload_falls_back_to_a_push_from_the_store(tmp_path, registry, client):
+    repo = f"{registry.host}/fallback"
+    push_image(client, f"{repo}:v1", [simple_tar({"f": os.urandom(300_000)})])
+    real_start = client.start_upload
+    # the stream goes to a repository name the registry refuses, so it fails at its first request
+    client.start_upload = lambda ref: real_start(dataclasses.replace(ref, repository="INVALID//name"))
+    events = []
+    result = convert(make_cfg(tmp_path), f"{repo}:v1", progress=events.append, client=client)
+    manifest, _ = fetch_json(client, result.target)
+    pushed = {e.layer: e.message for e in events if e.phase == "push" and e.message}
+    assert pushed[manifest["layers"][0]["digest"]] == "uploaded"
+    check_converted_manifest(client, repo, manifest, 1)
