@@ -21,6 +21,7 @@ from .errors import AccelError, ConversionError
 from .oci import Descriptor, Index, Manifest, INDEX_TYPES
 from .provider import EngineProvider
 from .registry import RegistryClient
+from .remote_cache import RemoteCache
 
 log = logging.getLogger("acceleration_sdk.engine")
 
@@ -75,8 +76,12 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         root = Descriptor(media_type=fetched.media_type, digest=fetched.digest, size=len(fetched.raw))
         store.write_bytes(fetched.raw, expected=fetched.digest)
         lease.add([fetched.digest])
+        remote_cache = None
+        if cfg.converter.cache_tag:
+            remote_cache = RemoteCache(client, src, cfg.converter.cache_tag, cfg.provider.cache_size,
+                                       cfg.provider.cache_version).load()
         provider = EngineProvider(cfg=cfg, source=src, target=target, client=client, store=store, lease=lease,
-                                  root=root, on_progress=progress)
+                                  root=root, on_progress=progress, remote_cache=remote_cache)
         durations["prepare"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -92,6 +97,8 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
 
         t = time.monotonic()
         push_image(provider, converted)
+        if remote_cache is not None:
+            remote_cache.save()
         durations["push"] = time.monotonic() - t
     try:
         store.gc(cfg.provider.gcpolicy.threshold)

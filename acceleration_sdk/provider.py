@@ -26,6 +26,7 @@ from .errors import AccelError, ConversionError, DriverError
 from .oci import Descriptor, Index, Manifest
 from .reference import Reference
 from .registry import RegistryClient
+from .remote_cache import RemoteCache
 
 log = logging.getLogger("acceleration_sdk.engine")
 
@@ -102,6 +103,7 @@ class EngineProvider:
     source_size: int = 0
     target_size: int = 0
     stream_uploads: bool = True  # push converted blobs while they are written (see UploadingIngest)
+    remote_cache: RemoteCache | None = None  # converted layers remembered under the cache tag
 
     # ------------------------------------------------------------------ reading
     def progress(self, event: ProgressEvent) -> None:
@@ -168,11 +170,11 @@ class EngineProvider:
         """A small blob (manifest, config), fetched into the store once and verified."""
         if desc.size > limit:
             raise ConversionError(f"blob {desc.digest} of {desc.size} bytes is too large for a manifest or config")
+        self.lease.add([desc.digest])  # before has(): a GC elsewhere may run between the two
         if not self.store.has(desc.digest):
             with self.store.writer(expected=desc.digest) as w:
                 self.client.download_blob(self.source, desc.digest, w, size=desc.size)
                 w.commit()
-        self.lease.add([desc.digest])
         return self.store.read_bytes(desc.digest, limit)
 
     def blob_writer(self) -> "UploadingIngest":
@@ -182,10 +184,10 @@ class EngineProvider:
 
     def read_manifest(self, desc: Descriptor) -> bytes:
         """A child manifest of an index: fetched by digest from /manifests/ (registries do not serve it as a blob)."""
+        self.lease.add([desc.digest])  # before has(): a GC elsewhere may run between the two
         if not self.store.has(desc.digest):
             fetched = self.client.get_manifest(self.source.with_digest(desc.digest))
             self.store.write_bytes(fetched.raw, expected=desc.digest)
-        self.lease.add([desc.digest])
         return self.store.read_bytes(desc.digest)
 
     def put_json(self, obj: Any) -> tuple[str, int]:
@@ -261,10 +263,13 @@ class EngineProvider:
         docker2oci = driver.docker2oci()
         keep_docker = oci.is_docker(manifest.media_type) and not docker2oci
 
+        platform = dict(desc.platform or {}) or {k: config[k] for k in ("os", "architecture", "variant")
+                                                  if config.get(k)}
+
         def one(layer: Descriptor) -> ConvertedLayer | None:
             if layer.media_type in oci.FOREIGN_LAYER_TYPES or layer.media_type not in oci.LAYER_TYPES:
                 return None
-            return self._convert_layer(driver, layer)
+            return self._convert_layer(driver, layer, platform)
 
         with concurrent.futures.ThreadPoolExecutor(LAYER_CONCURRENCY, thread_name_prefix="layer") as pool:
             results = list(pool.map(one, manifest.layers))
@@ -303,15 +308,28 @@ class EngineProvider:
         self.target_size += config_size + sum(layer["size"] for layer in out["layers"])
         return Descriptor(media_type=media_type, digest=digest, size=size, platform=desc.platform)
 
-    def _convert_layer(self, driver: LayerDriver, layer: Descriptor) -> ConvertedLayer | None:
-        key = f"{driver.cache_key()}@{layer.digest}"
+    def _cached_layer(self, driver: LayerDriver, layer: Descriptor, key: str) -> ConvertedLayer | None:
+        """A conversion done before: in the local layer cache, else in the remote cache."""
         hit = self.store.cache_get(key)
         if hit is not None:
             desc = Descriptor.from_dict(hit[0])
             if self.store.has(desc.digest) or self.client.blob_exists(self.target, desc.digest):
                 self.lease.add([desc.digest])
-                self.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "cached"))
                 return ConvertedLayer(desc, hit[1])
+        remote = self.remote_cache.get(driver.cache_key(), layer.digest) if self.remote_cache else None
+        if remote is not None and self.client.blob_exists(self.target, remote[0].digest):
+            self.store.cache_put(key, remote[0].to_dict(), remote[1])
+            return ConvertedLayer(*remote)
+        return None
+
+    def _convert_layer(self, driver: LayerDriver, layer: Descriptor, platform: dict) -> ConvertedLayer | None:
+        key = f"{driver.cache_key()}@{layer.digest}"
+        cached = self._cached_layer(driver, layer, key)
+        if cached is not None:
+            self.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "cached"))
+            if self.remote_cache is not None:
+                self.remote_cache.add(platform, driver.cache_key(), layer.digest, cached.descriptor, cached.diff_id)
+            return cached
         self.progress(ProgressEvent("convert", layer.digest, 0, layer.size, "converting"))
         try:
             result = driver.convert_layer(self, layer)
@@ -323,6 +341,8 @@ class EngineProvider:
             return None
         self.lease.add([result.descriptor.digest])
         self.store.cache_put(key, result.descriptor.to_dict(), result.diff_id)
+        if self.remote_cache is not None:
+            self.remote_cache.add(platform, driver.cache_key(), layer.digest, result.descriptor, result.diff_id)
         self.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "converted"))
         return result
 

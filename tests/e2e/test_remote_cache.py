@@ -1,0 +1,64 @@
+"""The remote layer cache (cache_tag): another host, with an empty work_dir, reuses converted layers."""
+import json
+import os
+
+from acceleration_sdk import config as config_mod
+from acceleration_sdk.engine import convert
+from acceleration_sdk.reference import parse
+from acceleration_sdk.registry import RegistryClient
+from acceleration_sdk.remote_cache import CACHE_KEY, CACHE_VERSION, SOURCE_DIGEST
+from tests.support.images import push_image, simple_tar
+
+
+def cfg_for(work_dir, cache_size=200, version=""):
+    return config_mod.from_dict({
+        "provider": {"work_dir": str(work_dir), "cache_size": cache_size, "cache_version": version},
+        "converter": {"driver": {"type": "estargz", "config": {"compression_level": 1}},
+                      "rules": [{"tag_suffix": "-esgz"}, {"cache_tag": "esgz-cache"}]}})
+
+
+def test_second_host_reuses_layers_from_the_remote_cache(tmp_path, registry):
+    client = RegistryClient()
+    repo = f"{registry.host}/rc/app"
+    base = simple_tar({"base": os.urandom(50_000)})
+    src = push_image(client, f"{repo}:v1", [base, simple_tar({"app": b"v1"})])
+    first = convert(cfg_for(tmp_path / "host-a"), f"{repo}:v1")
+
+    cache = json.loads(client.get_manifest(parse(f"{repo}:esgz-cache")).raw)
+    assert cache["annotations"][CACHE_VERSION] == "v1"
+    child = json.loads(client.get_manifest(parse(f"{repo}@{cache['manifests'][0]['digest']}")).raw)
+    assert {l["annotations"][SOURCE_DIGEST] for l in child["layers"]} == {l["digest"] for l in src.manifest["layers"]}
+
+    # a new image sharing the base layer, converted on "another host" (empty work_dir)
+    push_image(client, f"{repo}:v2", [base, simple_tar({"app": b"v2"})])
+    events = []
+    second = convert(cfg_for(tmp_path / "host-b"), f"{repo}:v2", progress=events.append)
+    converted = [e.message for e in events if e.phase == "convert" and e.message in ("cached", "converted")]
+    assert converted == ["cached", "converted"] or sorted(converted) == ["cached", "converted"]
+    m1 = json.loads(client.get_manifest(parse(first.target)).raw)
+    m2 = json.loads(client.get_manifest(parse(second.target)).raw)
+    assert m1["layers"][0] == m2["layers"][0]  # the very same converted base layer
+    assert CACHE_KEY not in json.dumps(m2)  # cache bookkeeping does not leak into images
+
+    # the cache tag itself is never converted (it would loop)
+    skipped = convert(cfg_for(tmp_path / "host-b"), f"{repo}:esgz-cache")
+    assert skipped.skipped and "cache" in skipped.reason
+
+
+def test_cache_size_caps_records_and_version_change_starts_over(tmp_path, registry):
+    client = RegistryClient()
+    repo = f"{registry.host}/rc/cap"
+    for i in range(3):
+        push_image(client, f"{repo}:v{i}", [simple_tar({f"f{i}": os.urandom(1000)})])
+        convert(cfg_for(tmp_path / "w", cache_size=2), f"{repo}:v{i}")
+    cache = json.loads(client.get_manifest(parse(f"{repo}:esgz-cache")).raw)
+    child = json.loads(client.get_manifest(parse(f"{repo}@{cache['manifests'][0]['digest']}")).raw)
+    assert len(child["layers"]) == 2
+
+    # v2's layer is in the cache, but a cache of another version is not trusted
+    events = []
+    convert(cfg_for(tmp_path / "fresh", version="v2"), f"{repo}:v2", progress=events.append)
+    assert [e.message for e in events if e.phase == "convert" and e.message in ("cached", "converted")] == \
+        ["converted"]
+    cache = json.loads(client.get_manifest(parse(f"{repo}:esgz-cache")).raw)
+    assert cache["annotations"][CACHE_VERSION] == "v2"
