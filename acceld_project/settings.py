@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: refuses an oversized body with 413 before the CSRF check or a view reads it.
+    "conversions.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -66,6 +68,10 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# 1 MiB: the one limit on request bodies (a Harbor webhook is a few KiB; the admin's forms are smaller).
+# Above it BodySizeLimitMiddleware answers 413 without reading the body; Django alone would answer 400.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 ROOT_URLCONF = "acceld_project.urls"
 WSGI_APPLICATION = "acceld_project.wsgi.application"

@@ -4,6 +4,7 @@
     ├── IllegalParameter         400 ERR_ILLEGAL_PARAMETER   a payload or query we cannot use
     ├── Unauthorized             401 ERR_UNAUTHORIZED        Authorization missing or wrong for a resource's host
     ├── InvalidState             409 ERR_INVALID_STATE       e.g. retrying a task that did not fail
+    ├── PayloadTooLarge          413 ERR_PAYLOAD_TOO_LARGE   a body over DATA_UPLOAD_MAX_MEMORY_SIZE (not read)
     └── ConvertFailed            500 ERR_CONVERT_FAILED      ?sync=true and the conversion failed (message = reason)
 
 SDK errors (``acceleration_sdk.errors.AccelError``) keep their own ``code``; a bad reference is a 400.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -41,6 +43,10 @@ class Unauthorized(ServiceError):
 
 class InvalidState(ServiceError):
     status, code = 409, "ERR_INVALID_STATE"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "ERR_PAYLOAD_TOO_LARGE"
 
 
 class ConvertFailed(ServiceError):
@@ -84,6 +90,8 @@ def error_body(exc: BaseException) -> tuple[int, dict]:
     """``(status, {"code", "message"})`` for any exception."""
     if isinstance(exc, ServiceError):
         return exc.status, {"code": exc.code, "message": exc.message}
+    if isinstance(exc, RequestDataTooBig):  # a body read past the limit without a Content-Length
+        return 413, {"code": PayloadTooLarge.code, "message": "request body is too large"}
     if isinstance(exc, ReferenceError_):
         return 400, {"code": "ERR_ILLEGAL_PARAMETER", "message": str(exc)}
     if isinstance(exc, AccelError):
