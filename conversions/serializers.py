@@ -78,7 +78,8 @@ class ListQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Status.choices, required=False)
     source = serializers.CharField(required=False, max_length=512)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000)
-    offset = serializers.IntegerField(required=False, min_value=0, default=0)
+    # 2**31 - 1: far past any task count, and inside every database's OFFSET (2**63 overflowed SQLite: a 500).
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1, default=0)
     paginated = serializers.BooleanField(required=False, default=False)
     verbose = serializers.BooleanField(required=False, default=False)
 
