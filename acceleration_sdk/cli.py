@@ -59,8 +59,8 @@ class ProgressPrinter:
                     line = self._tty_line()
                     self.out.write("\r\x1b[2K" + line)
                     if finished:
-                        self.out.write(f"\r\x1b[2K{ev.phase:8} {short:12} {ev.message} "
-                                       f"({_human(ev.total)})\n")
+                        size = f" ({_human(ev.total)})" if ev.phase != "done" else ""
+                        self.out.write(f"\r\x1b[2K{ev.phase:8} {short:12} {ev.message}{size}\n")
                     self.out.flush()
             elif ev.phase == "done" or (first and ev.message) or finished:
                 size = f" ({_human(ev.total)})" if ev.total and ev.phase != "done" else ""
@@ -68,12 +68,15 @@ class ProgressPrinter:
                 self.out.flush()
 
     def _tty_line(self) -> str:
-        active = [(k, v) for k, v in self._state.items() if v[1] and v[0] < v[1]]
+        # bytes move in "pull" (the layer streams through the converter as it arrives) and "push"
+        active = [(k, v) for k, v in self._state.items()
+                  if k[0] in ("pull", "push") and v[1] and v[0] < v[1]]
         parts = []
         for (phase, layer), (done, total) in active[:3]:
             pct = int(100 * done / total)
             bar = "#" * (pct // 10) + "-" * (10 - pct // 10)
-            parts.append(f"{phase} {layer[7:15]} [{bar}] {pct:3d}%")
+            label = "pull+convert" if phase == "pull" else phase
+            parts.append(f"{label} {layer[7:19]} [{bar}] {pct:3d}%")
         return " | ".join(parts)
 
 

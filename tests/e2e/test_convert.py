@@ -253,3 +253,23 @@ def test_failed_streaming_upload_falls_back_to_a_push_from_the_store(tmp_path, r
     pushed = {e.layer: e.message for e in events if e.phase == "push" and e.message}
     assert pushed[manifest["layers"][0]["digest"]] == "uploaded"
     check_converted_manifest(client, repo, manifest, 1)
+
+
+def test_progress_printer_draws_a_bar_on_a_tty_and_lines_otherwise():
+    from acceleration_sdk.cli import ProgressPrinter
+    from acceleration_sdk.driver import ProgressEvent
+
+    layer = "sha256:" + "ab" * 32
+    events = [ProgressEvent("convert", layer, 0, 100, "converting"), ProgressEvent("pull", layer, 50, 100),
+              ProgressEvent("convert", layer, 100, 100, "converted"), ProgressEvent("push", layer, 100, 100, "uploaded"),
+              ProgressEvent("done", "", 1, 1, "pushed x")]
+    tty, plain = io.StringIO(), io.StringIO()
+    for printer in (ProgressPrinter(tty, tty=True), ProgressPrinter(plain, tty=False)):
+        for ev in events:
+            printer._last_draw = 0  # draw every event
+            printer(ev)
+    assert "pull+convert abababababab [#####-----]  50%" in tty.getvalue()
+    lines = plain.getvalue().splitlines()
+    assert lines == ["convert  abababababab converting (100 B)", "convert  abababababab converted (100 B)",
+                     "push     abababababab uploaded (100 B)", "done                  pushed x"]
+    assert "\x1b" not in plain.getvalue()
