@@ -82,6 +82,7 @@ class Ingest:
             raise DigestMismatchError(f"blob {expected} does not match its content ({digest})",
                                       digest=expected, actual=digest)
         final = self._store.path(digest)
+        self._store._lease_new(digest)  # leased before GC can see it: a GC elsewhere may run right now
         os.makedirs(os.path.dirname(final), exist_ok=True)
         os.replace(self.path, final)  # atomic; an existing identical blob is simply replaced
         self._store._record(digest, self.size)
@@ -114,6 +115,8 @@ class ContentStore:
         except OSError as exc:
             raise ContentError(f"work_dir {self.root} is not usable: {exc.strerror}") from exc
         self._local = threading.local()
+        self._open_leases: dict[str, Lease] = {}  # blobs committed while a lease is open are leased by it
+        self._leases_lock = threading.Lock()
         with self._db() as db:
             db.executescript(_SCHEMA)
 
@@ -204,11 +207,21 @@ class ContentStore:
     @contextlib.contextmanager
     def lease(self) -> Iterator["Lease"]:
         lease = Lease(self, uuid.uuid4().hex)
+        with self._leases_lock:
+            self._open_leases[lease.id] = lease
         try:
             yield lease
         finally:
+            with self._leases_lock:
+                self._open_leases.pop(lease.id, None)
             with self._db() as db:
                 db.execute("DELETE FROM leases WHERE id = ?", (lease.id,))
+
+    def _lease_new(self, digest: str) -> None:
+        with self._leases_lock:
+            leases = list(self._open_leases.values())
+        for lease in leases:
+            lease.add([digest])
 
     def usage(self) -> int:
         with self._db() as db:
@@ -217,7 +230,7 @@ class ContentStore:
     def gc(self, threshold: int) -> list[str]:
         """Evict blobs (least used, then least recent) until under ``threshold``; return what went."""
         evicted: list[str] = []
-        with self._db() as db:
+        with self._db() as db, _immediate(db):  # leases and blobs read as one state, no commit in between
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0]
             if total <= threshold:
                 return evicted
@@ -253,6 +266,16 @@ class Lease:
         with self.store._db() as db:
             db.executemany("INSERT OR IGNORE INTO leases(id, digest, pid) VALUES (?, ?, ?)",
                            [(self.id, d, os.getpid()) for d in digests])
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction taken up front (``BEGIN IMMEDIATE``); committed even on error, since files are gone."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
 
 
 def _alive(pid: int) -> bool:

@@ -193,3 +193,36 @@ def test_lease_held_by_another_live_process_survives_gc_and_a_dead_ones_does_not
                               store.root, again], cwd=os.getcwd())
     assert crashed.returncode == 9
     assert store.gc(0) == [again]
+
+
+GC_LOOP = """
+import sys, time
+from acceleration_sdk.content import ContentStore
+store = ContentStore(sys.argv[1])
+print("running", flush=True)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    store.gc(0)
+    time.sleep(0.002)  # as eager as a GC gets, while leaving the conversion a turn at the index
+"""
+
+
+@pytest.mark.slow
+def test_conversion_succeeds_while_another_process_collects_garbage_nonstop(tmp_path, registry, client):
+    """Another worker's GC (threshold 0, in a loop) runs all through a conversion: nothing the conversion
+    wrote or reused may disappear between being written (or found) and being leased."""
+    repo = f"{registry.host}/lease/race"
+    push_image(client, f"{repo}:v1", [simple_tar({f"f{i}": os.urandom(2000)}) for i in range(8)])
+    cfg = make_cfg(tmp_path / "work")
+    store = store_for(cfg)
+    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, store.root], stdout=subprocess.PIPE, text=True,
+                          cwd=os.getcwd())
+    try:
+        assert gc.stdout.readline().strip() == "running"
+        for attempt in range(2):  # the first run converts every layer; the second finds them converted
+            result = convert(cfg, f"{repo}:v1", client=client)
+            assert result.digest
+    finally:
+        gc.kill()
+        gc.wait()
+    assert tags(client, repo) == ["v1", "v1-esgz"]
