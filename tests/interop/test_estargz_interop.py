@@ -285,3 +285,30 @@ def test_checker_is_not_vacuous(tmp_path, checker, feature_data):
     bad = tmp_path / "corrupt.blob"
     bad.write_bytes(bytes(corrupt))
     checker.reject(bad, result.toc_digest)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compression", ["estargz", "zstdchunked"])
+def test_a_real_tree(tmp_path, checker, compression):
+    """Python's own stdlib tree (thousands of real files, symlinks, __pycache__), tarred by GNU tar."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    source = tmp_path / "stdlib.tar"
+    tar = shutil.which("tar")
+    assert tar, "GNU tar is needed to build the real-tree layer"
+    excludes = [f"--exclude={name}" for name in ("site-packages", "test", "tests", "__pycache__")]
+    subprocess.run([tar, "--format=gnu", *excludes, "-cf", str(source), "-C", os.path.dirname(stdlib),
+                    os.path.basename(stdlib)], check=True)
+    data = source.read_bytes()
+    path = tmp_path / "stdlib.blob"
+    with open(source, "rb", buffering=0) as src, open(path, "wb") as dst:
+        result = convert_tar(src, dst, compression=compression, level=1, workers=2)
+    report = checker.check(path, result.toc_digest)
+    view = tars.expected_view(data)
+    assert len(view) > 500
+    assert_reader_sees_source(report, view)
+    plain = blobs.decompress_all(path.read_bytes(), result.compression)
+    assert result.diff_id == "sha256:" + hashlib.sha256(plain).hexdigest()
