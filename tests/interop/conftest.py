@@ -32,6 +32,9 @@ def build_checker() -> pathlib.Path:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"building the Go checker failed:\n{proc.stderr}"
     os.replace(tmp, binary)  # atomic: parallel sessions never run a half-written binary
+    for stale in BIN_DIR.glob("checker-*"):
+        if stale != binary and not stale.name.startswith(f"{binary.name}."):
+            stale.unlink(missing_ok=True)
     return binary
 
 
