@@ -113,15 +113,18 @@ def q_cluster_settings(cfg: sdk_config.Config, env: dict | None = None) -> dict:
     """django-q2: ORM broker unless ``server.redis``; workers and timeout from the converter section.
 
     ``retry`` is longer than ``timeout``: a task not acknowledged within ``retry`` is handed out again,
-    and a shorter one would turn one webhook into two conversions.
+    and a shorter one would turn one webhook into two conversions. ``retry`` is also how long a message
+    taken by a host that died waits before it runs elsewhere; ``$ACCELD_RETRY_MARGIN`` (seconds, default
+    ``RETRY_MARGIN``) shortens that where conversions end well within ``converter.timeout``.
     """
     env = os.environ if env is None else env
     timeout = cfg.converter.timeout
+    margin = max(1, int(env.get("ACCELD_RETRY_MARGIN", "") or RETRY_MARGIN))
     q = {
         "name": "acceld",
         "workers": cfg.converter.worker,
         "timeout": timeout,
-        "retry": timeout + RETRY_MARGIN,
+        "retry": timeout + margin,
         # Our own reaper re-queues interrupted conversions with a fresh token; the queue must not
         # run the same message again on its own (conversion_run is idempotent all the same).
         "max_attempts": 1,
