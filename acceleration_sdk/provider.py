@@ -22,7 +22,7 @@ from .compression import open_decompressed
 from .config import Config
 from .content import ContentStore, Lease
 from .driver import ConvertedLayer, LayerDriver, ProgressEvent
-from .errors import AccelError, ConversionError, DriverError
+from .errors import AccelError, ConversionError, DriverError, LayerError
 from .oci import Descriptor, Index, Manifest
 from .reference import Reference
 from .registry import RegistryClient
@@ -336,6 +336,9 @@ class EngineProvider:
         except AccelError as exc:
             if not getattr(exc, "digest", ""):
                 exc.digest = layer.digest
+            if isinstance(exc, LayerError) and layer.digest not in exc.message:
+                exc.message = f"layer {layer.digest}: {exc.message}"  # which layer, for whoever reads the reason
+                exc.args = (exc.message,)
             raise
         if result is None:
             return None
