@@ -17,12 +17,17 @@ from tests.service.images import OCI_MANIFEST, build_layout
 
 
 def push_small_image(registry_host: str, repo_tag: str, files: dict[str, bytes], *,
-                     session: requests.Session | None = None, auth: tuple[str, str] | None = None) -> str:
-    """Build one single-layer image from ``files`` and push it as ``host/repo:tag``; returns its digest."""
+                     session: requests.Session | None = None, auth: tuple[str, str] | None = None,
+                     bearer: str | None = None) -> str:
+    """Build one single-layer image from ``files`` and push it as ``host/repo:tag``; returns its digest.
+
+    ``auth`` is Basic credentials (an htpasswd registry), ``bearer`` a token with push scope (a token registry).
+    """
     own = session is None
     session = session or requests.Session()
     repo, tag = repo_tag.rsplit(":", 1)
     base = f"http://{registry_host}/v2/{repo}"
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     try:
         with tempfile.TemporaryDirectory(prefix="quickpush-") as tmp:
             layout = Path(tmp)
@@ -31,13 +36,14 @@ def push_small_image(registry_host: str, repo_tag: str, files: dict[str, bytes],
             doc = json.loads(manifest)
             for desc in [doc["config"], *doc["layers"]]:
                 data = (layout / "blobs" / "sha256" / desc["digest"].split(":", 1)[1]).read_bytes()
-                resp = session.post(f"{base}/blobs/uploads/", auth=auth, timeout=60)
+                resp = session.post(f"{base}/blobs/uploads/", auth=auth, headers=headers, timeout=60)
                 assert resp.status_code == 202, (resp.status_code, resp.text)
                 location = urljoin(f"http://{registry_host}/", resp.headers["Location"])
                 resp = session.put(location, params={"digest": desc["digest"]}, data=data, auth=auth, timeout=60,
-                                   headers={"Content-Type": "application/octet-stream"})
+                                   headers={**headers, "Content-Type": "application/octet-stream"})
                 assert resp.status_code == 201, (resp.status_code, resp.text)
-            resp = session.put(f"{base}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST},
+            resp = session.put(f"{base}/manifests/{tag}", data=manifest,
+                               headers={**headers, "Content-Type": OCI_MANIFEST},
                                auth=auth, timeout=60)
             assert resp.status_code == 201, (resp.status_code, resp.text)
             return digest

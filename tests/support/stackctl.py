@@ -82,3 +82,21 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
         time.sleep(interval)
+
+
+def csrf_token(html: str) -> str:
+    marker = 'name="csrfmiddlewaretoken" value="'
+    start = html.index(marker) + len(marker)
+    return html[start:html.index('"', start)]
+
+
+def admin_session(stack, username: str, password: str):
+    """A ``requests.Session`` logged in to the admin through its real login form (CSRF token and all)."""
+    import requests
+
+    session = requests.Session()
+    page = session.get(stack.url + "/admin/login/", timeout=30)
+    resp = session.post(stack.url + "/admin/login/?next=/admin/", timeout=30, allow_redirects=False, data={
+        "csrfmiddlewaretoken": csrf_token(page.text), "username": username, "password": password, "next": "/admin/"})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/admin/", (resp.status_code, resp.text[:500])
+    return session
