@@ -15,6 +15,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 # 30 s: how long SQLite waits for another process's write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT = 30
+# 600 s: how long a web thread or queue worker keeps its SQLite connection (Django's CONN_MAX_AGE).
+SQLITE_CONN_MAX_AGE = 600
 # Seconds the queue waits past converter.timeout before it hands a task out again (django-q2 needs retry > timeout).
 RETRY_MARGIN = 60
 
@@ -51,10 +53,14 @@ def sqlite_database(path: Path | str) -> dict:
 
     IMMEDIATE takes the write lock when an atomic block starts, so two processes never both read
     "no conversion running" and then both start one (a deferred transaction would fail to upgrade).
+
+    Connections persist (CONN_MAX_AGE): opening one per request re-reads the schema, and closing the
+    last one checkpoints and removes the WAL; together that was most of a webhook's time (bench/api.py).
     """
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(path),
+        "CONN_MAX_AGE": SQLITE_CONN_MAX_AGE,
         "OPTIONS": {
             "timeout": SQLITE_BUSY_TIMEOUT,
             "transaction_mode": "IMMEDIATE",
