@@ -24,6 +24,8 @@ import zstandard
 
 from acceleration_sdk.errors import DriverError
 
+from . import libdeflate
+
 try:  # zlib-ng is ~1.3x faster at level 9 and ~3x at level 1; same output format
     from zlib_ng import zlib_ng as _zlib
 except ImportError:  # pragma: no cover - the optional "fast" extra
@@ -48,8 +50,11 @@ class GzipCodec:
         self.level = level
 
     def compress(self, pieces: list[bytes]) -> bytes:
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if libdeflate.available:  # same format, same level meaning, faster and a little smaller
+            return libdeflate.gzip_compress(data, self.level)
         # one-shot: with zlib-ng ~40% cheaper per small member than a compressobj
-        return _zlib.compress(pieces[0] if len(pieces) == 1 else b"".join(pieces), self.level, GZIP_WBITS)
+        return _zlib.compress(data, self.level, GZIP_WBITS)
 
     def streamer(self, size: int):
         """A compressobj-like object for one member of ``size`` bytes fed piece by piece."""
