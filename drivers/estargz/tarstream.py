@@ -24,6 +24,9 @@ BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 # 1 MiB: Go archive/tar's maxSpecialFileSize, the cap on PAX and GNU long-name payloads.
 META_LIMIT = 1 << 20
+# 4095 bytes: Linux PATH_MAX (4096) less its NUL. No runtime can create a longer path or symlink target, and
+# without a cap a `tar c` of a 10,000-deep tree (~2 MB gzipped) makes a TOC of ever-longer names: 100 MB.
+MAX_NAME = 4095
 # 1 MiB reads from the source stream: large enough to amortise Python call overhead per header.
 READ_SIZE = 1 << 20
 
@@ -81,11 +84,25 @@ def clean_name(raw: str, *, where: str) -> str:
     Unlike the reader we refuse ``..`` components: a name that needs them is hostile, not sloppy.
     """
     if "\x00" in raw:
-        raise LayerError(f"{where}: name {raw!r} contains a NUL byte")
+        raise LayerError(f"{where}: name {_shown(raw)} contains a NUL byte")
     parts = [p for p in raw.split("/") if p and p != "."]
     if ".." in parts:
-        raise LayerError(f"{where}: name {raw!r} escapes the layer root")
-    return "/".join(parts)
+        raise LayerError(f"{where}: name {_shown(raw)} escapes the layer root")
+    name = "/".join(parts)
+    _check_length(name, "name", where)
+    return name
+
+
+def _shown(text: str) -> str:
+    """``repr`` of a name for a message, cut short: a message stays readable whatever the tar says."""
+    return repr(text) if len(text) <= 120 else f"{text[:120]!r}... ({len(text)} characters)"
+
+
+def _check_length(path: str, what: str, where: str) -> None:
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME:
+        raise LayerError(f"{where}: {what} {_shown(path)} is {size} bytes, longer than any path a runtime can "
+                         f"create (PATH_MAX {MAX_NAME + 1})")
 
 
 def go_clean_name(raw: str) -> str:
@@ -328,6 +345,7 @@ class TarReader:
             if not entry.linkname:
                 raise LayerError(f"{where}: hard link {name!r} has an empty target")
         elif kind == "symlink":
+            _check_length(link, "symlink target", where)
             entry.linkname = link  # a symlink target is data: dangling, absolute and ../ targets are all legal
         if records:
             entry.xattrs = {k[len(_XATTR_PREFIX):]: v for k, v in records.items()
