@@ -15,7 +15,9 @@ from .errors import AcceldJsonResponse, PayloadTooLarge, error_body
 def too_large() -> AcceldJsonResponse:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     status, body = error_body(PayloadTooLarge(f"request body is larger than {limit} bytes"))
-    return AcceldJsonResponse(body, status=status)
+    response = AcceldJsonResponse(body, status=status)
+    response["Content-Length"] = str(len(response.content))  # answered before CommonMiddleware would set it
+    return response
 
 
 class BodySizeLimitMiddleware:
