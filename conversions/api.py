@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers as drf_serializers
@@ -13,7 +14,7 @@ from acceld_project.runtime import RETRY_MARGIN
 from acceleration_sdk import reference
 from acceleration_sdk.errors import ReferenceError_
 
-from . import selectors, services, webhook
+from . import listing, selectors, services, webhook
 from .auth import check_webhook_auth
 from .conf import get_config
 from .errors import ConvertFailed, IllegalParameter
@@ -95,6 +96,11 @@ class ConversionsView(APIView):
         query = ListQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         q = query.validated_data
+        if not (q["verbose"] or q["paginated"]) and request.accepted_media_type == "application/json":
+            # acceld's own shape, the one that lists every task: rendered from rows, not serializer objects.
+            body = listing.task_list(status=q.get("status", ""), source=q.get("source", ""), offset=q["offset"],
+                                     limit=q.get("limit"))
+            return HttpResponse(body, content_type="application/json")
         qs = selectors.conversion_list(status=q.get("status", ""), source=q.get("source", ""))
         serializer = TaskDetailSerializer if q["verbose"] else TaskSerializer
         if q["verbose"]:
