@@ -31,8 +31,8 @@ CACHE = os.path.join(ROOT, "bench", "cache")
 RESULTS = os.path.join(ROOT, "bench", "results")
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
-    """Run ``cmd``; return (seconds, peak RSS in bytes of that process)."""
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int, float]:
+    """Run ``cmd``; return (wall seconds, peak RSS in bytes, CPU seconds (user + system) of that process)."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -41,7 +41,7 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {err[-2000:]}")
-    return elapsed, usage.ru_maxrss * 1024
+    return elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
 class Containerd:
@@ -63,31 +63,36 @@ class Containerd:
                 raise RuntimeError("containerd did not start")
             time.sleep(0.1)
 
-    def stop(self):
+    def stop(self) -> float:
+        """Stop containerd; returns the CPU seconds it used (its share of the reference's work)."""
         self.proc.terminate()
-        self.proc.wait(10)
+        _, _, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = 0
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        return usage.ru_utime + usage.ru_stime
 
 
-def reference_run(src: str, dst: str, zstd: bool, level: int) -> tuple[float, int]:
+def reference_run(src: str, dst: str, zstd: bool, level: int, steps: dict) -> tuple[float, int, float]:
+    """pull (ctr always unpacks too), convert, push; CPU includes containerd's. ``steps`` gets per-step walls."""
     ctrd = Containerd()
+    t = cpu = 0.0
+    rss = 0
     try:
         base = ["ctr-remote", "-a", ctrd.sock, "-n", "bench"]
         flags = ["--zstdchunked"] if zstd else ["--estargz", "--estargz-compression-level", str(level)]
-        t = 0.0
-        rss = 0
-        for cmd in (base + ["images", "pull", "--plain-http", src],
-                    base + ["images", "convert", *flags, "--oci", src, dst],
-                    base + ["images", "push", "--plain-http", dst]):
-            secs, peak = timed(cmd)
-            t, rss = t + secs, max(rss, peak)
-        return t, rss
+        for step, cmd in (("pull", base + ["images", "pull", "--plain-http", src]),
+                          ("convert", base + ["images", "convert", *flags, "--oci", src, dst]),
+                          ("push", base + ["images", "push", "--plain-http", dst])):
+            secs, peak, used = timed(cmd)
+            steps.setdefault(step, []).append(secs)
+            t, rss, cpu = t + secs, max(rss, peak), cpu + used
     finally:
-        ctrd.stop()
+        cpu += ctrd.stop()
+    return t, rss, cpu
 
 
-def ours_run(src: str, work_dir: str, compression: str, level: int) -> tuple[float, int]:
+def ours_run(src: str, work_dir: str, compression: str, level: int) -> tuple[float, int, float]:
     cfg = os.path.join(work_dir, "config.yaml")
     with open(cfg, "w") as fh:
         json.dump({"provider": {"work_dir": os.path.join(work_dir, "work")},
@@ -134,11 +139,12 @@ def main() -> int:
     try:
         client = RegistryClient()
         source = push_layer_image(client, f"{registry.host}/bench/rootfs:v1", rootfs)
-        rows: dict[str, list[tuple[float, int]]] = {}
+        rows: dict[str, list[tuple[float, int, float]]] = {}
+        ref_steps: dict[str, dict[str, list[float]]] = {}
 
         def record(key, value):
             rows.setdefault(key, []).append(value)
-            print(f"  {key:28} {value[0]:7.2f} s  {value[1] / 1e6:7.1f} MB", flush=True)
+            print(f"  {key:28} {value[0]:7.2f} s wall {value[2]:7.2f} s CPU {value[1] / 1e6:7.1f} MB", flush=True)
 
         n = 0
         for rep in range(args.reps):
@@ -153,7 +159,8 @@ def main() -> int:
                 if not args.skip_reference:
                     repo = fresh_repo(client, source, f"bench/ref-{n}")
                     record(f"ctr-remote {compression}",
-                           reference_run(repo, repo + "-ref", compression == "zstdchunked", ref_level))
+                           reference_run(repo, repo + "-ref", compression == "zstdchunked", ref_level,
+                                         ref_steps.setdefault(f"ctr-remote {compression}", {})))
             n += 1
             repo = fresh_repo(client, source, f"bench/fast-{n}")
             record("ours estargz level 1", ours_run(repo, tempfile.mkdtemp(dir=work), "estargz", 1))
@@ -161,11 +168,14 @@ def main() -> int:
             big_src = push_layer_image(client, f"{registry.host}/bench/big:v1", big)
             record("ours 1 GiB layer level 1", ours_run(big_src, tempfile.mkdtemp(dir=work), "estargz", 1))
 
-        med = {k: {"seconds": median([v[0] for v in vs]), "peak_rss_mb": max(v[1] for v in vs) / 1e6,
-                   "runs": [v[0] for v in vs]} for k, vs in rows.items()}
+        med = {k: {"seconds": median([v[0] for v in vs]), "cpu_seconds": median([v[2] for v in vs]),
+                   "peak_rss_mb": max(v[1] for v in vs) / 1e6, "runs": [v[0] for v in vs]}
+               for k, vs in rows.items()}
+        for k, steps in ref_steps.items():
+            med[k]["steps"] = {step: median(walls) for step, walls in steps.items()}
 
-        def ratio(a, b):
-            return med[a]["seconds"] / med[b]["seconds"] if a in med and b in med else None
+        def ratio(a, b, measure="seconds"):
+            return med[a][measure] / med[b][measure] if a in med and b in med else None
 
         ratios = {
             "estargz ours/ctr-remote (target <= 0.25)": ratio("ours estargz", "ctr-remote estargz"),
@@ -174,15 +184,27 @@ def main() -> int:
                                                                            "ctr-remote estargz"),
             "second conversion / first (target <= 0.05)": ratio("ours estargz again", "ours estargz"),
         }
-        print("\n| measure | median s | peak RSS MB |\n|---|---|---|")
+        cpu_ratios = {
+            "estargz ours/ctr-remote": ratio("ours estargz", "ctr-remote estargz", "cpu_seconds"),
+            "zstdchunked ours/ctr-remote": ratio("ours zstdchunked", "ctr-remote zstdchunked", "cpu_seconds"),
+            "estargz level 1 / ctr-remote level 9": ratio("ours estargz level 1", "ctr-remote estargz",
+                                                          "cpu_seconds"),
+        }
+        print("\n| measure | median wall s | median CPU s | peak RSS MB |\n|---|---|---|---|")
         for k, v in med.items():
-            print(f"| {k} | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} |")
-        print("\n| ratio | value |\n|---|---|")
+            steps = ", ".join(f"{s} {w:.1f}" for s, w in v.get("steps", {}).items())
+            print(f"| {k} | {v['seconds']:.2f}{f' ({steps})' if steps else ''} | {v['cpu_seconds']:.2f} | "
+                  f"{v['peak_rss_mb']:.0f} |")
+        print("\n| ratio (wall) | value |\n|---|---|")
         for k, v in ratios.items():
             print(f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |")
+        print("\n| ratio (CPU seconds; steadier on a shared machine) | value |\n|---|---|")
+        for k, v in cpu_ratios.items():
+            print(f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |")
+        load = os.getloadavg()
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        out = {"date": stamp, "cpus": os.cpu_count(), "rootfs_bytes": os.path.getsize(rootfs),
-               "medians": med, "ratios": ratios}
+        out = {"date": stamp, "cpus": os.cpu_count(), "loadavg_at_end": load,
+               "rootfs_bytes": os.path.getsize(rootfs), "medians": med, "ratios": ratios, "cpu_ratios": cpu_ratios}
         for name in (f"{stamp}.json", "latest.json"):
             with open(os.path.join(RESULTS, name), "w") as fh:
                 json.dump(out, fh, indent=2)
