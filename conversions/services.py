@@ -20,6 +20,7 @@ from django.utils.module_loading import import_string
 
 from acceleration_sdk import reference
 from acceleration_sdk.config import Config
+from acceleration_sdk.engine import skip_reason
 from acceleration_sdk.errors import AccelError
 
 from .conf import get_config
@@ -28,16 +29,6 @@ from .models import ConversionTask, Status, Trigger
 from .progress import ProgressReporter
 
 log = logging.getLogger("acceld.services")
-
-
-def _skip_reason(cfg: Config, ref: reference.Reference) -> str:
-    """Why ``ref`` needs no conversion: pushing the converted tag fires the webhook again (the loop)."""
-    suffix = cfg.converter.tag_suffix
-    if reference.is_converted(ref, suffix):
-        return f"already converted: tag {ref.tag!r} ends with {suffix!r}"
-    if cfg.converter.cache_tag and ref.tag == cfg.converter.cache_tag:
-        return f"tag {ref.tag!r} is the remote cache tag"
-    return ""
 
 
 def _running_leader(source: str, exclude=None) -> ConversionTask | None:
@@ -114,7 +105,7 @@ def _create(cfg: Config, ref: reference.Reference, *, trigger: str, digest: str,
             return existing
     task = ConversionTask(source=key, trigger=trigger, digest=digest, event_id=event_id,
                           driver=cfg.converter.driver.type)
-    why = _skip_reason(cfg, ref)
+    why = skip_reason(cfg, ref)  # pushing the converted tag fires the webhook again: the loop
     if why:
         now = timezone.now()
         task.status, task.skipped, task.finished, task.target = Status.COMPLETED, True, now, key
