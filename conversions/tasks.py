@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 
 log = logging.getLogger("acceld.tasks")
 
 RUN = "conversions.tasks.run"
+
+_broker: tuple = ()  # (pid, broker)
+
+
+def _queue():
+    """django-q2's broker, built once per process (``async_task`` builds a new one for every message)."""
+    global _broker
+    if not _broker or _broker[0] != os.getpid():
+        from django_q.brokers import get_broker
+
+        _broker = (os.getpid(), get_broker())
+    return _broker[1]
 
 
 def enqueue_run(task_id, token) -> None:
@@ -14,7 +27,7 @@ def enqueue_run(task_id, token) -> None:
     from django_q.tasks import async_task
 
     async_task(RUN, str(task_id), str(token), task_name=f"convert-{task_id}-{str(token)[:8]}",
-               group="conversions")
+               group="conversions", broker=_queue())
 
 
 def run(task_id: str, token: str) -> str:
