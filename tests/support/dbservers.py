@@ -154,7 +154,14 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes with whatever it held (persistence is off)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def start(self) -> "RedisServer":
+        """Start (or start again, on the same port after ``kill()``)."""
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
