@@ -1,7 +1,8 @@
 """Everything that changes a ConversionTask (HackSoftware style: views and admin call these, nothing else).
 
 Every status change happens here inside ``transaction.atomic`` on a locked row, and the queue is told
-only with ``transaction.on_commit``, so a worker never sees a task its creator rolled back.
+only with ``transaction.on_commit`` (or, when the queue is a table of the same database, in the same
+transaction), so a worker never sees a task its creator rolled back.
 
 A task either *leads* (it owns ``run_token`` and a queued run does the work) or *follows* a leader
 converting the same source (``shared_with``): one pull, one push, and the leader's outcome is copied
@@ -43,6 +44,9 @@ def _enqueue_on_commit(task: ConversionTask) -> None:
     from . import tasks  # the queue module imports django_q, which needs the app registry
 
     task_id, token = task.pk, task.run_token
+    if tasks.queued_in_this_database():  # the message commits or rolls back with the task
+        tasks.enqueue_run(task_id, token)
+        return
     transaction.on_commit(lambda: tasks.enqueue_run(task_id, token), robust=True)
 
 

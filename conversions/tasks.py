@@ -22,8 +22,20 @@ def _queue():
     return _broker[1]
 
 
+def queued_in_this_database() -> bool:
+    """Whether a queued run is a row of our own database (django-q2's ORM broker, and not its sync mode).
+
+    Then the services write it inside the task's transaction: both commit or neither does, as with
+    ``on_commit``, and a webhook takes SQLite's write lock once instead of twice (bench/api.py).
+    """
+    from django.db import DEFAULT_DB_ALIAS
+    from django_q.conf import Conf
+
+    return Conf.ORM == DEFAULT_DB_ALIAS and not Conf.SYNC
+
+
 def enqueue_run(task_id, token) -> None:
-    """Queue one run of a task (called from ``transaction.on_commit`` by the services)."""
+    """Queue one run of a task (called by the services inside the task's transaction, or on its commit)."""
     from django_q.tasks import async_task
 
     async_task(RUN, str(task_id), str(token), task_name=f"convert-{task_id}-{str(token)[:8]}",
