@@ -69,6 +69,7 @@ class StreamingUpload:
     # ------------------------------------------------------------------ the network thread
     def _run(self) -> None:
         what = f"push blob to {self._ref.name}"
+        ended = False  # _END taken off the queue: nothing more will come to drain
         try:
             resp = self._t.request("POST", self._ref, f"/v2/{self._ref.repository}/blobs/uploads/",
                                    scopes=self._scopes, what=what, headers={"Content-Length": "0"})
@@ -79,6 +80,7 @@ class StreamingUpload:
             while True:
                 item = self._queue.get()
                 if item is _END:
+                    ended = True
                     break
                 self._patch(item, what)
             if self._digest:
@@ -92,7 +94,7 @@ class StreamingUpload:
         except BaseException as exc:  # recorded; the blob is pushed again from the store
             self.error = exc
             log.debug("streaming upload to %s failed, will push from the store: %s", self._ref.name, exc)
-            while self._queue.get() is not _END:  # keep draining so the producer never blocks
+            while not ended and self._queue.get() is not _END:  # keep draining so the producer never blocks
                 pass
 
     def _patch(self, data: bytes, what: str) -> None:
