@@ -16,7 +16,8 @@ from conversions.renderers import AcceldJSONRenderer
 from conversions.serializers import TaskSerializer
 from tests.service.conftest import HOST
 
-AWKWARD = ['quote " and backslash \\', "tab\tnew\nline\x00\x1f", "ünïcödé ✓ 😀", "sep\u2028para\u2029end", "</script>"]
+AWKWARD = ['quote " and backslash \\', "tab\tnew\nline\x00\x1f", "ünïcödé ✓ 😀", "sep\u2028para\u2029end",
+           "</script>"]
 
 
 def drf_bytes(qs) -> bytes:
@@ -29,7 +30,8 @@ def make_tasks() -> None:
     for i in range(30):
         created = base + datetime.timedelta(seconds=i, microseconds=micro[i % len(micro)])
         status = [Status.COMPLETED, Status.FAILED, Status.PROCESSING][i % 3]
-        finished = None if status == Status.PROCESSING else created + datetime.timedelta(microseconds=micro[(i + 1) % 6])
+        later = datetime.timedelta(microseconds=micro[(i + 1) % len(micro)])
+        finished = None if status == Status.PROCESSING else created + later
         ConversionTask.objects.create(
             source=f"{HOST}/library/app{i}:{AWKWARD[i % len(AWKWARD)][:3]}", status=status, created=created,
             finished=finished, source_size=i * 2**33, target_size=i, reason=AWKWARD[i % len(AWKWARD)])
