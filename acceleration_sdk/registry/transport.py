@@ -13,6 +13,7 @@ This module is the boundary where third-party errors (requests, urllib3, ssl) be
 from __future__ import annotations
 
 import email.utils
+import http.client
 import ipaddress
 import json
 import logging
@@ -131,6 +132,8 @@ def wire_reason(exc: BaseException) -> str:
             return "connection reset"
         if isinstance(e, urllib3.exceptions.IncompleteRead) or "IncompleteRead" in type(e).__name__:
             return "connection closed before the whole body arrived"
+        if isinstance(e, http.client.BadStatusLine):  # (after the reset check: RemoteDisconnected is both)
+            return "the answer was not HTTP"
     for e in chain:
         if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
             return "timed out"
