@@ -27,6 +27,10 @@ from tests.support.images import push_image, simple_tar
 TMPFS_SIZE = 8 << 20
 
 
+# a hang in a pool thread cannot be interrupted by a signal: on timeout, dump every stack and stop the run
+pytestmark = pytest.mark.timeout(120, method="thread")
+
+
 def make_cfg(work_dir, *, threshold: str = "1000MB", compression: str = "estargz"):
     return config_mod.from_dict({
         "provider": {"work_dir": str(work_dir), "gcpolicy": {"threshold": threshold}},

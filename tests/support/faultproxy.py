@@ -94,6 +94,18 @@ class drop(Fault):  # noqa: N801
         return self.name
 
 
+class garbage(Fault):  # noqa: N801
+    """Answer bytes that are not HTTP at all, then hang up (a confused middlebox)."""
+
+    name = "garbage"
+
+    def apply(self, handler, body):
+        handler.wfile.write(b"\x00\xffSSH-2.0-not-a-registry\r\n\r\n")
+        handler.wfile.flush()
+        handler.hang_up()
+        return self.name
+
+
 class call(Fault):  # noqa: N801
     """Run ``fn()`` (kill the registry, pause...), then forward."""
 
@@ -192,7 +204,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(doc)))
             self.end_headers()
-            self.wfile.write(doc)
+            if self.command != "HEAD":
+                self.wfile.write(doc)
             return "502 upstream unreachable"
         try:
             length = resp.getheader("Content-Length")
