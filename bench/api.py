@@ -14,7 +14,10 @@ What is measured (each phase bounded by a request count and a time limit):
 2. ``post``: the same with the qcluster stopped: the web tier alone (parse, auth, insert task, enqueue).
 3. ``GET /api/v1/conversions`` with exactly ``--tasks`` tasks in the database (bulk_create through the ORM,
    a realistic mix of statuses), one keep-alive client, sequential: p50/p95 of the whole response read, for the
-   default shape (acceld's array of every task) and ``?limit=100``. The qcluster is stopped (nothing writes).
+   default shape (acceld's array of every task) and ``?limit=100``. The qcluster is stopped (nothing writes),
+   so the service answers the full list from the copy it keeps while nothing is committed
+   (conversions/listing.py); ``(default, fresh)`` commits a change to one task before each GET, so every
+   answer is rendered afresh: the price of the full list while conversions are finishing.
 
 The load generator is stdlib ``http.client`` on keep-alive connections, one per thread (cheaper per request
 than requests.Session, so less of the shared CPU goes to the client). An error is any connection failure or an
@@ -346,8 +349,9 @@ def task_counts() -> dict:
 
 
 def table(result: dict) -> str:
-    out = [f"acceld API bench  {result['stamp']}  ({result['machine']['cpus']} CPUs, "
-           f"gunicorn {result['web']['workers']}x{result['web']['threads']} gthread)", ""]
+    m = result["machine"]
+    out = [f"acceld API bench  {result['stamp']}  ({m['cpus']} CPUs, load {m['loadavg_before']:.1f} -> "
+           f"{m['loadavg_after']:.1f}, gunicorn {result['web']['workers']}x{result['web']['threads']} gthread)", ""]
     out.append(f"{'phase':<12} {'reqs':>6} {'err':>4} {'secs':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
                f"{'p99 ms':>7}  cpu ms/req (web / qcluster / client)")
     for name in ("post+queue", "post"):
@@ -358,14 +362,16 @@ def table(result: dict) -> str:
         out.append(f"{name:<12} {p['requests']:>6} {p['errors']:>4} {p['seconds']:>6} {p['per_second']:>7} "
                    f"{p['latency_ms']['p50']:>7} {p['latency_ms']['p95']:>7} {p['latency_ms']['p99']:>7}  "
                    f"{c.get('web')} / {c.get('qcluster', '-')} / {c.get('client')}")
+        if "drained" in p:
+            out.append(f"    (the queue finished {p['drained']} conversions meanwhile)")
         for sample in p["error_samples"]:
             out.append(f"    error: {sample}")
     out.append("")
     out.append(f"GET {PATH} with {result['tasks']} tasks")
     out.append(f"{'query':<22} {'reqs':>5} {'rows':>6} {'bytes':>9} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}")
     for g in result["get"]:
-        out.append(f"{g['query']:<22} {g['requests']:>5} {g['rows']:>6} {g['bytes']:>9} {g['p50_ms']:>7} {g['p95_ms']:>7} "
-                   f"{g['max_ms']:>7}")
+        out.append(f"{g['query']:<22} {g['requests']:>5} {g['rows']:>6} {g['bytes']:>9} {g['p50_ms']:>7} "
+                   f"{g['p95_ms']:>7} {g['max_ms']:>7}")
     out.append("")
     t = result["targets"]
     verdict = {True: "met", False: "MISSED", None: "not measured"}
@@ -393,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     result: dict = {
         "stamp": stamp, "tasks": args.tasks,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_before": os.getloadavg()[0]},
         "web": {"workers": int(web_env.get("ACCELD_WEB_WORKERS", "2")),
                 "threads": int(web_env.get("ACCELD_WEB_THREADS", "16"))},
         "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -406,9 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_post:
             # Warm up: every gunicorn thread imports and connects once; not counted.
             post_load(svc, run="warmup", count=200, duration=10, concurrency=args.concurrency, sids={})
+            before = task_counts()
             result["post+queue"] = post_load(svc, run="queue", count=args.requests, duration=args.duration,
                                              concurrency=args.concurrency, sids=sids)
-            result["post+queue"]["tasks_after"] = task_counts()
+            after = task_counts()
+            # Conversions the queue finished while the webhooks came in (each fails fast: no such image).
+            result["post+queue"]["drained"] = sum(after.values()) - after.get("PROCESSING", 0) - (
+                sum(before.values()) - before.get("PROCESSING", 0))
         svc.stop_qcluster()
         if not args.skip_post:
             result["post"] = post_load(svc, run="web", count=args.requests, duration=args.duration,
@@ -425,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    result["machine"]["loadavg_after"] = os.getloadavg()[0]
     post = result.get("post+queue")
     result["targets"] = {
         "post": None if post is None else post["per_second"] >= 400 and post["errors"] == 0,

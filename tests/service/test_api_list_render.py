@@ -47,6 +47,17 @@ def test_render_equals_drf_serializer(acceld):
 
 
 @pytest.mark.django_db
+def test_other_databases_render_from_python_values(acceld, monkeypatch):
+    # PostgreSQL and MySQL store times and UUIDs differently; their rows are formatted from Python objects.
+    from django.db import connections
+
+    make_tasks()
+    monkeypatch.setattr(type(connections["default"]), "vendor", "postgresql")
+    qs = selectors.conversion_list()
+    assert listing.task_list() == drf_bytes(qs)
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("kwargs", [{"status": Status.FAILED}, {"source": "APP1"}, {"offset": 4},
                                     {"limit": 3}, {"offset": 5, "limit": 7}, {"offset": 100}])
 def test_filters_and_slices_equal_drf(acceld, kwargs):
