@@ -206,6 +206,8 @@ class ContentStore:
     # -------------------------------------------------------------- leases and GC
     @contextlib.contextmanager
     def lease(self) -> Iterator["Lease"]:
+        """A lease for one conversion. Every blob committed through this store while it is open is leased
+        before it becomes visible, so a GC in another process never takes a blob between write and use."""
         lease = Lease(self, uuid.uuid4().hex)
         with self._leases_lock:
             self._open_leases[lease.id] = lease

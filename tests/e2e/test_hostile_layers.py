@@ -31,6 +31,7 @@ from tests.support import tars
 from tests.support.registry import RegistryServer
 
 RSS_LIMIT_KIB = 200_000
+pytestmark = pytest.mark.slow  # one child process converts ~50 layers (~20 s with the pushes)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN = uuid.uuid4().hex[:12]  # makes every path a tar names unique to this run
 
