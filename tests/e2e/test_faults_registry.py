@@ -126,6 +126,17 @@ def test_retry_after_is_honoured(tmp_path, registry, proxy):
     assert_converted(registry, name, result)
 
 
+def test_whole_operation_retries_back_off_exponentially(tmp_path, registry, proxy):
+    """A manifest PUT refused twice is sent again after backoff, then 2 x backoff (no Retry-After given)."""
+    name = seed(registry, "backoff")
+    rule = proxy.add("PUT", r"/manifests/sha256:", status(503), times=2)
+    started = time.monotonic()
+    result = convert(make_cfg(tmp_path), f"{proxy.host}/{name}:v1", client=fast_client(backoff=0.3))
+    assert rule.applied == 2
+    assert time.monotonic() - started >= 0.3 + 0.6
+    assert_converted(registry, name, result)
+
+
 def test_chunked_upload_survives_503_and_a_broken_patch(tmp_path, registry, proxy):
     """Uploads in 64 KiB PATCHes: a 503 on one PATCH and a connection cut inside another are retried whole.
 
