@@ -313,8 +313,8 @@ class EngineProvider:
         hit = self.store.cache_get(key)
         if hit is not None:
             desc = Descriptor.from_dict(hit[0])
+            self.lease.add([desc.digest])  # lease before looking: a GC in another worker must not take it after
             if self.store.has(desc.digest) or self.client.blob_exists(self.target, desc.digest):
-                self.lease.add([desc.digest])
                 return ConvertedLayer(desc, hit[1])
         remote = self.remote_cache.get(driver.cache_key(), layer.digest) if self.remote_cache else None
         if remote is not None and self.client.blob_exists(self.target, remote[0].digest):
