@@ -14,7 +14,7 @@ import json
 import pytest
 import schemathesis
 from schemathesis import GenerationMode
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conversions.models import ConversionTask
@@ -134,11 +134,25 @@ content_types = st.sampled_from(["application/json", "application/cloudevents+js
                                  "application/json; charset=latin-1"])
 
 
+def _push(url: str, cloudevents: bool = False) -> bytes:
+    if cloudevents:
+        return json.dumps({"specversion": "1.0", "type": "harbor.artifact.pushed", "id": "ev-1",
+                           "data": {"resources": [{"resource_url": url}]}}).encode()
+    return json.dumps({"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": url}]}}).encode()
+
+
 def test_webhook_fuzz_no_5xx_no_unauthenticated_task(locked_down, api):
     seen: collections.Counter = collections.Counter()
 
     @settings(FUZZ, max_examples=300)
     @given(body=bodies, authorization=authorizations, headers=extra_headers, content_type=content_types)
+    # Every outcome at least once, whatever the generator draws: a task on each host, a refusal, garbage.
+    @example(body=_push(f"{HOST}/library/nginx:1"), authorization=AUTH, headers={}, content_type="application/json")
+    @example(body=_push(f"{OTHER_HOST}/library/redis:7", cloudevents=True), authorization=OTHER_AUTH,
+             headers={"X-Harbor-Event-Id": "ev-1"}, content_type="application/cloudevents+json")
+    @example(body=_push(f"{HOST}/library/nginx:1"), authorization=OTHER_AUTH, headers={},
+             content_type="application/json")
+    @example(body=b"\xff{", authorization=AUTH, headers={}, content_type="application/json")
     def post(body, authorization, headers, content_type):
         before = ConversionTask.objects.count()
         resp = post_webhook(api, None, raw=body, auth=authorization, headers=headers, content_type=content_type)
