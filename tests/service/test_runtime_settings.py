@@ -65,3 +65,10 @@ def test_migrations_match_the_models(db):
     from django.core.management import call_command
 
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)  # exits non-zero when one is missing
+
+
+def test_retry_margin_from_the_environment():
+    cfg = sdk_config.from_dict({"converter": {"timeout": 20}})
+    assert runtime.q_cluster_settings(cfg, env={})["retry"] == 20 + runtime.RETRY_MARGIN
+    assert runtime.q_cluster_settings(cfg, env={"ACCELD_RETRY_MARGIN": "5"})["retry"] == 25
+    assert runtime.q_cluster_settings(cfg, env={"ACCELD_RETRY_MARGIN": "0"})["retry"] == 21  # always > timeout
