@@ -186,3 +186,19 @@ def test_a_header_is_valid_only_for_its_own_host(locked_down, api, urls, authori
         assert resp.status_code == 200 and ConversionTask.objects.count() - before == len(urls)
     else:
         assert resp.status_code == 401 and ConversionTask.objects.count() == before
+
+
+@pytest.mark.parametrize("path", ["/api/v1/conversions", "/admin/login/", "/nowhere"])
+def test_a_body_over_the_limit_is_413_before_anything_reads_it(locked_down, api, settings, path):
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    assert limit == 1024 * 1024
+    resp = api.generic("POST", path, b"{" + b" " * limit, content_type="application/json",
+                       headers={"Authorization": AUTH})
+    assert resp.status_code == 413 and int(resp["Content-Length"]) == len(resp.content)
+    assert json.loads(resp.content) == {"code": "ERR_PAYLOAD_TOO_LARGE",
+                                        "message": f"request body is larger than {limit} bytes"}
+    assert ConversionTask.objects.count() == 0
+    # At the limit it is read and judged like any other body.
+    resp = api.generic("POST", "/api/v1/conversions", b"{" + b" " * (limit - 2) + b"}",
+                       content_type="application/json", headers={"Authorization": AUTH})
+    assert resp.status_code == 200
