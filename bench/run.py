@@ -34,14 +34,31 @@ RESULTS = os.path.join(ROOT, "bench", "results")
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int, float]:
     """Run ``cmd``; return (wall seconds, peak RSS in bytes, CPU seconds (user + system) of that process)."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
+    err_file = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, env=env)
+    # Peak RSS is read from /proc (VmHWM) while the process runs: ru_maxrss is no good here, Linux carries
+    # the parent's high-water mark into a forked child, so every child would seem as big as this script.
+    peak_kib = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            with open(f"/proc/{proc.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        peak_kib = max(peak_kib, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.02)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - start
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
+    err_file.seek(0)
+    err = err_file.read().decode(errors="replace")
+    err_file.close()
+    if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {err[-2000:]}")
-    return elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    return elapsed, peak_kib * 1024, usage.ru_utime + usage.ru_stime
 
 
 class Containerd:
