@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("accelctl: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line (the traceback with --debug)
+        if args.debug:
+            raise
+        print(f"accelctl: error: internal error ({type(exc).__name__}); run with --debug for details",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

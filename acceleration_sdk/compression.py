@@ -71,6 +71,10 @@ class _GzipMembersReader(io.RawIOBase):
         want = len(buf)
         while not self._pending and not self._eof:
             data = self._d.unconsumed_tail or self._src.read(READ_SIZE)
+            if data and not self._started:
+                data = data.lstrip(b"\0")  # zero padding after the last member, in whatever read it falls
+                if not data:
+                    continue
             if data:
                 self._started = True
                 self._pending = self._inflate(data, want)

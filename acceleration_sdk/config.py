@@ -339,4 +339,6 @@ def load(path: str | os.PathLike) -> Config:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {os.fspath(path)}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {os.fspath(path)} is not UTF-8 text") from exc
     return loads(text, origin=os.fspath(path))

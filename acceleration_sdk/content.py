@@ -229,8 +229,14 @@ class ContentStore:
         with self._db() as db:
             return db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0]
 
-    def gc(self, threshold: int) -> list[str]:
-        """Evict blobs (least used, then least recent) until under ``threshold``; return what went."""
+    def gc(self, threshold: int, stale_after: float | None = None) -> list[str]:
+        """Evict blobs (least used, then least recent) until under ``threshold``; return what went.
+
+        With ``stale_after`` (seconds), ingest files untouched that long are deleted too: a worker killed
+        mid-layer (a timeout, kill -9) leaves its partial blob there, and nobody else ever will.
+        """
+        if stale_after is not None:
+            self._remove_stale_ingests(stale_after)
         evicted: list[str] = []
         with self._db() as db, _immediate(db):  # leases and blobs read as one state, no commit in between
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0]
@@ -256,6 +262,15 @@ class ContentStore:
                 if json.loads(desc)["digest"] in evicted:
                     db.execute("DELETE FROM layer_cache WHERE key = ?", (key,))
         return evicted
+
+
+    def _remove_stale_ingests(self, stale_after: float) -> None:
+        cutoff = time.time() - stale_after
+        with os.scandir(self.ingest_dir) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):  # gone already, or not ours to delete
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
 
 
 class Lease:

@@ -67,6 +67,7 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         return ConversionResult(source=str(src), target=str(target), digest="", source_size=0, target_size=0,
                                 skipped=True, durations={"total": time.monotonic() - started},
                                 driver=driver.name(), driver_version=driver.version(), reason=reason)
+    own_client = client is None
     client = client or RegistryClient(cfg)
     store = store or store_for(cfg)
     durations: dict[str, float] = {}
@@ -90,8 +91,8 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         except AccelError:
             raise
         except Exception as exc:  # a driver bug must become a FAILED task with a reason, not a traceback
-            log.exception("driver %s failed on %s", driver.name(), src)
-            raise ConversionError(f"driver {driver.name()} failed on {src}: {type(exc).__name__}: {exc}",
+            log.exception("driver %s failed on %s", driver.name(), src)  # the details stay in the log
+            raise ConversionError(f"driver {driver.name()} failed on {src} ({type(exc).__name__}); see the log",
                                   reference=str(src)) from exc
         durations["convert"] = time.monotonic() - t
 
@@ -100,9 +101,11 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         if remote_cache is not None:
             remote_cache.save()
         durations["push"] = time.monotonic() - t
+    if own_client:
+        client.close()
     try:
-        store.gc(cfg.provider.gcpolicy.threshold)
-    except AccelError as exc:  # GC trouble must not fail a conversion that succeeded
+        store.gc(cfg.provider.gcpolicy.threshold, stale_after=2 * cfg.converter.timeout)
+    except Exception as exc:  # housekeeping after success: GC trouble must not fail the conversion
         log.warning("content GC failed: %s", exc)
     durations["total"] = time.monotonic() - started
     provider.progress(ProgressEvent("done", "", 1, 1, f"pushed {target}"))

@@ -62,8 +62,11 @@ class _PipeWriter:
         self._fh = os.fdopen(fd, "wb", buffering=0)
 
     broken = False  # the reader stopped: keep downloading (and hashing) to learn whether the blob was bad
+    cancelled = False  # the conversion failed for another reason: stop the download at once
 
     def write(self, data) -> int:
+        if self.cancelled:
+            raise BrokenPipeError("the conversion stopped reading this layer")
         view = memoryview(data)
         while view and not self.broken:
             try:
@@ -149,8 +152,12 @@ class EngineProvider:
         try:
             yield _Counting(reader, on_bytes)
         except BaseException as exc:
-            reader.close()  # the download runs on to the end, so a bad blob is named as the cause
-            if errors and isinstance(errors[0], AccelError) and errors[0] is not exc:
+            # A broken layer may be a bad download: let it run on to the end so a bad blob is named as the
+            # cause. Anything else (disk full, Ctrl-C, a driver failure) stops the download at once.
+            if not isinstance(exc, LayerError):
+                writer.cancelled = True
+            reader.close()
+            if isinstance(exc, Exception) and errors and isinstance(errors[0], AccelError) and errors[0] is not exc:
                 raise errors[0] from exc
             raise
         reader.close()
@@ -369,8 +376,7 @@ class EngineProvider:
             self.progress(ProgressEvent("push", desc.digest, desc.size, desc.size, how))
 
         with concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="push") as pool:
-            for fut in [pool.submit(one, b) for b in blobs]:
-                fut.result()
+            list(pool.map(one, blobs))
 
 
 class _Missing:

@@ -66,10 +66,13 @@ class RemoteCache:
         with self._lock:
             for records in self._records.values():
                 for rec in records:
-                    ann = rec.get("annotations") or {}
-                    if ann.get(SOURCE_DIGEST) == source_digest and ann.get(CACHE_KEY) == cache_key:
-                        plain = {k: v for k, v in ann.items() if k not in (SOURCE_DIGEST, CACHE_KEY, DIFF_ID)}
-                        return Descriptor.from_dict({**rec, "annotations": plain}), ann[DIFF_ID]
+                    try:
+                        ann = rec.get("annotations") or {}
+                        if ann.get(SOURCE_DIGEST) == source_digest and ann.get(CACHE_KEY) == cache_key:
+                            plain = {k: v for k, v in ann.items() if k not in (SOURCE_DIGEST, CACHE_KEY, DIFF_ID)}
+                            return Descriptor.from_dict({**rec, "annotations": plain}), str(ann[DIFF_ID])
+                    except (AttributeError, KeyError, TypeError, AccelError):
+                        continue  # a malformed record (anyone who can push the cache tag can write one)
         return None
 
     # ------------------------------------------------------------------ writing

@@ -62,3 +62,14 @@ def test_cache_size_caps_records_and_version_change_starts_over(tmp_path, regist
         ["converted"]
     cache = json.loads(client.get_manifest(parse(f"{repo}:esgz-cache")).raw)
     assert cache["annotations"][CACHE_VERSION] == "v2"
+
+
+def test_a_malformed_cache_record_only_costs_time(tmp_path, registry):
+    from acceleration_sdk.remote_cache import RemoteCache
+    client = RegistryClient()
+    repo = f"{registry.host}/rc/bad"
+    push_image(client, f"{repo}:v1", [simple_tar({"f": b"x"})])
+    cache = RemoteCache(client, parse(f"{repo}:v1"), "esgz-cache", 10)
+    cache._records = {"linux/amd64": ["not a dict", {"annotations": {SOURCE_DIGEST: "sha256:x", CACHE_KEY: "k"}},
+                                      {"annotations": None}]}
+    assert cache.get("k", "sha256:x") is None

@@ -123,3 +123,21 @@ def test_thousands_of_small_gzip_members():
     parts = [os.urandom(50) for _ in range(5000)]
     blob = b"".join(gzip.compress(p) for p in parts)
     assert open_decompressed(io.BytesIO(blob)).read() == b"".join(parts)
+
+
+def test_zero_padding_after_the_last_member_in_a_later_read():
+    from acceleration_sdk.compression import READ_SIZE
+    payload = os.urandom(READ_SIZE)  # incompressible: the member ends just under one read
+    blob = gzip.compress(payload)
+    padded = blob + b"\0" * (3 * READ_SIZE)
+    assert open_decompressed(io.BytesIO(padded)).read() == payload
+
+
+def test_gc_removes_stale_ingest_files_only(tmp_path):
+    import time as _time
+    store = ContentStore(tmp_path)
+    old, fresh = store.writer(), store.writer()
+    old.write(b"partial layer of a killed worker")
+    os.utime(old.path, (_time.time() - 7200, _time.time() - 7200))
+    store.gc(threshold=10**9, stale_after=3600)
+    assert not os.path.exists(old.path) and os.path.exists(fresh.path)
