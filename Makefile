@@ -28,7 +28,7 @@ bench: install
 	./scripts/system-deps.sh bench
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-bench-api: install
+bench-api: install system-deps
 	$(PY) bench/api.py $(BENCH_ARGS)
 
 clean:
