@@ -5,14 +5,13 @@ sniffs them. Readers read across gzip members and zstd frames (see DESIGN.md tra
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import zlib
 from typing import BinaryIO
 
 import zstandard
 
-from .errors import DigestMismatchError, LayerError
+from .errors import LayerError
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -145,63 +144,3 @@ class _Raw(io.RawIOBase):
         data = self._src.read(len(buf))
         buf[:len(data)] = data
         return len(data)
-
-
-class VerifyingReader(io.RawIOBase):
-    """Hashes what passes through; at EOF checks size and digest, raising DigestMismatchError."""
-
-    def __init__(self, src: BinaryIO, digest: str, size: int | None = None, what: str = "blob"):
-        algo, _, self._hex = digest.partition(":")
-        if algo != "sha256":
-            raise LayerError(f"unsupported digest algorithm in {digest!r}", digest=digest)
-        self._src, self._digest, self._size, self._what = src, digest, size, what
-        self._h = hashlib.sha256()
-        self.count = 0
-        self._checked = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        data = self._src.read(len(buf))
-        if data:
-            self._h.update(data)
-            self.count += len(data)
-            if self._size is not None and self.count > self._size:
-                raise DigestMismatchError(f"{self._what} {self._digest} is larger than its {self._size} bytes",
-                                          digest=self._digest)
-            buf[:len(data)] = data
-            return len(data)
-        self.verify()
-        return 0
-
-    def verify(self) -> None:
-        if self._checked:
-            return
-        self._checked = True
-        actual = "sha256:" + self._h.hexdigest()
-        if self._size is not None and self.count != self._size:
-            raise DigestMismatchError(f"{self._what} {self._digest} is truncated: got {self.count} of "
-                                      f"{self._size} bytes", digest=self._digest, actual=actual)
-        if actual != self._digest:
-            raise DigestMismatchError(f"{self._what} {self._digest} does not match its content ({actual})",
-                                      digest=self._digest, actual=actual)
-
-
-class HashingWriter:
-    """Counts and hashes bytes on their way to ``dst``."""
-
-    def __init__(self, dst: BinaryIO):
-        self._dst = dst
-        self._h = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self._h.update(data)
-        self.size += len(data)
-        self._dst.write(data)
-        return len(data)
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self._h.hexdigest()

@@ -126,7 +126,7 @@ def push_image(provider: EngineProvider, root: Descriptor) -> None:
                 return
             provider.read_manifest(desc)
         raw = provider.store.read_bytes(desc.digest)
-        if desc.media_type in INDEX_TYPES or desc.media_type.endswith("image.index.v1+json"):
+        if desc.media_type in INDEX_TYPES:
             for child in Index.from_json(raw, desc.media_type).manifests:
                 push_manifest(child)
         else:

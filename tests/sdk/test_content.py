@@ -9,7 +9,7 @@ import sys
 import pytest
 import zstandard
 
-from acceleration_sdk.compression import VerifyingReader, open_decompressed
+from acceleration_sdk.compression import open_decompressed
 from acceleration_sdk.content import ContentStore
 from acceleration_sdk.errors import ContentError, DigestMismatchError, LayerError, StorageFullError
 
@@ -108,15 +108,6 @@ def test_open_decompressed_reads_across_members_and_frames(compress):
 def test_broken_gzip_is_a_layer_error(blob):
     with pytest.raises(LayerError):
         open_decompressed(io.BytesIO(blob)).read()
-
-
-def test_verifying_reader():
-    data = b"abc" * 1000
-    assert VerifyingReader(io.BytesIO(data), digest(data), len(data)).read() == data
-    with pytest.raises(DigestMismatchError, match="does not match"):
-        VerifyingReader(io.BytesIO(data), digest(b"x"), len(data)).read()
-    with pytest.raises(DigestMismatchError, match="truncated"):
-        VerifyingReader(io.BytesIO(data[:-1]), digest(data), len(data)).read()
 
 
 def test_thousands_of_small_gzip_members():
