@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from importlib import metadata
 from typing import Any, Callable, ContextManager, Mapping, Protocol
 
 from .errors import DriverError
@@ -110,6 +109,8 @@ def available() -> dict[str, str]:
         found.update(builtin)
     except (ImportError, AttributeError):
         pass
+    from importlib import metadata  # ~30 ms to import: only when a driver is looked up
+
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         found[ep.name] = ep.value
     return found
