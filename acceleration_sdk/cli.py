@@ -18,7 +18,7 @@ from .errors import AccelError, ConfigError, ReferenceError_
 
 EXAMPLES = """examples:
   accelctl convert --config config.yaml registry.example.com/library/nginx:latest
-  accelctl convert --config config.yaml --platform linux/amd64 localhost:5000/app@sha256:...
+  accelctl convert --config config.yaml --platform linux/amd64 localhost:5000/app:v1
   accelctl task create --addr 127.0.0.1:2077 --auth 'Bearer s3cret' --sync harbor.example.com/library/nginx:latest
   accelctl task list --addr 127.0.0.1:2077
 """
