@@ -178,9 +178,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self):
