@@ -99,6 +99,9 @@ def cell_entries(cell: Cell, chunk_size: int) -> list[LayerEntry]:
         _reg("etc/.wh.passwd"),
         _node("var", "dir", 0o755), _node("var/lib", "dir", 0o755), _reg("var/lib/.wh..wh..opq"),
     ]
+    if cell.prefix:
+        # The layer root as real layers write it ("./" or "/"); with no prefix there is no name for it.
+        out.insert(0, _node("", "dir", 0o755))
     if not ustar:
         # Beyond USTAR: a name no prefix/name split can hold (> 255 bytes), link targets > 100 bytes (the
         # linkname field's size), and ids above the 7-digit octal field (GNU: base-256, PAX: records).
