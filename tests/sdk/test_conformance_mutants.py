@@ -29,6 +29,7 @@ CHUNK = 4096
 ALLOW = Allowances(mtime_precision=1.0, internal_names=INTERNAL_NAMES)
 PAX_GZIP = Cell(PAX, "", "gzip")
 GNU_DOT_ZSTD = Cell(GNU, "./", "zstd")
+PAX_CELLS = [Cell(PAX, prefix, "gzip") for prefix in ("", "./", "/")]  # every name form; PAX holds the xattrs
 
 
 def sha256(data: bytes) -> str:
@@ -199,9 +200,10 @@ def test_the_identity_rewrite_passes(cell, tmp_path):
                                             "'data/multi-chunk': file bytes differ from byte 13422")),
     (WrongDiffId, (), ("is not the sha256 of the uncompressed output",)),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
-def test_each_mutant_fails_the_suite_naming_its_bug(mutant, views, needles, tmp_path):
+@pytest.mark.parametrize("cell", PAX_CELLS, ids=lambda c: c.id)
+def test_each_mutant_fails_the_suite_naming_its_bug(mutant, views, needles, cell, tmp_path):
     with pytest.raises(ConformanceError) as caught:
-        run(mutant(), PAX_GZIP, tmp_path)
+        run(mutant(), cell, tmp_path)
     message = str(caught.value)
     for needle in needles:
         assert needle in message, message
