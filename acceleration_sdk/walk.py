@@ -165,7 +165,10 @@ class _Walk:
         def one(layer: Descriptor) -> ConvertedLayer | None:
             if layer.media_type in oci.FOREIGN_LAYER_TYPES or layer.media_type not in oci.LAYER_TYPES:
                 return None
-            return self.layer(layer, platform)
+            try:
+                return self.layer(layer, platform)
+            finally:  # this pool thread's index connection: otherwise open until a GC cycle finds it
+                self.s.store.close()
 
         with concurrent.futures.ThreadPoolExecutor(LAYER_CONCURRENCY, thread_name_prefix="layer") as pool:
             futures = [pool.submit(one, layer) for layer in layers]
