@@ -79,6 +79,7 @@ class EngineProvider:
     def __init__(self, session: ConversionSession):
         self._session = session
         self.source = session.source  # reference.Reference of the image being converted
+        self.root = session.root  # the source's manifest or index (its bytes are in the store)
         self.store = session.store
         self._lock = threading.Lock()
         self._streams: list[SourceStream] = []  # every source stream opened here, in order

@@ -20,7 +20,7 @@ import pytest
 
 from acceleration_sdk import config as config_mod
 from acceleration_sdk import oci
-from acceleration_sdk.driver import ConvertedLayer, LayerDriver
+from acceleration_sdk.driver import ConvertedLayer, Driver, LayerDriver
 from acceleration_sdk.engine import convert
 from acceleration_sdk.errors import ConversionError, DriverError, LayerError, NotFoundError
 from acceleration_sdk.oci import Descriptor
@@ -192,6 +192,28 @@ def test_trailing_zeros_left_unread_are_fine(tmp_path, registry, client):
 
     # the built-in driver, which no longer drains the source itself, converts the same image
     assert not convert(make_cfg(tmp_path / "esgz"), f"{repo}:v1").skipped
+
+
+class Identity(Driver):
+    """A plain Driver (whole images): converts to the very same image."""
+
+    def name(self) -> str:
+        return "identity"
+
+    def version(self) -> str:
+        return "1"
+
+    def convert(self, content, source):
+        return content.root
+
+
+def test_a_plain_driver_converts_whole_images_and_a_layer_driver_is_run_by_the_engine(tmp_path, registry, client):
+    repo = f"{registry.host}/plain"
+    src = push_image(client, f"{repo}:v1", [simple_tar({"f": b"x"})])
+    result = convert(make_cfg(tmp_path), f"{repo}:v1", driver=Identity())
+    assert result.digest == src.digest and client.get_manifest(parse(result.target)).digest == src.digest
+    with pytest.raises(DriverError, match="acceleration_sdk.convert"):
+        TarfileCopy({}).convert(None, f"{repo}:v1")
 
 
 def _open_fds() -> list[str]:
