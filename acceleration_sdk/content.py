@@ -134,6 +134,13 @@ class ContentStore:
         except sqlite3.OperationalError as exc:
             raise ContentError(f"content index under {self.root} is not usable: {exc}") from exc
 
+    def close(self) -> None:
+        """Close this thread's index connection (other threads' connections close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+
     def _record(self, digest: str, size: int) -> None:
         with self._db() as db:
             db.execute("INSERT INTO blobs(digest, size, uses, last_used) VALUES (?, ?, 1, ?) "

@@ -31,7 +31,12 @@ class ProgressEvent:
 
 
 class ContentProvider(Protocol):
-    """What the engine gives a driver: the pulled source, the content store, and image utilities."""
+    """What the engine gives a driver: the pulled source, the content store, and image utilities.
+
+    The engine verifies every source a driver opened before a converted blob is committed: it reads what
+    the driver left (only zeros may be left) and checks the digest, so a driver never drains a source itself
+    (``acceleration_sdk.provider`` documents the rule).
+    """
 
     source: Any  # reference.Reference
     store: Any  # content.ContentStore
@@ -41,7 +46,6 @@ class ContentProvider(Protocol):
     def read_blob(self, desc: Descriptor) -> bytes: ...  # a small blob (config, manifest), verified
     def blob_writer(self) -> Any: ...  # an ingest for a converted blob: write(), commit() -> digest, .size
     def progress(self, event: ProgressEvent) -> None: ...
-    def walk(self, driver: "LayerDriver") -> Descriptor: ...  # the engine's walk for LayerDriver.convert
 
 
 class Driver(abc.ABC):
@@ -72,10 +76,15 @@ class Driver(abc.ABC):
 
 
 class LayerDriver(Driver):
-    """A driver that rewrites layers one by one; the engine does the rest of the walk."""
+    """A driver that rewrites layers one by one; the engine walks the image and calls ``convert_layer``.
+
+    The engine runs the walk itself (``acceleration_sdk.convert``); override ``convert`` only to convert
+    whole images yourself, and the engine then calls it like a plain :class:`Driver`'s.
+    """
 
     def convert(self, content: ContentProvider, source: str) -> Descriptor:
-        return content.walk(self)
+        raise DriverError(f"driver {self.name()} converts layers: run it through acceleration_sdk.convert, "
+                          "which walks the image and calls convert_layer")
 
     @abc.abstractmethod
     def convert_layer(self, content: ContentProvider, desc: Descriptor) -> "ConvertedLayer | None":

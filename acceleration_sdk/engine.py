@@ -1,12 +1,17 @@
-"""The engine: pull -> walk index/manifest/config -> driver -> rewrite diff_ids -> push children before parents.
+"""The engine: fetch the root -> walk index/manifest/config -> driver -> rewrite diff_ids -> push.
 
 ``convert(config, source)`` is the one-call API. The engine, not the driver, filters platforms, maps Docker
 media types to OCI, rewrites ``rootfs.diff_ids``, sets ``subject`` and the Harbor annotations, sums sizes and
 pushes: blobs, then configs, then manifests, then the index, each by digest; the tag is written last, so a
 failed conversion never leaves a tag pointing at a half-pushed image.
+
+The parts: ``session`` (one conversion's shared state), ``walk`` (what a LayerDriver gets), ``provider``
+(the ContentProvider a driver sees; it verifies sources before a converted blob is committed),
+``source_stream`` (pulling through a pipe), ``push`` (children before parents, the tag last).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -16,12 +21,15 @@ from typing import Callable
 from . import reference
 from .config import Config
 from .content import ContentStore
-from .driver import Driver, ProgressEvent, load_driver
+from .driver import Driver, LayerDriver, ProgressEvent, load_driver
 from .errors import AccelError, ConversionError
-from .oci import Descriptor, Index, Manifest, INDEX_TYPES
+from .oci import Descriptor
 from .provider import EngineProvider
+from .push import push_image
 from .registry import RegistryClient
 from .remote_cache import RemoteCache
+from .session import ConversionSession
+from .walk import walk_image
 
 log = logging.getLogger("acceleration_sdk.engine")
 
@@ -57,7 +65,10 @@ def skip_reason(cfg: Config, source: reference.Reference) -> str:
 def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], None] | None = None,
             client: RegistryClient | None = None, store: ContentStore | None = None,
             driver: Driver | None = None) -> ConversionResult:
-    """Convert ``source`` with the configured driver and push ``<tag><suffix>`` next to it."""
+    """Convert ``source`` with the configured driver and push ``<tag><suffix>`` next to it.
+
+    A ``client`` or ``store`` you pass stays open; the ones the engine makes are closed on every path.
+    """
     started = time.monotonic()
     src = reference.parse(source)
     driver = driver or load_driver(cfg.converter.driver.type, cfg.converter.driver.config)
@@ -67,9 +78,29 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         return ConversionResult(source=str(src), target=str(target), digest="", source_size=0, target_size=0,
                                 skipped=True, durations={"total": time.monotonic() - started},
                                 driver=driver.name(), driver_version=driver.version(), reason=reason)
-    own_client = client is None
-    client = client or RegistryClient(cfg)
-    store = store or store_for(cfg)
+    with contextlib.ExitStack() as owned:
+        if client is None:
+            client = owned.enter_context(RegistryClient(cfg))
+        if store is None:
+            store = store_for(cfg)
+            owned.callback(store.close)
+        session, converted, durations = _convert(cfg, src, target, client, store, driver, progress)
+        try:
+            store.gc(cfg.provider.gcpolicy.threshold, stale_after=2 * cfg.converter.timeout)
+        except Exception as exc:  # housekeeping after success: GC trouble must not fail the conversion
+            log.warning("content GC failed: %s", exc)
+    durations["total"] = time.monotonic() - started
+    session.progress(ProgressEvent("done", "", 1, 1, f"pushed {target}"))
+    return ConversionResult(source=str(src), target=str(target), digest=converted.digest,
+                            source_size=session.source_size, target_size=session.target_size,
+                            skipped=False, durations=durations, driver=driver.name(),
+                            driver_version=driver.version())
+
+
+def _convert(cfg: Config, src: reference.Reference, target: reference.Reference, client: RegistryClient,
+             store: ContentStore, driver: Driver, progress: Callable[[ProgressEvent], None] | None
+             ) -> tuple[ConversionSession, Descriptor, dict[str, float]]:
+    """Fetch the root, run the driver, push; the lease on what this conversion uses ends with it."""
     durations: dict[str, float] = {}
     with store.lease() as lease:
         t = time.monotonic()
@@ -81,13 +112,13 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         if cfg.converter.cache_tag:
             remote_cache = RemoteCache(client, src, cfg.converter.cache_tag, cfg.provider.cache_size,
                                        cfg.provider.cache_version).load()
-        provider = EngineProvider(cfg=cfg, source=src, target=target, client=client, store=store, lease=lease,
-                                  root=root, on_progress=progress, remote_cache=remote_cache)
+        session = ConversionSession(cfg=cfg, source=src, target=target, client=client, store=store, lease=lease,
+                                    root=root, on_progress=progress, remote_cache=remote_cache)
         durations["prepare"] = time.monotonic() - t
 
         t = time.monotonic()
         try:
-            converted = driver.convert(provider, str(src))
+            converted = _run_driver(session, driver)
         except AccelError:
             raise
         except Exception as exc:  # a driver bug must become a FAILED task with a reason, not a traceback
@@ -97,47 +128,21 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         durations["convert"] = time.monotonic() - t
 
         t = time.monotonic()
-        push_image(provider, converted)
+        push_image(session, converted)
         if remote_cache is not None:
             remote_cache.save()
         durations["push"] = time.monotonic() - t
-    if own_client:
-        client.close()
+    return session, converted, durations
+
+
+def _run_driver(session: ConversionSession, driver: Driver) -> Descriptor:
+    """A LayerDriver gets the engine's walk (unless it converts whole images itself); a Driver converts alone."""
+    if isinstance(driver, LayerDriver) and type(driver).convert is LayerDriver.convert:
+        return walk_image(session, driver)
+    content = EngineProvider(session)
     try:
-        store.gc(cfg.provider.gcpolicy.threshold, stale_after=2 * cfg.converter.timeout)
-    except Exception as exc:  # housekeeping after success: GC trouble must not fail the conversion
-        log.warning("content GC failed: %s", exc)
-    durations["total"] = time.monotonic() - started
-    provider.progress(ProgressEvent("done", "", 1, 1, f"pushed {target}"))
-    return ConversionResult(source=str(src), target=str(target), digest=converted.digest,
-                            source_size=provider.source_size, target_size=provider.target_size,
-                            skipped=False, durations=durations, driver=driver.name(),
-                            driver_version=driver.version())
-
-
-def push_image(provider: EngineProvider, root: Descriptor) -> None:
-    """Push everything ``root`` points at, children before parents, then the tag."""
-    pushed: set[str] = set()
-
-    def push_manifest(desc: Descriptor) -> None:
-        if not provider.store.has(desc.digest):
-            # a child kept as it was (an attestation): it is already in the repository we push to
-            if provider.client.head_manifest(provider.target.with_digest(desc.digest)) is not None:
-                return
-            provider.read_manifest(desc)
-        raw = provider.store.read_bytes(desc.digest)
-        if desc.media_type in INDEX_TYPES:
-            for child in Index.from_json(raw, desc.media_type).manifests:
-                push_manifest(child)
-        else:
-            m = Manifest.from_json(raw, desc.media_type)
-            blobs = list(m.layers) + [m.config]
-            provider.push_blobs([b for b in blobs if b.digest not in pushed])
-            pushed.update(b.digest for b in blobs)
-        if desc.digest not in pushed:
-            provider.client.put_manifest(provider.target.with_digest(desc.digest), raw, desc.media_type)
-            pushed.add(desc.digest)
-
-    push_manifest(root)
-    raw = provider.store.read_bytes(root.digest)
-    provider.client.put_manifest(provider.target, raw, root.media_type)  # the tag, last
+        converted = driver.convert(content, str(session.source))
+        content.verify_sources()
+    finally:
+        content.close()
+    return converted

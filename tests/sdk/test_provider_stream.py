@@ -9,6 +9,7 @@ from acceleration_sdk.errors import LayerError, StorageFullError
 from acceleration_sdk.oci import OCI_LAYER_GZIP, Descriptor
 from acceleration_sdk.provider import EngineProvider
 from acceleration_sdk.reference import parse
+from acceleration_sdk.session import ConversionSession
 
 
 class SlowFakeRegistryClient:
@@ -26,9 +27,9 @@ class SlowFakeRegistryClient:
 
 def provider(tmp_path, client, lease):
     src = parse("registry.example.com/app:v1")
-    return EngineProvider(cfg=config_mod.from_dict({}), source=src, target=src.with_tag("v1-esgz"), client=client,
-                          store=ContentStore(tmp_path), lease=lease,
-                          root=Descriptor(OCI_LAYER_GZIP, "sha256:" + "1" * 64, 1))
+    return EngineProvider(ConversionSession(
+        cfg=config_mod.from_dict({}), source=src, target=src.with_tag("v1-esgz"), client=client,
+        store=ContentStore(tmp_path), lease=lease, root=Descriptor(OCI_LAYER_GZIP, "sha256:" + "1" * 64, 1)))
 
 
 LAYER = Descriptor(OCI_LAYER_GZIP, "sha256:" + "0" * 64, 300_000)

@@ -1,0 +1,246 @@
+"""The engine's walk of a source image for a LayerDriver: index -> manifests -> config + layers.
+
+Dispatch is on media type (containerd's ``core/images/converter`` works the same way): an index keeps its
+wanted platforms and the attestations that describe them; a manifest gets its layers converted (a layer
+converter returning ``None`` means "unchanged": foreign layers, media types the driver leaves alone), its
+media types mapped Docker -> OCI when the driver asks for it, its config's ``rootfs.diff_ids`` rewritten and
+the Docker v1 image IDs cleared from the config, ``subject`` and the Harbor annotations set, and the sizes
+summed. Converted layers are remembered in the local layer cache and, with ``cache_tag``, the remote one.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+from typing import Any
+
+from . import oci
+from .driver import ConvertedLayer, LayerDriver, ProgressEvent
+from .errors import AccelError, ConversionError, DriverError, LayerError
+from .oci import Descriptor, Index, Manifest
+from .provider import EngineProvider
+from .session import ConversionSession
+
+HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
+HARBOR_DRIVER_VERSION = "io.goharbor.artifact.v1alpha1.acceleration.driver.version"
+HARBOR_SOURCE_DIGEST = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
+LAYER_CONCURRENCY = 2  # layers converted at once; each layer's compressor may use threads of its own
+_TO_DOCKER_LAYER = {oci.OCI_LAYER_GZIP: oci.DOCKER_LAYER_GZIP, oci.OCI_LAYER: oci.DOCKER_LAYER}
+
+
+def walk_image(session: ConversionSession, driver: LayerDriver) -> Descriptor:
+    """Convert the session's root (a manifest or an index) layer by layer; returns the new root's descriptor."""
+    return _Walk(session, driver).root()
+
+
+def clear_docker_v1_ids(config: dict) -> None:
+    """Drop ``config.Image`` and ``container_config.Image``: Docker v1 IDs that named the old layers.
+
+    containerd's converter does the same (``clearDockerV1DummyID``) whenever it rewrites the diff_ids.
+    """
+    for key in ("config", "container_config"):
+        if isinstance(config.get(key), dict):
+            config[key].pop("Image", None)
+
+
+class _Walk:
+    def __init__(self, session: ConversionSession, driver: LayerDriver):
+        self.s, self.driver = session, driver
+        self.docker2oci = driver.docker2oci()
+
+    def root(self) -> Descriptor:
+        s = self.s
+        raw = s.store.read_bytes(s.root.digest)
+        if s.root.media_type in oci.INDEX_TYPES:
+            return self.index(Index.from_json(raw, s.root.media_type, str(s.source)))
+        return self.manifest(s.root, Manifest.from_json(raw, s.root.media_type, str(s.source)), check_platform=True)
+
+    def _platform_wanted(self, os_: str, arch: str, variant: str) -> bool:
+        wanted = self.s.cfg.converter.platforms
+        return not wanted or any(p.matches(os_, arch, variant) for p in wanted)
+
+    def _fail(self, message: str) -> ConversionError:
+        return ConversionError(f"{self.s.source}{message}", reference=str(self.s.source))
+
+    def _harbor_annotations(self, source: Descriptor) -> dict[str, str]:
+        if not self.s.cfg.converter.harbor_annotation:
+            return {}
+        return {HARBOR_DRIVER_NAME: self.driver.name(), HARBOR_DRIVER_VERSION: self.driver.version(),
+                HARBOR_SOURCE_DIGEST: source.digest}
+
+    # ------------------------------------------------------------------ index
+    def index(self, index: Index) -> Descriptor:
+        s = self.s
+        converted: dict[str, Descriptor] = {}
+        attestations: list[Descriptor] = []
+        for child in index.manifests:
+            if child.is_attestation:
+                attestations.append(child)
+            elif child.media_type in oci.INDEX_TYPES:
+                raise self._fail(": nested indexes are not supported")
+            elif self._platform_wanted(*child.platform_tuple):
+                manifest = Manifest.from_json(s.read_manifest(child), child.media_type, f"{s.source}@{child.digest}")
+                converted[child.digest] = self.manifest(child, manifest, check_platform=False)
+        if not converted:
+            wanted = ", ".join(str(p) for p in s.cfg.converter.platforms)
+            raise self._fail(f": no manifest in the index matches converter.platforms ({wanted})")
+        children = [converted[c.digest] for c in index.manifests if c.digest in converted]
+        for att in attestations:  # keep attestations only while the manifest they describe is kept
+            described = att.annotations.get(oci.ANNOTATION_REFERENCE_DIGEST, "")
+            if described in converted:
+                children.append(att.replace(annotations={**att.annotations,
+                                                         oci.ANNOTATION_REFERENCE_DIGEST: converted[described].digest}))
+        out = copy.deepcopy(dict(index.raw))
+        media_type = oci.docker_to_oci(index.media_type) if self.docker2oci else index.media_type
+        if "mediaType" in out or media_type == oci.OCI_INDEX:
+            out["mediaType"] = media_type
+        out["manifests"] = [c.to_dict() for c in children]
+        out["annotations"] = {**out.get("annotations", {}), **self._harbor_annotations(s.root)}
+        if not out["annotations"]:
+            del out["annotations"]
+        digest, size = s.put_json(out)
+        return Descriptor(media_type=media_type, digest=digest, size=size)
+
+    # ------------------------------------------------------------------ manifest + config
+    def manifest(self, desc: Descriptor, manifest: Manifest, check_platform: bool) -> Descriptor:
+        s, driver = self.s, self.driver
+        config = json.loads(s.read_blob(manifest.config))
+        if check_platform and not self._platform_wanted(config.get("os", ""), config.get("architecture", ""),
+                                                        config.get("variant", "")):
+            got = "/".join(x for x in (config.get("os"), config.get("architecture"), config.get("variant")) if x)
+            raise self._fail(f" is for {got}, which is not in converter.platforms")
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        if len(diff_ids) != len(manifest.layers):
+            raise self._fail(f": the config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
+        s.source_size += manifest.config.size + sum(layer.size for layer in manifest.layers)
+        keep_docker = oci.is_docker(manifest.media_type) and not self.docker2oci
+        platform = dict(desc.platform or {}) or {k: config[k] for k in ("os", "architecture", "variant")
+                                                  if config.get(k)}
+
+        layers = []
+        for i, (layer, result) in enumerate(zip(manifest.layers, self.layers(manifest.layers, platform))):
+            new = layer if result is None else result.descriptor
+            if result is not None:
+                diff_ids[i] = result.diff_id
+            layers.append(new.replace(media_type=self._layer_media_type(new.media_type, keep_docker)))
+        if diff_ids != list((config.get("rootfs") or {}).get("diff_ids") or []):
+            clear_docker_v1_ids(config)
+        config.setdefault("rootfs", {"type": "layers"})["diff_ids"] = diff_ids
+        out = copy.deepcopy(dict(manifest.raw))
+        finalizer = EngineProvider(s)
+        try:
+            out, config = driver.finalize_manifest(finalizer, out, config)
+            finalizer.verify_sources()
+        finally:
+            finalizer.close()
+        config_digest, config_size = s.put_json(config)
+        convert_types = self.docker2oci and not keep_docker
+        media_type = oci.docker_to_oci(manifest.media_type) if convert_types else manifest.media_type
+        config_type = oci.docker_to_oci(manifest.config.media_type) if convert_types else manifest.config.media_type
+        out["mediaType"] = media_type
+        out["config"] = manifest.config.replace(media_type=config_type, digest=config_digest,
+                                                size=config_size).to_dict()
+        out["layers"] = [layer.to_dict() for layer in layers] + out.get("layers", [])[len(manifest.layers):]
+        annotations = {**out.get("annotations", {}), **self._harbor_annotations(desc)}
+        if annotations and media_type == oci.OCI_MANIFEST:
+            out["annotations"] = annotations
+        if driver.with_referrer() and media_type == oci.OCI_MANIFEST:
+            out["subject"] = Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size).to_dict()
+        digest, size = s.put_json(out)
+        s.target_size += config_size + sum(layer["size"] for layer in out["layers"])
+        return Descriptor(media_type=media_type, digest=digest, size=size, platform=desc.platform)
+
+    def _layer_media_type(self, media_type: str, keep_docker: bool) -> str:
+        if keep_docker:
+            media_type = _TO_DOCKER_LAYER.get(media_type, media_type)
+            if not oci.is_docker(media_type):
+                raise DriverError(f"{self.driver.name()} output ({media_type}) has no Docker media type; "
+                                  "set converter.driver.config.docker2oci: true")
+            return media_type
+        return oci.docker_to_oci(media_type) if self.docker2oci else media_type
+
+    # ------------------------------------------------------------------ layers
+    def layers(self, layers: tuple[Descriptor, ...], platform: dict) -> list[ConvertedLayer | None]:
+        """Every layer converted (LAYER_CONCURRENCY at once); the first failure stops the others."""
+        def one(layer: Descriptor) -> ConvertedLayer | None:
+            if layer.media_type in oci.FOREIGN_LAYER_TYPES or layer.media_type not in oci.LAYER_TYPES:
+                return None
+            try:
+                return self.layer(layer, platform)
+            finally:  # this pool thread's index connection: otherwise open until a GC cycle finds it
+                self.s.store.close()
+
+        with concurrent.futures.ThreadPoolExecutor(LAYER_CONCURRENCY, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(one, layer) for layer in layers]
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception()), None)
+            if failed is not None:
+                self.s.cancelled.set()  # running layers stop at their next read; queued ones never start
+                for future in futures:
+                    future.cancel()
+                raise failed.exception()
+            return [f.result() for f in futures]
+
+    def _cached(self, layer: Descriptor, key: str) -> ConvertedLayer | None:
+        """A conversion done before: in the local layer cache, else in the remote cache."""
+        s = self.s
+        hit = s.store.cache_get(key)
+        if hit is not None:
+            desc = Descriptor.from_dict(hit[0])
+            s.lease.add([desc.digest])  # lease before looking: a GC in another worker must not take it after
+            if s.store.has(desc.digest) or s.client.blob_exists(s.target, desc.digest):
+                return ConvertedLayer(desc, hit[1])
+        remote = s.remote_cache.get(self.driver.cache_key(), layer.digest) if s.remote_cache else None
+        if remote is not None and s.client.blob_exists(s.target, remote[0].digest):
+            s.store.cache_put(key, remote[0].to_dict(), remote[1])
+            return ConvertedLayer(*remote)
+        return None
+
+    def layer(self, layer: Descriptor, platform: dict) -> ConvertedLayer | None:
+        s, driver = self.s, self.driver
+        key = f"{driver.cache_key()}@{layer.digest}"
+        cached = self._cached(layer, key)
+        if cached is not None:
+            s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "cached"))
+            if s.remote_cache is not None:
+                s.remote_cache.add(platform, driver.cache_key(), layer.digest, cached.descriptor, cached.diff_id)
+            return cached
+        s.progress(ProgressEvent("convert", layer.digest, 0, layer.size, "converting"))
+        content = EngineProvider(s)  # one per layer: its sources are verified before its blobs are committed
+        try:
+            result = driver.convert_layer(content, layer)
+            content.verify_sources()
+        except AccelError as exc:
+            _name_layer(exc, layer)
+            raise
+        finally:
+            content.close()
+        if result is None:
+            return None
+        self._check_committed(result, layer)
+        s.lease.add([result.descriptor.digest])
+        s.store.cache_put(key, result.descriptor.to_dict(), result.diff_id)
+        if s.remote_cache is not None:
+            s.remote_cache.add(platform, driver.cache_key(), layer.digest, result.descriptor, result.diff_id)
+        s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "converted"))
+        return result
+
+    def _check_committed(self, result: Any, layer: Descriptor) -> None:
+        """Only a blob the driver committed (its sources verified) may be pushed under the layer's new name."""
+        if not isinstance(result, ConvertedLayer):
+            raise DriverError(f"driver {self.driver.name()} returned {type(result).__name__} for layer "
+                              f"{layer.digest}, not a ConvertedLayer or None", digest=layer.digest)
+        desc = result.descriptor
+        if not self.s.store.has(desc.digest) or self.s.store.size(desc.digest) != desc.size:
+            raise DriverError(f"driver {self.driver.name()} returned blob {desc.digest} ({desc.size} bytes) for "
+                              f"layer {layer.digest}, but did not commit it to the content store",
+                              digest=layer.digest)
+
+
+def _name_layer(exc: AccelError, layer: Descriptor) -> None:
+    """Which layer failed, for whoever reads the reason."""
+    if not getattr(exc, "digest", ""):
+        exc.digest = layer.digest
+    if isinstance(exc, LayerError) and layer.digest not in exc.message:
+        exc.message = f"layer {layer.digest}: {exc.message}"
+        exc.args = (exc.message,)
