@@ -16,6 +16,8 @@ from .errors import (AccelError, AuthError, ConfigError, ContentError, Conversio
                      UnreachableError, UnsupportedMediaTypeError)
 from .reference import Reference, parse as parse_reference
 
+# The one version string: pyproject.toml reads it ([tool.setuptools.dynamic]); accelctl --version, the
+# registry User-Agent and the service's start-up line print it.
 __version__ = "0.1.0"
 
 # Names that pull in requests and the registry client are imported on first use.
