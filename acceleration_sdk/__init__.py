@@ -31,14 +31,16 @@ _LAZY = {
     "ConvertedLayer": "acceleration_sdk.driver",
     "ProgressEvent": "acceleration_sdk.driver",
     "load_driver": "acceleration_sdk.driver",
+    "Option": "acceleration_sdk.options",
+    "OptionSchema": "acceleration_sdk.options",
 }
 
 __all__ = sorted([
     "AccelError", "AuthError", "Config", "ConfigError", "ContentError", "ContentStore", "ConversionError",
     "ConversionResult", "ConvertedLayer", "DigestMismatchError", "Driver", "DriverError", "LayerDriver",
-    "LayerError", "NotFoundError", "ProgressEvent", "Reference", "ReferenceError_", "RegistryClient",
-    "RegistryError", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError", "__version__",
-    "convert", "load_config", "load_driver", "loads_config", "parse_reference",
+    "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent", "Reference", "ReferenceError_",
+    "RegistryClient", "RegistryError", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
+    "__version__", "convert", "load_config", "load_driver", "loads_config", "parse_reference",
 ])
 
 

@@ -84,7 +84,7 @@ class ProgressPrinter:
 
 
 def _config_file(explicit: str | None) -> str:
-    """``--config``, else what the service would read: ``$ACCELD_CONFIG``, ``./config.yaml``, ``./config.example.yaml``."""
+    """``--config``, else what the service reads: ``$ACCELD_CONFIG``, ``./config.yaml``, ``./config.example.yaml``."""
     from . import config as config_mod
 
     found = explicit or config_mod.find(["."])

@@ -315,8 +315,9 @@ def from_dict(data: Any) -> Config:
                                                "provider.gcpolicy.threshold")),
         cache_size=cache_size,
         cache_version=_field(provider, ProviderConfig, "cache_version", str, "provider"),
-        containerd=ContainerdConfig(address=_field(containerd, ContainerdConfig, "address", str, "provider.containerd"),
-                                    snapshotter=_field(containerd, ContainerdConfig, "snapshotter", str, "provider.containerd")),
+        containerd=ContainerdConfig(
+            address=_field(containerd, ContainerdConfig, "address", str, "provider.containerd"),
+            snapshotter=_field(containerd, ContainerdConfig, "snapshotter", str, "provider.containerd")),
     )
 
     conv = _mapping(data.get("converter"), "converter")

@@ -144,7 +144,9 @@ def driver_class(name: str) -> Callable[..., Driver]:
     table = available()
     target = table.get(name)
     if target is None:
-        raise DriverError(f"unknown driver {name!r} (available: {', '.join(table) or 'none'})")
+        # none at all: this project's own entry points are missing, i.e. it is not installed (make install)
+        known = ", ".join(table) or f"none in entry-point group {ENTRY_POINT_GROUP}; is acceld installed?"
+        raise DriverError(f"unknown driver {name!r} (available: {known})")
     return _load(name, target)
 
 

@@ -18,9 +18,8 @@ TOY_DRIVER = '''
 import gzip
 import hashlib
 
-from acceleration_sdk import ConvertedLayer, LayerDriver
+from acceleration_sdk import ConvertedLayer, LayerDriver, Option, OptionSchema
 from acceleration_sdk.oci import OCI_LAYER_GZIP, Descriptor
-from acceleration_sdk.options import Option, OptionSchema
 
 
 class ToyDriver(LayerDriver):

@@ -15,18 +15,19 @@ BAD = [
 ]
 
 
-def _env(tmp_path, **extra):
+def start(tmp_path, text: str, argv: list[str], config_var: str) -> tuple[str, subprocess.CompletedProcess]:
+    """Run one start-up command with a config holding ``text``; the config's path is handed over in ``config_var``."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"provider: {{work_dir: {tmp_path / 'work'}}}\n" + text)
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "ACCELD_CONFIG", "CONFIG")}
-    env.update(extra)
-    return env
+    env[config_var] = str(config)
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    return str(config), out
 
 
 @pytest.mark.parametrize("text, message", BAD)
 def test_make_run_refuses_to_start(tmp_path, text, message):
-    config = tmp_path / "config.yaml"
-    config.write_text(f"provider: {{work_dir: {tmp_path / 'work'}}}\n" + text)
-    out = subprocess.run([sys.executable, "-m", "acceld_project.run"], cwd=ROOT, capture_output=True, text=True,
-                         env=_env(tmp_path, CONFIG=str(config)), timeout=120)
+    config, out = start(tmp_path, text, ["-m", "acceld_project.run"], "CONFIG")
     assert out.returncode == 2
     assert out.stderr.startswith(f"acceld: {config}: {message}"), out.stderr
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
@@ -35,9 +36,6 @@ def test_make_run_refuses_to_start(tmp_path, text, message):
 
 @pytest.mark.parametrize("text, message", BAD)
 def test_manage_py_refuses_to_start(tmp_path, text, message):
-    config = tmp_path / "config.yaml"
-    config.write_text(f"provider: {{work_dir: {tmp_path / 'work'}}}\n" + text)
-    out = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
-                         env=_env(tmp_path, ACCELD_CONFIG=str(config)), timeout=120)
+    config, out = start(tmp_path, text, ["manage.py", "check"], "ACCELD_CONFIG")
     assert out.returncode != 0
     assert out.stderr.startswith(f"acceld: {config}: {message}") and "Traceback" not in out.stderr, out.stderr
