@@ -60,8 +60,15 @@ class Driver(abc.ABC):
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         schema = type(self).options_schema
+        if schema is None:
+            self.options = dict(options or {})
+            return
+        try:
+            owner = self.name()
+        except AttributeError:  # a name() that reads what the subclass sets after this constructor
+            owner = type(self).__name__
         # validated here too: SDK users and the conformance suite build drivers without a config file
-        self.options = schema.validate(options, driver=self.name()) if schema is not None else dict(options or {})
+        self.options = schema.validate(options, driver=owner)
 
     @abc.abstractmethod
     def convert(self, content: ContentProvider, source: str) -> Descriptor:
