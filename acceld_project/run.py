@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from acceld_project import runtime
+from acceleration_sdk import __version__
 
 ROOT = runtime.BASE_DIR
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: signal this child when its parent dies
@@ -85,12 +86,12 @@ def main() -> int:
     env = dict(os.environ, ACCELD_CONFIG=str(config), DJANGO_SETTINGS_MODULE="acceld_project.settings")
     try:
         cfg = runtime.load_config(env)
-    except Exception as exc:  # ConfigError: one line, with the key's path
+    except Exception as exc:  # ConfigError (a bad key, an unknown driver or option): one line, with the key's path
         print(f"acceld: {config}: {exc}", file=sys.stderr)
         return 2
     py = sys.executable
     manage = [py, str(ROOT / "manage.py")]
-    print(f"acceld: config {config}", flush=True)
+    print(f"acceld {__version__}: config {config}", flush=True)
     subprocess.run(manage + ["migrate", "--noinput", "-v", "0"], check=True, env=env)
     subprocess.run(manage + ["acceld_admin"], check=True, env=env)
 

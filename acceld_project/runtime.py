@@ -23,15 +23,8 @@ RETRY_MARGIN = 60
 
 def config_path(env: dict | None = None, cwd: Path | None = None) -> Path | None:
     """``$ACCELD_CONFIG``, else ``config.yaml``, else ``config.example.yaml`` (cwd first, then the repo)."""
-    env = os.environ if env is None else env
-    explicit = env.get("ACCELD_CONFIG", "").strip()
-    if explicit:
-        return Path(explicit)
-    for base in (cwd or Path.cwd(), BASE_DIR):
-        for name in ("config.yaml", "config.example.yaml"):
-            if (base / name).is_file():
-                return base / name
-    return None
+    found = sdk_config.find([cwd or Path.cwd(), BASE_DIR], os.environ if env is None else env)
+    return Path(found) if found else None
 
 
 def load_config(env: dict | None = None) -> sdk_config.Config:

@@ -10,11 +10,15 @@ import secrets
 from pathlib import Path
 
 from acceld_project import runtime
+from acceleration_sdk.errors import ConfigError
 
 BASE_DIR = runtime.BASE_DIR
 
 ACCELD_CONFIG_PATH = runtime.config_path()
-ACCELD = runtime.load_config()
+try:
+    ACCELD = runtime.load_config()
+except ConfigError as exc:  # manage.py, gunicorn, qcluster: one line naming the key, not a traceback
+    raise SystemExit(f"acceld: {ACCELD_CONFIG_PATH}: {exc}") from None
 ACCELD_WORK_DIR = runtime.work_dir(ACCELD)
 ACCELD_WORK_DIR.mkdir(parents=True, exist_ok=True)
 

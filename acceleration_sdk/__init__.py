@@ -16,6 +16,8 @@ from .errors import (AccelError, AuthError, ConfigError, ContentError, Conversio
                      UnreachableError, UnsupportedMediaTypeError)
 from .reference import Reference, parse as parse_reference
 
+# The one version string: pyproject.toml reads it ([tool.setuptools.dynamic]); accelctl --version, the
+# registry User-Agent and the service's start-up line print it.
 __version__ = "0.1.0"
 
 # Names that pull in requests and the registry client are imported on first use.
@@ -29,14 +31,16 @@ _LAZY = {
     "ConvertedLayer": "acceleration_sdk.driver",
     "ProgressEvent": "acceleration_sdk.driver",
     "load_driver": "acceleration_sdk.driver",
+    "Option": "acceleration_sdk.options",
+    "OptionSchema": "acceleration_sdk.options",
 }
 
 __all__ = sorted([
     "AccelError", "AuthError", "Config", "ConfigError", "ContentError", "ContentStore", "ConversionError",
     "ConversionResult", "ConvertedLayer", "DigestMismatchError", "Driver", "DriverError", "LayerDriver",
-    "LayerError", "NotFoundError", "ProgressEvent", "Reference", "ReferenceError_", "RegistryClient",
-    "RegistryError", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError", "__version__",
-    "convert", "load_config", "load_driver", "loads_config", "parse_reference",
+    "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent", "Reference", "ReferenceError_",
+    "RegistryClient", "RegistryError", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
+    "__version__", "convert", "load_config", "load_driver", "loads_config", "parse_reference",
 ])
 
 

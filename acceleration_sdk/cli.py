@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import threading
 import time
 from typing import TextIO
@@ -19,6 +20,8 @@ from .errors import AccelError, ConfigError, ReferenceError_
 EXAMPLES = """examples:
   accelctl convert --config config.yaml registry.example.com/library/nginx:latest
   accelctl convert --config config.yaml --platform linux/amd64 localhost:5000/app:v1
+  accelctl convert localhost:5000/app:v1          # reads ./config.yaml, else ./config.example.yaml
+  accelctl drivers estargz                         # the driver's options, defaults and allowed values
   accelctl task create --addr 127.0.0.1:2077 --auth 'Bearer s3cret' --sync harbor.example.com/library/nginx:latest
   accelctl task list --addr 127.0.0.1:2077
 """
@@ -80,19 +83,30 @@ class ProgressPrinter:
         return " | ".join(parts)
 
 
+def _config_file(explicit: str | None) -> str:
+    """``--config``, else what the service reads: ``$ACCELD_CONFIG``, ``./config.yaml``, ``./config.example.yaml``."""
+    from . import config as config_mod
+
+    found = explicit or config_mod.find(["."])
+    if not found:
+        raise ConfigError("no --config given and no config.yaml or config.example.yaml in the working directory")
+    return found
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from . import config as config_mod
     from .engine import convert
 
-    cfg = config_mod.load(args.config)
+    cfg = config_mod.load(_config_file(args.config))
     if args.platform:
-        import dataclasses
         cfg = dataclasses.replace(cfg, converter=dataclasses.replace(
             cfg.converter, platforms=config_mod.parse_platforms(args.platform, "--platform")))
     if args.driver:
-        import dataclasses
-        cfg = dataclasses.replace(cfg, converter=dataclasses.replace(
-            cfg.converter, driver=dataclasses.replace(cfg.converter.driver, type=args.driver)))
+        # the config's driver options must suit the other driver too: checked like the config file
+        driver = config_mod.validate_driver(dataclasses.replace(cfg.converter.driver, type=args.driver))
+        cfg = dataclasses.replace(cfg, converter=dataclasses.replace(cfg.converter, driver=driver))
     printer = ProgressPrinter(sys.stderr, quiet=args.quiet)
     result = convert(cfg, args.source, progress=printer)
     if result.skipped:
@@ -107,12 +121,53 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def drivers_help(names: list[str] | None = None) -> str:
+    """Each driver with its tag suffix and options, from the driver's own schema (one source for help and docs)."""
+    from .driver import available, default_tag_suffix, driver_class
+
+    lines = []
+    for name, target in available().items():
+        if names and name not in names:
+            continue
+        try:
+            factory = driver_class(name)
+        except AccelError as exc:  # a broken plugin must not hide the others
+            lines.append(f"  {name} ({target}): cannot be loaded: {exc}")
+            continue
+        doc = ((getattr(factory, "__doc__", "") or "").strip().splitlines() or [""])[0]
+        lines.append(f"  {name}: {doc}" if doc else f"  {name}")
+        lines.append(f"    default tag suffix {default_tag_suffix(name)}; from {target}")
+        schema = getattr(factory, "options_schema", None)
+        if schema is None:
+            lines.append("    options: not declared (passed to the driver unchecked)")
+        else:
+            lines.append("    options (converter.driver.config):")
+            for line in schema.describe():
+                lines.extend(textwrap.wrap(line, 100, initial_indent="      ", subsequent_indent="          "))
+    return "\n".join(lines)
+
+
 def _cmd_drivers(args: argparse.Namespace) -> int:
     from .driver import available
 
-    for name, where in sorted(available().items()):
-        print(f"{name}\t{where}")
+    known = available()
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        print(f"accelctl: error: unknown driver {unknown[0]!r} (available: {', '.join(known) or 'none'})",
+              file=sys.stderr)
+        return 2
+    print(drivers_help(args.names) or "no drivers installed (entry-point group acceleration_sdk.drivers)")
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Adds ``lazy_epilog()`` to --help: the driver list loads drivers, so only when help is asked for."""
+
+    lazy_epilog = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text + "\n" + self.lazy_epilog() + "\n" if self.lazy_epilog else text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,14 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "the acceld service's conversion tasks.", epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"accelctl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     conv = sub.add_parser("convert", help="convert one image now and push the result (one-time mode)",
-                          description="Pull SOURCE, convert its layers with the configured driver and push "
-                                      "SOURCE's tag + the rule's tag_suffix next to it. Prints the target "
-                                      "reference on stdout; progress goes to stderr.")
-    conv.add_argument("--config", "-c", required=True, metavar="FILE", help="acceld YAML config (see config.example.yaml)")
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Pull SOURCE, convert its layers with the configured driver and push\n"
+                                      "SOURCE's tag + the rule's tag_suffix (else the driver's default suffix) next\n"
+                                      "to it. Prints the target reference on stdout; progress goes to stderr.")
+    conv.lazy_epilog = lambda: "drivers (converter.driver.type) and their options (converter.driver.config):\n" + (
+        drivers_help() or "  none installed")
+    conv.add_argument("--config", "-c", metavar="FILE",
+                      help="acceld YAML config (see config.example.yaml); default: $ACCELD_CONFIG, else "
+                           "config.yaml, else config.example.yaml in the working directory, as `make run` does")
     conv.add_argument("--platform", metavar="OS/ARCH[,...]", help="override converter.platforms")
     conv.add_argument("--driver", metavar="NAME", help="override converter.driver.type")
     conv.add_argument("--digest", action="store_true", help="print TARGET@DIGEST instead of TARGET")
@@ -137,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("source", metavar="SOURCE", help="image reference, e.g. registry.example.com/library/nginx:latest")
     conv.set_defaults(func=_cmd_convert)
 
-    drv = sub.add_parser("drivers", help="list the conversion drivers this installation knows")
+    drv = sub.add_parser("drivers", help="list the conversion drivers this installation knows, with their options",
+                         description="Each driver registered under the entry-point group acceleration_sdk.drivers, "
+                                     "its default tag suffix and its converter.driver.config options.")
+    drv.add_argument("names", nargs="*", metavar="NAME", help="only these drivers")
     drv.set_defaults(func=_cmd_drivers)
 
     try:

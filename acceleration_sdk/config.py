@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, DriverError
 
 DEFAULT_PORT = 2077  # acceld's default
 DEFAULT_CACHE_SIZE = 200  # acceld documents 200 remote cache records
@@ -157,11 +157,13 @@ class ConverterConfig:
 
     @property
     def tag_suffix(self) -> str:
-        """The first rule's ``tag_suffix`` (acceld uses the first one), else ``-<driver>``."""
+        """The first rule's ``tag_suffix`` (acceld uses the first one), else the driver's ``default_tag_suffix``."""
         for rule in self.rules:
             if rule.tag_suffix:
                 return rule.tag_suffix
-        return "-" + {"estargz": "esgz"}.get(self.driver.type, self.driver.type)
+        from .driver import default_tag_suffix  # the driver registry: only when no rule names a suffix
+
+        return default_tag_suffix(self.driver.type)
 
     @property
     def cache_tag(self) -> str:
@@ -225,15 +227,43 @@ def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def _default(cls, key: str) -> Any:
+    """The dataclass field's default: each default is written once, on the dataclass."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == key)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _field(data: dict, cls, key: str, kind: type, path: str) -> Any:
+    """``data[key]`` as ``kind``, or ``cls``'s default for ``key`` when absent."""
+    return _scalar(data, key, kind, _default(cls, key), path)
+
+
+def validate_driver(driver: DriverConfig, path: str = "converter.driver") -> DriverConfig:
+    """Check ``type`` names a registered driver and ``config`` suits it (the driver's own option schema);
+    ConfigError with the key's path otherwise. Builds the driver once, which imports only that driver."""
+    from .driver import load_driver  # the driver registry: config stays importable without it
+
+    try:
+        load_driver(driver.type, driver.config)
+    except DriverError as exc:
+        where = getattr(exc, "path", "")
+        if where:  # an option: the schema named the key
+            raise ConfigError(getattr(exc, "reason", str(exc)), where) from None
+        if str(exc).startswith(f"{path}."):  # a driver without a schema that still names the key
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), f"{path}.type") from None
+    return driver
+
+
 def _load_source(host: str, data: Any, path: str) -> SourceConfig:
     data = _mapping(data, path)
     _check_keys(data, _fields(SourceConfig), path)
     webhook = _mapping(data.get("webhook"), f"{path}.webhook")
     _check_keys(webhook, _fields(WebhookConfig), f"{path}.webhook")
     src = SourceConfig(
-        auth=_scalar(data, "auth", str, "", path),
-        insecure=_scalar(data, "insecure", bool, False, path),
-        webhook=WebhookConfig(auth_header=_scalar(webhook, "auth_header", str, "", f"{path}.webhook")),
+        auth=_field(data, SourceConfig, "auth", str, path),
+        insecure=_field(data, SourceConfig, "insecure", bool, path),
+        webhook=WebhookConfig(auth_header=_field(webhook, WebhookConfig, "auth_header", str, f"{path}.webhook")),
     )
     try:
         src.credentials()
@@ -250,22 +280,22 @@ def from_dict(data: Any) -> Config:
 
     server = _mapping(data.get("server"), "server")
     _check_keys(server, _fields(ServerConfig), "server")
-    port = _scalar(server, "port", int, DEFAULT_PORT, "server")
+    port = _field(server, ServerConfig, "port", int, "server")
     if not 0 <= port <= 65535:
         raise ConfigError(f"expected a port 0..65535, got {port}", "server.port")
     server_cfg = ServerConfig(
-        name=_scalar(server, "name", str, "API", "server"),
-        uds=_scalar(server, "uds", str, "", "server"),
-        host=_scalar(server, "host", str, "0.0.0.0", "server"),
+        name=_field(server, ServerConfig, "name", str, "server"),
+        uds=_field(server, ServerConfig, "uds", str, "server"),
+        host=_field(server, ServerConfig, "host", str, "server"),
         port=port,
-        public_list=_scalar(server, "public_list", bool, False, "server"),
-        database=_scalar(server, "database", str, "", "server"),
-        redis=_scalar(server, "redis", str, "", "server"),
+        public_list=_field(server, ServerConfig, "public_list", bool, "server"),
+        database=_field(server, ServerConfig, "database", str, "server"),
+        redis=_field(server, ServerConfig, "redis", str, "server"),
     )
 
     metric = _mapping(data.get("metric"), "metric")
     _check_keys(metric, _fields(MetricConfig), "metric")
-    metric_cfg = MetricConfig(enabled=_scalar(metric, "enabled", bool, False, "metric"))
+    metric_cfg = MetricConfig(enabled=_field(metric, MetricConfig, "enabled", bool, "metric"))
 
     provider = _mapping(data.get("provider"), "provider")
     _check_keys(provider, _fields(ProviderConfig), "provider")
@@ -274,19 +304,20 @@ def from_dict(data: Any) -> Config:
     _check_keys(gc, _fields(GCPolicy), "provider.gcpolicy")
     containerd = _mapping(provider.get("containerd"), "provider.containerd")
     _check_keys(containerd, _fields(ContainerdConfig), "provider.containerd")
-    cache_size = _scalar(provider, "cache_size", int, DEFAULT_CACHE_SIZE, "provider")
+    cache_size = _field(provider, ProviderConfig, "cache_size", int, "provider")
     if cache_size < 0:
         raise ConfigError("cannot be negative", "provider.cache_size")
     provider_cfg = ProviderConfig(
         source=types.MappingProxyType({str(h): _load_source(str(h), v, f"provider.source.{h}")
                                        for h, v in sources.items()}),
-        work_dir=_scalar(provider, "work_dir", str, "./work", "provider"),
-        gcpolicy=GCPolicy(threshold=parse_size(gc.get("threshold", DEFAULT_GC_THRESHOLD),
+        work_dir=_field(provider, ProviderConfig, "work_dir", str, "provider"),
+        gcpolicy=GCPolicy(threshold=parse_size(gc.get("threshold", _default(GCPolicy, "threshold")),
                                                "provider.gcpolicy.threshold")),
         cache_size=cache_size,
-        cache_version=_scalar(provider, "cache_version", str, "", "provider"),
-        containerd=ContainerdConfig(address=_scalar(containerd, "address", str, "", "provider.containerd"),
-                                    snapshotter=_scalar(containerd, "snapshotter", str, "", "provider.containerd")),
+        cache_version=_field(provider, ProviderConfig, "cache_version", str, "provider"),
+        containerd=ContainerdConfig(
+            address=_field(containerd, ContainerdConfig, "address", str, "provider.containerd"),
+            snapshotter=_field(containerd, ContainerdConfig, "snapshotter", str, "provider.containerd")),
     )
 
     conv = _mapping(data.get("converter"), "converter")
@@ -301,25 +332,42 @@ def from_dict(data: Any) -> Config:
     for i, rule in enumerate(rules_raw):
         rule = _mapping(rule, f"converter.rules[{i}]")
         _check_keys(rule, _fields(Rule), f"converter.rules[{i}]")
-        rules.append(Rule(tag_suffix=_scalar(rule, "tag_suffix", str, "", f"converter.rules[{i}]"),
-                          cache_tag=_scalar(rule, "cache_tag", str, "", f"converter.rules[{i}]")))
-    worker = _scalar(conv, "worker", int, 5, "converter")
+        rules.append(Rule(tag_suffix=_field(rule, Rule, "tag_suffix", str, f"converter.rules[{i}]"),
+                          cache_tag=_field(rule, Rule, "cache_tag", str, f"converter.rules[{i}]")))
+    worker = _field(conv, ConverterConfig, "worker", int, "converter")
     if worker < 1:
         raise ConfigError(f"expected at least 1, got {worker}", "converter.worker")
-    timeout = _scalar(conv, "timeout", int, DEFAULT_TIMEOUT, "converter")
+    timeout = _field(conv, ConverterConfig, "timeout", int, "converter")
     if timeout < 1:
         raise ConfigError(f"expected at least 1 second, got {timeout}", "converter.timeout")
-    driver_cfg = DriverConfig(type=_scalar(driver, "type", str, "estargz", "converter.driver"),
-                              config=types.MappingProxyType(dict(driver_opts)))
+    driver_cfg = validate_driver(DriverConfig(type=_field(driver, DriverConfig, "type", str, "converter.driver"),
+                                              config=types.MappingProxyType(dict(driver_opts))))
     converter_cfg = ConverterConfig(
         worker=worker,
-        harbor_annotation=_scalar(conv, "harbor_annotation", bool, True, "converter"),
+        harbor_annotation=_field(conv, ConverterConfig, "harbor_annotation", bool, "converter"),
         platforms=parse_platforms(conv.get("platforms")),
         driver=driver_cfg,
         rules=tuple(rules),
         timeout=timeout,
     )
     return Config(server=server_cfg, metric=metric_cfg, provider=provider_cfg, converter=converter_cfg)
+
+
+CONFIG_NAMES = ("config.yaml", "config.example.yaml")  # what `make run` and accelctl look for, in this order
+
+
+def find(dirs: "list[str | os.PathLike]", env: Mapping[str, str] | None = None) -> str | None:
+    """``$ACCELD_CONFIG``, else the first ``config.yaml`` / ``config.example.yaml`` in ``dirs``; None if none."""
+    env = os.environ if env is None else env
+    explicit = env.get("ACCELD_CONFIG", "").strip()
+    if explicit:
+        return explicit
+    for base in dirs:
+        for name in CONFIG_NAMES:
+            candidate = os.path.join(os.fspath(base), name)
+            if os.path.isfile(candidate):
+                return candidate
+    return None
 
 
 def loads(text: str, origin: str = "<config>") -> Config:

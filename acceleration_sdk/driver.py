@@ -3,18 +3,24 @@
 A driver is built with its ``converter.driver.config`` options, validates them at construction
 (``DriverError`` naming the key), and converts one image given a :class:`ContentProvider`.
 
-Lookup by name: the entry-point group ``acceleration_sdk.drivers`` (third-party drivers), then the built-in
-table ``drivers.BUILTIN`` (dotted paths, imported lazily so the SDK never imports a driver it does not use).
+Lookup by name goes through the entry-point group ``acceleration_sdk.drivers`` only, for the built-in
+drivers (this project's ``pyproject.toml``) as for third-party ones: the SDK never imports a driver by name,
+and imports a driver's module only when that driver is asked for. A driver class declares
+
+- ``options_schema``: an :class:`~acceleration_sdk.options.OptionSchema` of its ``converter.driver.config``
+  keys (validated when the config is loaded and again when the driver is built);
+- ``default_tag_suffix``: the target tag's suffix when ``converter.rules`` sets none (else ``-<name>``).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
-import importlib
-from typing import Any, Callable, ContextManager, Mapping, Protocol
+import functools
+from typing import Any, Callable, ClassVar, ContextManager, Mapping, Protocol
 
 from .errors import DriverError
 from .oci import Descriptor
+from .options import DEFAULT_PATH, OptionSchema
 
 ENTRY_POINT_GROUP = "acceleration_sdk.drivers"
 
@@ -51,8 +57,22 @@ class ContentProvider(Protocol):
 class Driver(abc.ABC):
     """The seed's interface: convert the source image, return the converted image's manifest/index."""
 
+    #: The ``converter.driver.config`` keys; ``None`` passes options through unchecked.
+    options_schema: ClassVar[OptionSchema | None] = None
+    #: The converted tag's suffix when no ``converter.rules[].tag_suffix`` is set; empty means ``-<name>``.
+    default_tag_suffix: ClassVar[str] = ""
+
     def __init__(self, options: Mapping[str, Any] | None = None):
-        self.options = dict(options or {})
+        schema = type(self).options_schema
+        if schema is None:
+            self.options = dict(options or {})
+            return
+        try:
+            owner = self.name()
+        except AttributeError:  # a name() that reads what the subclass sets after this constructor
+            owner = type(self).__name__
+        # validated here too: SDK users and the conformance suite build drivers without a config file
+        self.options = schema.validate(options, driver=owner)
 
     @abc.abstractmethod
     def convert(self, content: ContentProvider, source: str) -> Descriptor:
@@ -110,30 +130,55 @@ class ConvertedLayer:
 
 # ------------------------------------------------------------------ lookup
 
-def available() -> dict[str, str]:
-    """Driver names -> where they come from (dotted path or entry point)."""
-    found: dict[str, str] = {}
-    try:
-        builtin = importlib.import_module("drivers").BUILTIN
-        found.update(builtin)
-    except (ImportError, AttributeError):
-        pass
+@functools.lru_cache(maxsize=1)  # scanning every installed distribution costs ~10 ms: once per process
+def _entry_points() -> dict[str, Any]:
+    """Name -> EntryPoint of the group; the first distribution on sys.path wins a duplicated name."""
     from importlib import metadata  # ~30 ms to import: only when a driver is looked up
 
+    found: dict[str, Any] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
+        found.setdefault(ep.name, ep)
     return found
+
+
+def available() -> dict[str, str]:
+    """Driver names -> the entry point's target (``module:attr``); nothing is imported to list them."""
+    return {name: ep.value for name, ep in sorted(_entry_points().items())}
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str, target: str) -> Callable[..., Driver]:
+    ep = _entry_points()[name]
+    try:
+        return ep.load()
+    except Exception as exc:  # ImportError, AttributeError, or the plugin's own import-time failure
+        raise DriverError(f"driver {name!r} cannot be loaded from {target}: {type(exc).__name__}: {exc}") from exc
+
+
+def driver_class(name: str) -> Callable[..., Driver]:
+    """The registered factory (usually a Driver subclass) for ``name``; unknown -> DriverError naming the known."""
+    table = available()
+    target = table.get(name)
+    if target is None:
+        # none at all: this project's own entry points are missing, i.e. it is not installed (make install)
+        known = ", ".join(table) or f"none in entry-point group {ENTRY_POINT_GROUP}; is acceld installed?"
+        raise DriverError(f"unknown driver {name!r} (available: {known})")
+    return _load(name, target)
+
+
+def default_tag_suffix(name: str) -> str:
+    """The suffix of converted tags when no ``converter.rules[].tag_suffix`` is set: the driver's own, or ``-name``."""
+    return getattr(driver_class(name), "default_tag_suffix", "") or f"-{name}"
+
+
+def validate_options(name: str, options: Mapping[str, Any] | None, path: str = DEFAULT_PATH) -> dict[str, Any]:
+    """``options`` checked against the driver's schema (defaults filled); as given when it declares none."""
+    schema: OptionSchema | None = getattr(driver_class(name), "options_schema", None)
+    if schema is None:
+        return dict(options or {})
+    return schema.validate(options, path, driver=name)
 
 
 def load_driver(name: str, options: Mapping[str, Any] | None = None) -> Driver:
     """Build the driver called ``name`` with ``options``; unknown name -> DriverError listing the known ones."""
-    table = available()
-    target = table.get(name)
-    if target is None:
-        raise DriverError(f"unknown driver {name!r} (available: {', '.join(sorted(table)) or 'none'})")
-    module_name, _, attr = target.partition(":")
-    try:
-        factory: Callable[..., Driver] = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DriverError(f"driver {name!r} cannot be loaded from {target}: {exc}") from exc
-    return factory(options or {})
+    return driver_class(name)(options or {})

@@ -1,7 +1,5 @@
-"""Format drivers, registered by name: a dict of dotted paths, imported lazily by
-``acceleration_sdk.driver.load_driver``. Third-party drivers register through the entry-point group
-``acceleration_sdk.drivers`` instead."""
+"""Format drivers shipped with acceld, one package per format.
 
-BUILTIN = {
-    "estargz": "drivers.estargz.driver:EStargzDriver",
-}
+Each registers under the entry-point group ``acceleration_sdk.drivers`` in ``pyproject.toml``, exactly as a
+third-party driver would; the SDK finds them there and never imports this package by name.
+"""

@@ -29,6 +29,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .. import __version__
 from ..errors import AuthError, NotFoundError, RegistryError, UnreachableError
 from ..reference import Reference
 from .auth import Authenticator, pick_challenge
@@ -36,7 +37,7 @@ from .credentials import CredentialStore
 
 log = logging.getLogger("acceleration_sdk.registry")
 
-USER_AGENT = "acceld/0.1 (acceleration_sdk; python-requests)"
+USER_AGENT = f"acceld/{__version__} (acceleration_sdk; python-requests)"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 MAX_RETRY_AFTER = 60.0  # a registry asking for more than a minute is treated as asking for a minute

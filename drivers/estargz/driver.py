@@ -5,59 +5,53 @@ import os
 from typing import Any, Mapping
 
 from acceleration_sdk.driver import ConvertedLayer, LayerDriver
-from acceleration_sdk.errors import DriverError
 from acceleration_sdk.oci import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
+from acceleration_sdk.options import Option, OptionSchema
 
 DEFAULT_CHUNK_SIZE = 4 << 20  # 4 MiB: the estargz default chunk size
 DEFAULT_LEVEL = 9  # gzip level of the reference converter (ctr-remote / acceld)
 DEFAULT_ZSTD_LEVEL = 3  # the reference's zstd:chunked uses klauspost/zstd SpeedDefault, which is zstd level 3
 COMPRESSIONS = ("estargz", "zstdchunked")
-_OPTIONS = ("compression", "docker2oci", "chunk_size", "compression_level", "prioritized_files",
-            "with_referrer", "workers")
 
 
-def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise DriverError(f"converter.driver.config.{key}: expected true or false, got {value!r}")
+def _gzip(values) -> bool:
+    return values["compression"] == "estargz"
 
 
-def _int(value: Any, key: str, low: int, high: int) -> int:
-    try:
-        number = int(value, 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise DriverError(f"converter.driver.config.{key}: expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise DriverError(f"converter.driver.config.{key}: expected {low}..{high}, got {value!r}")
-    return number
+# The one place the estargz options are declared: config validation, `accelctl drivers estargz` and the
+# errors all read it.
+OPTIONS = OptionSchema(
+    Option("compression", str, "estargz", choices=COMPRESSIONS,
+           help="estargz (gzip) or zstdchunked (zstd:chunked, stargz-snapshotter flavour)"),
+    Option("docker2oci", bool, True, help="Docker media types become OCI ones (needed for layer annotations)"),
+    Option("chunk_size", int, DEFAULT_CHUNK_SIZE, range=(4096, 1 << 30),
+           help="bytes per chunk of big files (4 MiB, the estargz default)"),
+    Option("compression_level", int, lambda o: DEFAULT_LEVEL if _gzip(o) else DEFAULT_ZSTD_LEVEL,
+           range=lambda o: (1, 9) if _gzip(o) else (1, 22),
+           help=f"gzip 1-9 (default {DEFAULT_LEVEL}, the reference converter's) or "
+                f"zstd 1-22 for zstdchunked (default {DEFAULT_ZSTD_LEVEL}, the reference's SpeedDefault)"),
+    Option("prioritized_files", list, (), help="files the runtime reads first (prefetched); empty = none"),
+    Option("with_referrer", bool, False, help="point the converted manifest's subject at the source manifest"),
+    Option("workers", int, lambda o: min(2, os.cpu_count() or 1), range=(1, 64),
+           help="threads compressing one layer (default 2, or 1 on a one-CPU host); speed only, not bytes"),
+)
 
 
 class EStargzDriver(LayerDriver):
+    """eStargz (gzip) or zstd:chunked layers, readable by stargz-snapshotter; the image keeps its shape."""
+
+    options_schema = OPTIONS
+    default_tag_suffix = "-esgz"  # acceld's example rule; also for zstdchunked, as before drivers declared it
+
     def __init__(self, options: Mapping[str, Any] | None = None):
-        super().__init__(options)
-        for key in self.options:
-            if key not in _OPTIONS:
-                raise DriverError(f"converter.driver.config.{key}: unknown option for estargz "
-                                  f"(allowed: {', '.join(_OPTIONS)})")
-        self.compression = str(self.options.get("compression", "estargz"))
-        if self.compression not in COMPRESSIONS:
-            raise DriverError(f"converter.driver.config.compression: expected one of {', '.join(COMPRESSIONS)}, "
-                              f"got {self.compression!r}")
-        self._docker2oci = _bool(self.options.get("docker2oci", True), "docker2oci")
-        self._with_referrer = _bool(self.options.get("with_referrer", False), "with_referrer")
-        self.chunk_size = _int(self.options.get("chunk_size", DEFAULT_CHUNK_SIZE), "chunk_size", 4096, 1 << 30)
-        high = 9 if self.compression == "estargz" else 22
-        default = DEFAULT_LEVEL if self.compression == "estargz" else DEFAULT_ZSTD_LEVEL
-        self.level = _int(self.options.get("compression_level", default), "compression_level", 1, high)
-        self.workers = _int(self.options.get("workers", min(2, os.cpu_count() or 1)), "workers", 1, 64)
-        prioritized = self.options.get("prioritized_files", ())
-        if isinstance(prioritized, str):
-            prioritized = [p for p in prioritized.replace(",", "\n").splitlines() if p.strip()]
-        if not isinstance(prioritized, (list, tuple)) or not all(isinstance(p, str) for p in prioritized):
-            raise DriverError("converter.driver.config.prioritized_files: expected a list of paths")
-        self.prioritized_files = tuple(p.strip() for p in prioritized)
+        super().__init__(options)  # validated against OPTIONS, defaults filled
+        self.compression = self.options["compression"]
+        self._docker2oci = self.options["docker2oci"]
+        self._with_referrer = self.options["with_referrer"]
+        self.chunk_size = self.options["chunk_size"]
+        self.level = self.options["compression_level"]
+        self.workers = self.options["workers"]
+        self.prioritized_files = self.options["prioritized_files"]
 
     def name(self) -> str:
         return "estargz"

@@ -94,3 +94,64 @@ def test_invalid_yaml_and_missing_file():
                                              ("1.5kb", 1500)])
 def test_parse_size(value, expected):
     assert config.parse_size(value) == expected
+
+
+# ------------------------------------------------------------ the driver section, checked against the driver
+
+@pytest.mark.parametrize("text, path, words", [
+    ("converter: {driver: {type: nydusx}}", "converter.driver.type", "unknown driver 'nydusx' (available: "),
+    ("converter: {driver: {config: {compresion: zstd}}}", "converter.driver.config.compresion",
+     "unknown option for estargz (allowed: compression, "),
+    ("converter: {driver: {config: {compression: lz4}}}", "converter.driver.config.compression",
+     "expected one of estargz, zstdchunked, got 'lz4'"),
+    ("converter: {driver: {config: {chunk_size: 12}}}", "converter.driver.config.chunk_size", "expected 4096.."),
+    ("converter: {driver: {config: {compression_level: 10}}}", "converter.driver.config.compression_level",
+     "expected 1..9, got 10"),
+    ("converter: {driver: {config: {compression: zstdchunked, compression_level: 23}}}",
+     "converter.driver.config.compression_level", "expected 1..22, got 23"),
+    ("converter: {driver: {config: {docker2oci: maybe}}}", "converter.driver.config.docker2oci", "true or false"),
+])
+def test_driver_type_and_options_are_checked_at_load(text, path, words):
+    with pytest.raises(ConfigError) as info:
+        config.loads(text)
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ") and words in str(info.value), str(info.value)
+
+
+def test_option_range_follows_compression():
+    cfg = config.loads("converter: {driver: {config: {compression: zstdchunked, compression_level: 19}}}")
+    assert cfg.converter.driver.config["compression_level"] == 19  # the YAML as written; the driver fills defaults
+
+
+def test_tag_suffix_is_the_rules_else_the_drivers_own():
+    assert config.loads("converter: {driver: {type: estargz}}").converter.tag_suffix == "-esgz"
+    assert config.loads("converter: {rules: [{tag_suffix: -lazy}]}").converter.tag_suffix == "-lazy"
+
+
+def test_defaults_live_on_the_dataclasses_only():
+    # An empty file and no file at all (runtime's Config()) must mean the same thing.
+    assert config.from_dict({}) == config.Config()
+    assert config.loads("server: {}\nprovider: {gcpolicy: {}}\nconverter: {driver: {}, rules: [{}]}").server == \
+        config.ServerConfig()
+
+
+def test_example_config_restates_the_driver_defaults_it_shows():
+    # config.example.yaml shows some estargz options for documentation; each must be the driver's default,
+    # so the default stays written once (in the driver's schema) and the example cannot drift from it.
+    from acceleration_sdk.driver import driver_class
+
+    schema = driver_class("estargz").options_schema
+    shown = config.load(os.path.join(ROOT, "config.example.yaml")).converter.driver.config
+    defaults = schema.validate({})
+    assert shown and all(schema.validate({k: v})[k] == defaults[k] for k, v in shown.items()), dict(shown)
+    example = open(os.path.join(ROOT, "config.example.yaml"), encoding="utf-8").read()
+    assert all(option.name in example for option in schema), "document every option"
+
+
+def test_find_config_like_the_service(tmp_path):
+    assert config.find([tmp_path], env={}) is None
+    (tmp_path / "config.example.yaml").write_text("{}")
+    assert config.find([tmp_path], env={}) == str(tmp_path / "config.example.yaml")
+    (tmp_path / "config.yaml").write_text("{}")
+    assert config.find([tmp_path], env={}) == str(tmp_path / "config.yaml")
+    assert config.find([tmp_path], env={"ACCELD_CONFIG": "/etc/acceld.yaml"}) == "/etc/acceld.yaml"
