@@ -10,7 +10,6 @@ from rest_framework.exceptions import NotAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from acceld_project.runtime import RETRY_MARGIN
 from acceleration_sdk import reference
 from acceleration_sdk.errors import ReferenceError_
 
@@ -71,7 +70,8 @@ class ConversionsView(APIView):
         tasks = services.conversions_create(sources=[(r.resource_url, r.digest) for r in event.resources],
                                             trigger=trigger_of(request, event), event_id=event.event_id)
         if sync and tasks:
-            done = selectors.conversion_wait(task_ids=[t.pk for t in tasks], timeout=cfg.converter.timeout + RETRY_MARGIN,
+            done = selectors.conversion_wait(task_ids=[t.pk for t in tasks],
+                                             timeout=cfg.converter.timeout + settings.ACCELD_RETRY_MARGIN,
                                              poll=settings.ACCELD_SYNC_POLL)
             by_id = {t.pk: t for t in done}
             for task in tasks:
