@@ -1,4 +1,4 @@
-"""GET /api/v1/conversions, health, metrics, schema, unknown paths."""
+"""GET /api/v1/conversions, health, schema, unknown paths (metrics: test_metrics.py)."""
 from __future__ import annotations
 
 import datetime
@@ -116,19 +116,6 @@ def test_health(acceld, api, tmp_path):
     resp = api.get("/api/v1/health")
     assert resp.status_code == 500
     assert json.loads(resp.content) == {"code": "ERR_UNHEALTHY", "message": "work_dir not writable"}
-
-
-def test_metrics_off_is_404_on_is_prometheus_text(acceld, api):
-    assert api.get("/metrics").content == NOT_FOUND
-    acceld(metric={"enabled": True})
-    make(source_size=100, target_size=150, durations={"total": 2.5})
-    make(f"{HOST}/library/redis:7", Status.FAILED)
-    resp = api.get("/metrics")
-    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/plain; version=0.0.4")
-    text = resp.content.decode()
-    assert 'acceld_tasks{status="COMPLETED"} 1' in text and 'acceld_tasks{status="FAILED"} 1' in text
-    assert "acceld_source_bytes_total 100" in text and "acceld_target_bytes_total 150" in text
-    assert "acceld_conversion_duration_seconds_sum 2.5" in text
 
 
 def test_openapi_schema(acceld, api):
