@@ -21,7 +21,6 @@ from .models import Status, Trigger
 from .serializers import ListQuerySerializer, TaskDetailSerializer, TaskSerializer
 
 OK = "Ok"
-DEFAULT_PAGE = 100
 
 _ERROR = inline_serializer("Error", {"code": drf_serializers.CharField(), "message": drf_serializers.CharField()})
 
@@ -105,23 +104,10 @@ class ConversionsView(APIView):
         serializer = TaskDetailSerializer if q["verbose"] else TaskSerializer
         if q["verbose"]:
             qs = qs.select_related("shared_with")
-        offset = q["offset"]
         if q["paginated"]:
-            limit = q.get("limit") or DEFAULT_PAGE
-            count = qs.count()
-            page = qs[offset:offset + limit]
-            return Response({
-                "count": count,
-                "next": self._page_url(request, offset + limit, limit) if offset + limit < count else None,
-                "previous": self._page_url(request, max(0, offset - limit), limit) if offset > 0 else None,
-                "results": serializer(page, many=True).data,
-            })
-        limit = q.get("limit")
+            paginator = listing.TaskPagination()
+            page = paginator.paginate_queryset(qs, request, view=self)
+            return paginator.get_paginated_response(serializer(page, many=True).data)
+        offset, limit = q["offset"], q.get("limit")
         page = qs[offset:offset + limit] if limit else qs[offset:]
         return Response(serializer(page, many=True).data)
-
-    @staticmethod
-    def _page_url(request, offset: int, limit: int) -> str:
-        params = request.query_params.copy()
-        params["offset"], params["limit"] = str(offset), str(limit)
-        return request.build_absolute_uri(request.path) + "?" + params.urlencode()

@@ -123,3 +123,21 @@ def test_openapi_schema(acceld, api):
     assert resp.status_code == 200
     text = resp.content.decode()
     assert "/api/v1/conversions" in text and "openapi" in text
+
+
+def test_pages_link_to_each_other_like_drf(acceld, api):
+    acceld(server={"public_list": True})
+    for i in range(5):
+        make(f"{HOST}/library/app{i}:1", minutes_ago=10 - i)
+    get = lambda q: json.loads(api.get("/api/v1/conversions" + q).content)  # noqa: E731
+    first = get("?paginated=true&limit=2&status=completed")
+    assert list(first) == ["count", "next", "previous", "results"]
+    assert (first["count"], first["previous"]) == (5, None)
+    assert [t["source"][-6:] for t in first["results"]] == ["app4:1", "app3:1"]
+    second = get(first["next"].split("/api/v1/conversions", 1)[1])
+    assert "status=completed" in first["next"] and [t["source"][-6:] for t in second["results"]] == ["app2:1", "app1:1"]
+    third = get(second["next"].split("/api/v1/conversions", 1)[1])
+    assert [t["source"][-6:] for t in third["results"]] == ["app0:1"] and third["next"] is None
+    back = get(third["previous"].split("/api/v1/conversions", 1)[1])
+    assert back["results"] == second["results"]
+    assert len(get("?paginated=true")["results"]) == 5  # default page: 100
