@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+
+import dj_database_url
 
 from acceleration_sdk import config as sdk_config
 from acceleration_sdk.errors import ConfigError
@@ -17,8 +18,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 SQLITE_BUSY_TIMEOUT = 30
 # 600 s: how long a web thread or queue worker keeps its SQLite connection (Django's CONN_MAX_AGE).
 SQLITE_CONN_MAX_AGE = 600
-# Seconds the queue waits past converter.timeout before it hands a task out again (django-q2 needs retry > timeout).
+# Seconds the queue waits past converter.timeout before it hands a task out again (django-q2 needs retry > timeout);
+# ?sync=true waits as long. $ACCELD_RETRY_MARGIN changes it; settings publish the one value as ACCELD_RETRY_MARGIN.
 RETRY_MARGIN = 60
+# 60 s: how long a PostgreSQL/MySQL connection is kept between requests (Django's CONN_MAX_AGE).
+SERVER_CONN_MAX_AGE = 60
 
 
 def config_path(env: dict | None = None, cwd: Path | None = None) -> Path | None:
@@ -62,40 +66,27 @@ def sqlite_database(path: Path | str) -> dict:
     }
 
 
-_SCHEMES = {
-    "postgres": "django.db.backends.postgresql",
-    "postgresql": "django.db.backends.postgresql",
-    "pgsql": "django.db.backends.postgresql",
-    "mysql": "django.db.backends.mysql",
-}
+# What a DATABASE_URL may name: the databases the service is tested against or Django ships a backend for.
+_ENGINES = ("django.db.backends.sqlite3", "django.db.backends.postgresql", "django.db.backends.mysql")
 
 
 def parse_database_url(url: str) -> dict:
-    """``sqlite:////abs/path``, ``sqlite:///relative``, ``postgres://user:pw@host:5432/name?sslmode=require``."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "sqlite":
-        # dj-database-url's convention: sqlite:///relative/file, sqlite:////absolute/file
-        path = unquote(parts.netloc + parts.path)
-        if not parts.netloc and path.startswith("/"):
-            path = path[1:]
-        if not path or path == ":memory:":
-            raise ConfigError("a sqlite DATABASE_URL needs a file path")
-        return sqlite_database(Path(path))
-    if scheme not in _SCHEMES:
+    """``sqlite:////abs/path``, ``sqlite:///relative``, ``postgres://user:pw@host:5432/name?sslmode=require``.
+
+    dj-database-url reads the URL (schemes, quoting, query options); SQLite then gets our own settings
+    (WAL, busy timeout, IMMEDIATE) because a web server and a qcluster share the file.
+    """
+    try:
+        db = dict(dj_database_url.parse(url, conn_max_age=SERVER_CONN_MAX_AGE))
+    except ValueError as exc:  # the message names the scheme, never the password
+        raise ConfigError(f"unsupported database URL: {exc}") from None
+    if db["ENGINE"] not in _ENGINES:
+        scheme = url.split(":", 1)[0]
         raise ConfigError(f"unsupported database scheme {scheme!r} (use sqlite, postgres or mysql)")
-    db = {
-        "ENGINE": _SCHEMES[scheme],
-        "NAME": unquote(parts.path.lstrip("/")),
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-        "CONN_MAX_AGE": 60,
-    }
-    options = dict(parse_qsl(parts.query))
-    if options:
-        db["OPTIONS"] = options
+    if db["ENGINE"].endswith("sqlite3"):
+        if not db["NAME"] or db["NAME"] == ":memory:":
+            raise ConfigError("a sqlite DATABASE_URL needs a file path")
+        return sqlite_database(Path(db["NAME"]))
     return db
 
 
@@ -108,17 +99,23 @@ def database_settings(cfg: sdk_config.Config, env: dict | None = None) -> dict:
     return sqlite_database(work_dir(cfg) / "acceld.sqlite3")
 
 
+def retry_margin(env: dict | None = None) -> int:
+    """``$ACCELD_RETRY_MARGIN`` seconds (default ``RETRY_MARGIN``), at least 1 so that retry > timeout."""
+    env = os.environ if env is None else env
+    return max(1, int(env.get("ACCELD_RETRY_MARGIN", "") or RETRY_MARGIN))
+
+
 def q_cluster_settings(cfg: sdk_config.Config, env: dict | None = None) -> dict:
     """django-q2: ORM broker unless ``server.redis``; workers and timeout from the converter section.
 
     ``retry`` is longer than ``timeout``: a task not acknowledged within ``retry`` is handed out again,
     and a shorter one would turn one webhook into two conversions. ``retry`` is also how long a message
     taken by a host that died waits before it runs elsewhere; ``$ACCELD_RETRY_MARGIN`` (seconds, default
-    ``RETRY_MARGIN``) shortens that where conversions end well within ``converter.timeout``.
+    ``RETRY_MARGIN``, see :func:`retry_margin`) shortens that where conversions end well within ``converter.timeout``.
     """
     env = os.environ if env is None else env
     timeout = cfg.converter.timeout
-    margin = max(1, int(env.get("ACCELD_RETRY_MARGIN", "") or RETRY_MARGIN))
+    margin = retry_margin(env)
     q = {
         "name": "acceld",
         "workers": cfg.converter.worker,

@@ -143,8 +143,11 @@ ACCELD_PROGRESS_INTERVAL = float(os.environ.get("ACCELD_PROGRESS_INTERVAL", "1.0
 ACCELD_REAPER_INTERVAL = float(os.environ.get("ACCELD_REAPER_INTERVAL", str(min(ACCELD_STALE_AFTER / 2, 10))))
 # An interrupted conversion is re-queued until it has been started this many times, then FAILED.
 ACCELD_MAX_ATTEMPTS = int(os.environ.get("ACCELD_MAX_ATTEMPTS", "3"))
-# ?sync=true polls the task this often, for at most converter.timeout plus the margin.
+# ?sync=true polls the task this often, for at most converter.timeout plus ACCELD_RETRY_MARGIN.
 ACCELD_SYNC_POLL = 0.2
+# Published for the conversions app, which reads settings and never imports acceld_project: the one margin
+# past converter.timeout that both the queue (Q_CLUSTER["retry"]) and ?sync=true wait.
+ACCELD_RETRY_MARGIN = runtime.retry_margin()
 
 LOGGING = {
     "version": 1,

@@ -5,7 +5,7 @@ Layout under ``root``::
     blobs/sha256/<hex>   verified blobs, written once (ingest -> hash while streaming -> verify -> rename)
     ingest/              temp files of blobs being written; never read by anyone else
     tmp/                 scratch space for drivers (spooled tars)
-    index.db             SQLite: blob sizes, use counts and last use (for GC), labels, leases, layer cache
+    index.db             SQLite: blob sizes, use counts and last use (for GC), leases, layer cache
 
 "Already exists" is success: two writers of the same digest both succeed and one file remains.
 GC evicts least-used, then least-recently-used blobs until the store is under ``threshold`` bytes, and
@@ -30,8 +30,6 @@ from .errors import ContentError, DigestMismatchError, StorageFullError
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL,
                                   uses INTEGER NOT NULL DEFAULT 0, last_used REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS labels (digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-                                   PRIMARY KEY (digest, key));
 CREATE TABLE IF NOT EXISTS leases (id TEXT NOT NULL, digest TEXT NOT NULL, pid INTEGER NOT NULL,
                                    PRIMARY KEY (id, digest));
 CREATE TABLE IF NOT EXISTS layer_cache (key TEXT PRIMARY KEY, descriptor TEXT NOT NULL, diff_id TEXT NOT NULL,
@@ -187,19 +185,7 @@ class ContentStore:
             raise ContentError(f"blob {digest} is larger than {limit} bytes", digest=digest)
         return data
 
-    def tempdir(self) -> str:
-        return tempfile.mkdtemp(dir=self.tmp_dir)
-
-    # -------------------------------------------------------------- labels and layer cache
-    def set_label(self, digest: str, key: str, value: str) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO labels(digest, key, value) VALUES (?, ?, ?)", (digest, key, value))
-
-    def label(self, digest: str, key: str) -> str | None:
-        with self._db() as db:
-            row = db.execute("SELECT value FROM labels WHERE digest = ? AND key = ?", (digest, key)).fetchone()
-        return row[0] if row else None
-
+    # -------------------------------------------------------------- layer cache
     def cache_get(self, key: str) -> tuple[dict, str] | None:
         with self._db() as db:
             row = db.execute("SELECT descriptor, diff_id FROM layer_cache WHERE key = ?", (key,)).fetchone()
@@ -261,7 +247,6 @@ class ContentStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path(digest))
                 db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
-                db.execute("DELETE FROM labels WHERE digest = ?", (digest,))
                 total -= size
                 evicted.append(digest)
             # layer-cache rows whose converted blob is gone are no longer useful

@@ -10,7 +10,6 @@ from rest_framework.exceptions import NotAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from acceld_project.runtime import RETRY_MARGIN
 from acceleration_sdk import reference
 from acceleration_sdk.errors import ReferenceError_
 
@@ -22,7 +21,6 @@ from .models import Status, Trigger
 from .serializers import ListQuerySerializer, TaskDetailSerializer, TaskSerializer
 
 OK = "Ok"
-DEFAULT_PAGE = 100
 
 _ERROR = inline_serializer("Error", {"code": drf_serializers.CharField(), "message": drf_serializers.CharField()})
 
@@ -71,7 +69,8 @@ class ConversionsView(APIView):
         tasks = services.conversions_create(sources=[(r.resource_url, r.digest) for r in event.resources],
                                             trigger=trigger_of(request, event), event_id=event.event_id)
         if sync and tasks:
-            done = selectors.conversion_wait(task_ids=[t.pk for t in tasks], timeout=cfg.converter.timeout + RETRY_MARGIN,
+            done = selectors.conversion_wait(task_ids=[t.pk for t in tasks],
+                                             timeout=cfg.converter.timeout + settings.ACCELD_RETRY_MARGIN,
                                              poll=settings.ACCELD_SYNC_POLL)
             by_id = {t.pk: t for t in done}
             for task in tasks:
@@ -105,23 +104,10 @@ class ConversionsView(APIView):
         serializer = TaskDetailSerializer if q["verbose"] else TaskSerializer
         if q["verbose"]:
             qs = qs.select_related("shared_with")
-        offset = q["offset"]
         if q["paginated"]:
-            limit = q.get("limit") or DEFAULT_PAGE
-            count = qs.count()
-            page = qs[offset:offset + limit]
-            return Response({
-                "count": count,
-                "next": self._page_url(request, offset + limit, limit) if offset + limit < count else None,
-                "previous": self._page_url(request, max(0, offset - limit), limit) if offset > 0 else None,
-                "results": serializer(page, many=True).data,
-            })
-        limit = q.get("limit")
+            paginator = listing.TaskPagination()
+            page = paginator.paginate_queryset(qs, request, view=self)
+            return paginator.get_paginated_response(serializer(page, many=True).data)
+        offset, limit = q["offset"], q.get("limit")
         page = qs[offset:offset + limit] if limit else qs[offset:]
         return Response(serializer(page, many=True).data)
-
-    @staticmethod
-    def _page_url(request, offset: int, limit: int) -> str:
-        params = request.query_params.copy()
-        params["offset"], params["limit"] = str(offset), str(limit)
-        return request.build_absolute_uri(request.path) + "?" + params.urlencode()

@@ -5,12 +5,10 @@ import logging
 import os
 import tempfile
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
 
-from acceld_project.runtime import work_dir
-
-from .conf import get_config
 from .errors import AcceldJsonResponse
 
 log = logging.getLogger("acceld.health")
@@ -24,7 +22,7 @@ def problems() -> list[str]:
     except Exception as exc:  # any database failure makes the service unhealthy
         log.warning("health: database unusable: %s", exc)
         out.append("database unusable")
-    path = work_dir(get_config())
+    path = settings.ACCELD_WORK_DIR  # published by settings from provider.work_dir
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".health-"):

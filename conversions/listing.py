@@ -24,6 +24,7 @@ from django.db import connection
 from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils.dateparse import parse_datetime
+from rest_framework.pagination import LimitOffsetPagination
 
 from . import selectors
 from .serializers import GO_ZERO_TIME, rfc3339
@@ -32,6 +33,14 @@ from .serializers import GO_ZERO_TIME, rfc3339
 _ROW = ('{"id":"%s","created":"%s","finished":"%s","source":%s,"source_size":%d,"target_size":%d,'
         '"status":%s,"reason":%s}')
 _VALUES = ("source", "source_size", "target_size", "status", "reason")
+
+
+class TaskPagination(LimitOffsetPagination):
+    """``?paginated=true``: DRF's ``count``/``next``/``previous``/``results`` over ``?limit``/``?offset``
+    (already checked by ``ListQuerySerializer``, whose 1000 is also the cap here)."""
+
+    default_limit = 100
+    max_limit = 1000
 
 
 def _json_str(text: str) -> str:

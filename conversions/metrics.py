@@ -1,48 +1,56 @@
-"""``/metrics`` in the Prometheus text format (0.0.4) when ``metric.enabled``.
+"""``/metrics`` in the Prometheus text format (0.0.4) when ``metric.enabled``, through prometheus_client.
 
-Counted from the task table, so the numbers agree across gunicorn workers and the qcluster.
+Gauges say how things are now (tasks by status, conversions running), read from the task table on each
+scrape. Counters say how much has happened and only go up: they are the totals of ``conversions.counters``,
+added to in the transaction that finishes a task, so every web worker on every host reports the same
+numbers and deleting old tasks lowers none of them. The README's "Metrics" section explains each series.
 """
 from __future__ import annotations
 
 from django.http import HttpResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from . import selectors
+from . import counters, selectors
 from .conf import get_config
 from .errors import not_found
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
-def _family(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        number = repr(float(value)) if isinstance(value, float) else str(int(value))
-        lines.append(f"{name}{labels} {number}")
+class TaskCollector:
+    """Reads the database on each scrape; nothing is kept in the process."""
+
+    def collect(self):
+        now = selectors.conversion_gauges()
+        total = counters.totals()
+        tasks = GaugeMetricFamily("acceld_tasks", "Conversion tasks by status now.", labels=["status"])
+        for status, n in sorted(now["by_status"].items()):
+            tasks.add_metric([status], n)
+        yield tasks
+        yield GaugeMetricFamily("acceld_conversions_running", "Conversions a worker is running now.",
+                                value=now["running"])
+        for name, help_text, key in (
+            ("acceld_conversions_completed", "Conversions that pushed an image.", counters.COMPLETED),
+            ("acceld_conversions_failed", "Conversions that ended FAILED.", counters.FAILED),
+            ("acceld_tasks_shared", "Tasks finished by sharing another task's conversion.", counters.SHARED),
+            ("acceld_tasks_skipped", "Tasks for images already converted.", counters.SKIPPED),
+            ("acceld_source_bytes", "Bytes of source images converted.", counters.SOURCE_BYTES),
+            ("acceld_target_bytes", "Bytes of converted images pushed.", counters.TARGET_BYTES),
+        ):
+            yield CounterMetricFamily(name, help_text, value=total[key])  # exposed with the _total suffix
+        yield SummaryMetricFamily("acceld_conversion_duration_seconds", "Time taken by completed conversions.",
+                                  count_value=total[counters.DURATION_COUNT],
+                                  sum_value=total[counters.DURATION_MS] / 1000)
 
 
-def render() -> str:
-    stats = selectors.conversion_stats()
-    lines: list[str] = []
-    _family(lines, "acceld_tasks", "gauge", "Conversion tasks by status.",
-            [(f'{{status="{status}"}}', n) for status, n in sorted(stats["by_status"].items())])
-    _family(lines, "acceld_conversions_running", "gauge", "Conversions a worker is running now.",
-            [("", stats["running"])])
-    _family(lines, "acceld_conversions_completed_total", "counter", "Conversions that pushed an image.",
-            [("", stats["converted"])])
-    _family(lines, "acceld_tasks_shared_total", "counter", "Tasks that shared another task's conversion.",
-            [("", stats["shared"])])
-    _family(lines, "acceld_tasks_skipped_total", "counter", "Tasks for images already converted.",
-            [("", stats["skipped"])])
-    _family(lines, "acceld_source_bytes_total", "counter", "Bytes of source images converted.",
-            [("", stats["source_bytes"])])
-    _family(lines, "acceld_target_bytes_total", "counter", "Bytes of converted images pushed.",
-            [("", stats["target_bytes"])])
-    lines.append("# HELP acceld_conversion_duration_seconds Time taken by completed conversions.")
-    lines.append("# TYPE acceld_conversion_duration_seconds summary")
-    lines.append(f"acceld_conversion_duration_seconds_sum {stats['duration_seconds_sum']!r}")
-    lines.append(f"acceld_conversion_duration_seconds_count {stats['duration_seconds_count']}")
-    return "\n".join(lines) + "\n"
+REGISTRY = CollectorRegistry()  # ours alone: no process/platform collectors, which differ per worker
+REGISTRY.register(TaskCollector())
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
 
 
 def metrics(request):

@@ -74,10 +74,20 @@ class ConversionTask(models.Model):
         return f"{self.source} ({self.status})"
 
     @property
-    def is_finished(self) -> bool:
-        return self.status != Status.PROCESSING
-
-    @property
     def worker_task(self) -> "ConversionTask":
         """The task whose conversion this one follows (itself when it does its own work)."""
         return self.shared_with if self.shared_with_id else self
+
+
+class FinishedCount(models.Model):
+    """A running total of finished work for ``/metrics`` (names in ``conversions.counters``).
+
+    Added to in the transaction that finishes a task, so each finish counts once, on every host and
+    process alike, and deleting old tasks never lowers a total (Prometheus counters only go up).
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, QuerySet
 
 from .models import ConversionTask, Status
 
@@ -17,10 +17,6 @@ def conversion_list(*, status: str = "", source: str = "") -> QuerySet[Conversio
     if source:
         qs = qs.filter(source__icontains=source)
     return qs
-
-
-def conversion_get(*, task_id) -> ConversionTask:
-    return ConversionTask.objects.get(pk=task_id)
 
 
 def conversion_wait(*, task_ids: Iterable, timeout: float, poll: float = 0.2) -> list[ConversionTask]:
@@ -37,22 +33,11 @@ def conversion_wait(*, task_ids: Iterable, timeout: float, poll: float = 0.2) ->
         time.sleep(poll)
 
 
-def conversion_stats() -> dict:
-    """Counts by status and totals over finished conversions, for /metrics."""
-    by_status = {row["status"]: row["n"] for row in
-                 ConversionTask.objects.values("status").annotate(n=Count("pk"))}
-    done = ConversionTask.objects.filter(status=Status.COMPLETED, skipped=False, shared_with__isnull=True)
-    sums = done.aggregate(source=Sum("source_size"), target=Sum("target_size"), n=Count("pk"))
-    durations = [t.get("total", 0.0) for t in done.values_list("durations", flat=True) if isinstance(t, dict)]
+def conversion_gauges() -> dict:
+    """How things are now, for /metrics' gauges: tasks by status, and conversions a worker is running."""
+    by_status = dict(ConversionTask.objects.values_list("status").annotate(n=Count("pk")))
     return {
         "by_status": {s.value: by_status.get(s.value, 0) for s in Status},
-        "converted": sums["n"] or 0,
-        "source_bytes": sums["source"] or 0,
-        "target_bytes": sums["target"] or 0,
-        "duration_seconds_sum": float(sum(durations)),
-        "duration_seconds_count": len(durations),
-        "shared": ConversionTask.objects.filter(~Q(shared_with=None)).count(),
-        "skipped": ConversionTask.objects.filter(skipped=True).count(),
         "running": ConversionTask.objects.filter(status=Status.PROCESSING, shared_with__isnull=True,
                                                  started__isnull=False).count(),
     }

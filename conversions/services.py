@@ -24,6 +24,7 @@ from acceleration_sdk.config import Config
 from acceleration_sdk.engine import skip_reason
 from acceleration_sdk.errors import AccelError
 
+from . import counters
 from .conf import get_config
 from .errors import InvalidState
 from .models import ConversionTask, Status, Trigger
@@ -115,6 +116,7 @@ def _create(cfg: Config, ref: reference.Reference, *, trigger: str, digest: str,
         task.status, task.skipped, task.finished, task.target = Status.COMPLETED, True, now, key
         task.progress = {"phase": "done", "message": why, "percent": 100}
         task.save()
+        counters.count_skipped()
         return task
     task.target = str(reference.target_for(ref, cfg.converter.tag_suffix))
     _lead_or_follow(task)
@@ -176,6 +178,7 @@ def _finish(task_id, token, **outcome) -> ConversionTask | None:
         n = ConversionTask.objects.filter(shared_with=task, status=Status.PROCESSING).update(**shared)
         if n:
             log.info("task %s: %s for %d task(s) sharing it", task.pk, task.status, n)
+        counters.count_finished(task, followers=n)  # /metrics' totals, in the same transaction
         return task
 
 

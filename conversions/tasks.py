@@ -1,13 +1,22 @@
-"""The queue's side: what django-q2 is asked to run, and how it is asked."""
+"""The queue's side: what django-q2 is asked to run, and how it is asked.
+
+The services call this module to enqueue; it never imports them back. A queued message names ``run``
+below, and ``run`` reaches the service by its dotted name, the way django-q2 itself reaches ``run``:
+so the import graph stays a tree (tests/test_import_graph.py).
+"""
 from __future__ import annotations
 
 import logging
 import os
 import uuid
 
+from django.utils.module_loading import import_string
+
 log = logging.getLogger("acceld.tasks")
 
 RUN = "conversions.tasks.run"
+# What ``run`` calls: (task_id=UUID, token=UUID) -> ConversionTask | None.
+RUNNER = "conversions.services.conversion_run"
 
 _broker: tuple = ()  # (pid, broker)
 
@@ -44,7 +53,5 @@ def enqueue_run(task_id, token) -> None:
 
 def run(task_id: str, token: str) -> str:
     """The worker's entry point; returns the task's final status for django-q2's result log."""
-    from .services import conversion_run
-
-    task = conversion_run(task_id=uuid.UUID(task_id), token=uuid.UUID(token))
+    task = import_string(RUNNER)(task_id=uuid.UUID(task_id), token=uuid.UUID(token))
     return task.status if task is not None else "SKIPPED (stale run)"

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from ..errors import ContentError, DigestMismatchError, RegistryError, StorageFullError, UnreachableError
 from ..reference import Reference
 from .auth import repository_scope
-from .transport import MAX_RETRY_AFTER, WIRE_ERRORS, Transport, wire_reason
+from .transport import WIRE_ERRORS, Transport, wire_reason
 
 log = logging.getLogger("acceleration_sdk.registry")
 
@@ -91,7 +91,7 @@ def download(t: Transport, ref: Reference, digest: str, dst: BinaryIO, size: int
                 raise UnreachableError(f"{what}: {ref.api_host}: {wire_reason(exc)} after {written} bytes",
                                        reference=str(blob)) from exc
             log.debug("%s: %s after %d bytes; resuming", what, wire_reason(exc), written)
-            time.sleep(min(t.backoff * 2 ** (failures - 1), MAX_RETRY_AFTER))
+            time.sleep(t.delay(failures))
         finally:
             resp.close()
     actual = _digest_of(h)

@@ -23,7 +23,7 @@ from . import blobs
 from .auth import repository_scope
 from .credentials import CredentialStore
 from .stream_upload import StreamingUpload
-from .transport import MAX_RETRY_AFTER, WIRE_ERRORS, Transport, new_session, wire_reason
+from .transport import WIRE_ERRORS, Transport, new_session, wire_reason
 
 log = logging.getLogger("acceleration_sdk.registry")
 
@@ -96,7 +96,7 @@ class RegistryClient:
         broken: BaseException | None = None
         for attempt in range(t.retries + 1):
             if attempt:
-                time.sleep(min(t.backoff * 2 ** (attempt - 1), MAX_RETRY_AFTER))
+                time.sleep(t.delay(attempt))
             resp = t.request("GET", ref, f"/v2/{ref.repository}/manifests/{ref.object}", scopes=scopes,
                              what=what, headers={"Accept": oci.ACCEPT})
             with resp:

@@ -185,6 +185,13 @@ class Transport:
     def __repr__(self) -> str:
         return f"Transport(schemes={dict(self._schemes)!r})"
 
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (1 = the first): the registry's ``Retry-After``
+        when it sent one, else exponential backoff; never more than ``MAX_RETRY_AFTER``. The SDK's one
+        backoff rule (idempotent requests get the same from urllib3's ``Retry``, see ``new_session``)."""
+        wait = self.backoff * 2 ** (retry - 1) if retry_after is None else retry_after
+        return min(max(wait, 0.0), MAX_RETRY_AFTER)
+
     # ------------------------------------------------------------------ scheme and URLs
 
     def scheme(self, host: str) -> str:
@@ -315,10 +322,8 @@ class Transport:
             except RegistryError as exc:
                 if attempt >= self.retries or not self.retryable(exc):
                     raise
-                delay = getattr(exc, "retry_after", None)
-                if delay is None:
-                    delay = self.backoff * (2 ** attempt)
-                log.debug("%s failed (%s); attempt %d of %d in %.1fs", what, exc.code, attempt + 2,
-                          self.retries + 1, delay)
-                time.sleep(min(delay, MAX_RETRY_AFTER))
                 attempt += 1
+                delay = self.delay(attempt, getattr(exc, "retry_after", None))
+                log.debug("%s failed (%s); attempt %d of %d in %.1fs", what, exc.code, attempt + 1,
+                          self.retries + 1, delay)
+                time.sleep(delay)

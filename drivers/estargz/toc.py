@@ -171,9 +171,6 @@ class TocBuilder:
         pieces.append(b"]}")
         yield b"".join(pieces)
 
-    def render_bytes(self, member_offsets: list[int]) -> bytes:
-        return b"".join(self.render(member_offsets))
-
     def rendered_size(self, member_offsets: list[int]) -> int:
         """len() of the rendered JSON, without building it (a tar header needs the size first)."""
         size = len(b'{"version":1,"entries":[') + len(b"]}")

@@ -144,6 +144,11 @@ def test_two_hosts_share_the_queue_dedupe_and_survive_losing_one(backends, tmp_p
         pushes = {repo: tag_pushes(log, repo, "1-esgz") for repo in repos}
         assert all(n >= 1 for n in pushes.values()), pushes
         assert sum(n - 1 for n in pushes.values()) <= 2, pushes  # only a run cut after its push may repeat it
+        # /metrics on host A counts host B's finished conversions too, each once (the totals are in the database).
+        metrics = requests.get(f"{a.url}/metrics", timeout=10).text
+        assert f"acceld_conversions_completed_total {float(len(leaders))}" in metrics, metrics
+        assert f"acceld_tasks_shared_total {float(len(tasks) - len(leaders))}" in metrics, metrics
+        assert "acceld_conversions_failed_total 0.0" in metrics
         # No shared work_dir: each host converted in a content store of its own.
         for host in (a, b):
             assert any((host.root / "work" / "content" / "blobs" / "sha256").iterdir()), host.root

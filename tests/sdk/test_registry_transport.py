@@ -146,3 +146,14 @@ def test_one_session_serves_concurrent_calls(registry):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_one_backoff_rule_for_every_retry():
+    from acceleration_sdk.registry.transport import MAX_RETRY_AFTER, Transport
+
+    t = RegistryClient(backoff=0.5)._transport
+    assert isinstance(t, Transport)
+    assert [t.delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert t.delay(20) == MAX_RETRY_AFTER  # doubling stops at the cap
+    assert (t.delay(1, retry_after=7.0), t.delay(3, retry_after=0.0), t.delay(1, retry_after=1e6)) == (
+        7.0, 0.0, MAX_RETRY_AFTER)  # the registry's Retry-After wins, within the cap

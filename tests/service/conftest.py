@@ -7,6 +7,7 @@ import pytest
 from django_q.conf import Conf
 from rest_framework.test import APIClient
 
+from acceld_project import runtime
 from acceleration_sdk import config as sdk_config
 from tests.service.fake_converter import FAKE
 
@@ -35,13 +36,16 @@ def make_config(tmp_path, **sections) -> sdk_config.Config:
 @pytest.fixture
 def acceld(settings, tmp_path):
     """Install a test config and the FakeConverter; returns a function to change the config."""
-    settings.ACCELD = make_config(tmp_path)
     settings.ACCELD_CONVERTER = FAKE_CONVERTER
     FAKE.reset()
 
     def reconfigure(**sections):
+        # What settings.py publishes from the config, published again for this one.
         settings.ACCELD = make_config(tmp_path, **sections)
+        settings.ACCELD_WORK_DIR = runtime.work_dir(settings.ACCELD)
         return settings.ACCELD
+
+    reconfigure()
 
     reconfigure.fake = FAKE
     return reconfigure

@@ -1,4 +1,4 @@
-"""GET /api/v1/conversions, health, metrics, schema, unknown paths."""
+"""GET /api/v1/conversions, health, schema, unknown paths (metrics: test_metrics.py)."""
 from __future__ import annotations
 
 import datetime
@@ -118,21 +118,26 @@ def test_health(acceld, api, tmp_path):
     assert json.loads(resp.content) == {"code": "ERR_UNHEALTHY", "message": "work_dir not writable"}
 
 
-def test_metrics_off_is_404_on_is_prometheus_text(acceld, api):
-    assert api.get("/metrics").content == NOT_FOUND
-    acceld(metric={"enabled": True})
-    make(source_size=100, target_size=150, durations={"total": 2.5})
-    make(f"{HOST}/library/redis:7", Status.FAILED)
-    resp = api.get("/metrics")
-    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/plain; version=0.0.4")
-    text = resp.content.decode()
-    assert 'acceld_tasks{status="COMPLETED"} 1' in text and 'acceld_tasks{status="FAILED"} 1' in text
-    assert "acceld_source_bytes_total 100" in text and "acceld_target_bytes_total 150" in text
-    assert "acceld_conversion_duration_seconds_sum 2.5" in text
-
-
 def test_openapi_schema(acceld, api):
     resp = api.get("/api/v1/schema", headers={"Accept": "application/json"})
     assert resp.status_code == 200
     text = resp.content.decode()
     assert "/api/v1/conversions" in text and "openapi" in text
+
+
+def test_pages_link_to_each_other_like_drf(acceld, api):
+    acceld(server={"public_list": True})
+    for i in range(5):
+        make(f"{HOST}/library/app{i}:1", minutes_ago=10 - i)
+    get = lambda q: json.loads(api.get("/api/v1/conversions" + q).content)  # noqa: E731
+    first = get("?paginated=true&limit=2&status=completed")
+    assert list(first) == ["count", "next", "previous", "results"]
+    assert (first["count"], first["previous"]) == (5, None)
+    assert [t["source"][-6:] for t in first["results"]] == ["app4:1", "app3:1"]
+    second = get(first["next"].split("/api/v1/conversions", 1)[1])
+    assert "status=completed" in first["next"] and [t["source"][-6:] for t in second["results"]] == ["app2:1", "app1:1"]
+    third = get(second["next"].split("/api/v1/conversions", 1)[1])
+    assert [t["source"][-6:] for t in third["results"]] == ["app0:1"] and third["next"] is None
+    back = get(third["previous"].split("/api/v1/conversions", 1)[1])
+    assert back["results"] == second["results"]
+    assert len(get("?paginated=true")["results"]) == 5  # default page: 100

@@ -35,14 +35,23 @@ def test_sqlite_under_work_dir_with_wal_and_busy_timeout(tmp_path):
 def test_database_url_beats_server_database(tmp_path):
     cfg = sdk_config.from_dict({"server": {"database": "postgres://u:p%40ss@db.example.com:5433/acceld"}})
     db = runtime.database_settings(cfg, env={})
-    assert (db["ENGINE"], db["HOST"], db["PORT"], db["USER"], db["PASSWORD"], db["NAME"]) == (
+    assert (db["ENGINE"], db["HOST"], str(db["PORT"]), db["USER"], db["PASSWORD"], db["NAME"]) == (
         "django.db.backends.postgresql", "db.example.com", "5433", "u", "p@ss", "acceld")
     db = runtime.database_settings(cfg, env={"DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite3"})
     assert db["NAME"] == f"{tmp_path}/x.sqlite3"  # tmp_path is absolute: sqlite:////tmp/...
     assert runtime.parse_database_url("sqlite:////abs/file.db")["NAME"] == "/abs/file.db"
     assert runtime.parse_database_url("sqlite:///rel/file.db")["NAME"] == "rel/file.db"
-    with pytest.raises(ConfigError):
-        runtime.parse_database_url("oracle://x/y")
+    for bad in ("oracle://x/y", "nosuchdb://x/y", "sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ConfigError):
+            runtime.parse_database_url(bad)
+
+
+def test_database_url_options_and_connection_age():
+    db = runtime.parse_database_url("postgresql://acceld:s3cret@127.0.0.1:5432/acceld?sslmode=require")
+    assert db["OPTIONS"] == {"sslmode": "require"} and db["CONN_MAX_AGE"] == runtime.SERVER_CONN_MAX_AGE
+    with pytest.raises(ConfigError) as info:
+        runtime.parse_database_url("nosuchdb://acceld:s3cret@db/acceld")
+    assert "s3cret" not in str(info.value)
 
 
 def test_q_cluster_orm_by_default_redis_when_configured():
@@ -72,3 +81,9 @@ def test_retry_margin_from_the_environment():
     assert runtime.q_cluster_settings(cfg, env={})["retry"] == 20 + runtime.RETRY_MARGIN
     assert runtime.q_cluster_settings(cfg, env={"ACCELD_RETRY_MARGIN": "5"})["retry"] == 25
     assert runtime.q_cluster_settings(cfg, env={"ACCELD_RETRY_MARGIN": "0"})["retry"] == 21  # always > timeout
+
+
+def test_one_retry_margin_for_the_queue_and_the_sync_wait(settings):
+    # settings publish the margin Q_CLUSTER was built with; ?sync=true reads that setting (conversions/api.py).
+    assert runtime.retry_margin({"ACCELD_RETRY_MARGIN": "7"}) == 7 and runtime.retry_margin({}) == runtime.RETRY_MARGIN
+    assert settings.Q_CLUSTER["retry"] == settings.Q_CLUSTER["timeout"] + settings.ACCELD_RETRY_MARGIN

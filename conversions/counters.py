@@ -1,0 +1,70 @@
+"""Totals of finished work, kept in the database (``FinishedCount``) and read by ``/metrics``.
+
+Why a table and not prometheus_client's in-process counters: tasks finish in qcluster workers (forked,
+recycled, on any host), while ``/metrics`` is answered by whichever gunicorn worker on whichever host gets
+the scrape. In-process counters would differ per process and vanish with it; the multiprocess mode only
+joins the processes of one host sharing a directory. A row added to in the same transaction that marks a
+task COMPLETED or FAILED counts each finish exactly once (a rolled-back finish counts nothing) and every
+web process reports the same, ever-growing total.
+"""
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, IntegerField, Value, When
+
+from .models import ConversionTask, FinishedCount, Status
+
+COMPLETED = "conversions_completed"  # leaders that pulled, converted and pushed an image
+FAILED = "conversions_failed"  # leaders that ended FAILED (their followers fail with them)
+SHARED = "tasks_shared"  # followers finished by the conversion they shared
+SKIPPED = "tasks_skipped"  # tasks finished without a conversion (already converted, cache tag)
+SOURCE_BYTES = "source_bytes"  # of completed conversions
+TARGET_BYTES = "target_bytes"
+DURATION_MS = "conversion_duration_ms"  # summed over completed conversions that reported a total time
+DURATION_COUNT = "conversion_duration_count"
+
+
+def add(**deltas: int) -> None:
+    """Add to the totals, in the caller's transaction (one UPDATE; a missing row is created)."""
+    deltas = {name: int(n) for name, n in deltas.items() if n}
+    if not deltas:
+        return
+    bump = Case(*(When(name=name, then=Value(n)) for name, n in deltas.items()), output_field=IntegerField())
+    with transaction.atomic():
+        updated = FinishedCount.objects.filter(name__in=deltas).update(value=F("value") + bump)
+        if updated == len(deltas):
+            return
+        existing = set(FinishedCount.objects.filter(name__in=deltas).values_list("name", flat=True))
+        for name in sorted(set(deltas) - existing):
+            try:
+                with transaction.atomic():
+                    FinishedCount.objects.create(name=name, value=deltas[name])
+            except IntegrityError:  # another transaction created it first (PostgreSQL): add to that row
+                FinishedCount.objects.filter(name=name).update(value=F("value") + deltas[name])
+
+
+def count_finished(task: ConversionTask, *, followers: int = 0) -> None:
+    """A leader's outcome was just recorded, and copied to ``followers`` tasks sharing its conversion."""
+    deltas = {SHARED: followers}
+    if task.status == Status.FAILED:
+        deltas[FAILED] = 1
+    elif task.skipped:
+        deltas[SKIPPED] = 1
+    else:
+        deltas.update({COMPLETED: 1, SOURCE_BYTES: task.source_size, TARGET_BYTES: task.target_size})
+        total = (task.durations or {}).get("total")
+        if isinstance(total, (int, float)):
+            deltas.update({DURATION_MS: round(total * 1000), DURATION_COUNT: 1})
+    add(**deltas)
+
+
+def count_skipped() -> None:
+    """A task finished at creation: its source needs no conversion."""
+    add(**{SKIPPED: 1})
+
+
+def totals() -> dict[str, int]:
+    """Every total by name; 0 for the ones nothing has added to yet."""
+    names = (COMPLETED, FAILED, SHARED, SKIPPED, SOURCE_BYTES, TARGET_BYTES, DURATION_MS, DURATION_COUNT)
+    found = dict(FinishedCount.objects.values_list("name", "value"))
+    return {name: found.get(name, 0) for name in names}
