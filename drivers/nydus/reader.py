@@ -134,7 +134,7 @@ class Rafs:
         out, pos = {}, 12
         while pos + 4 <= size:
             name_len, index, value_size = struct.unpack_from("<BBH", body, pos)
-            prefix = L.XATTR_PREFIXES.get(index)
+            prefix = L.XATTR_PREFIXES.get(index, b"" if index == 0 else None)
             if prefix is None:
                 raise RafsError(f"unknown xattr name index {index}")
             name = prefix + body[pos + 4:pos + 4 + name_len]

@@ -81,7 +81,7 @@ def validate_blobs(rafs: Rafs, strict: bool = False) -> None:
     """RafsV6Blob::validate (v6.rs:1619-1770) and the device slots (builder/src/core/v6.rs:765-809)."""
     _require(len(rafs.devices) == len(rafs.blobs), f"{len(rafs.devices)} device slots for {len(rafs.blobs)} blobs")
     _require(len(rafs.blobs) < 255, "more than 254 blobs")
-    inlined = bool(rafs.blobs)
+    inlined = True   # nydus-image ANDs the blobs' flags starting from true (builder/src/core/v6.rs:786-790)
     total = 0
     for i, (blob, (dev_id, blocks, _mapped)) in enumerate(zip(rafs.blobs, rafs.devices)):
         _require(len(blob.blob_id) == 64, f"blob {i}: id {blob.blob_id!r} is not 64 characters")

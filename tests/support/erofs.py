@@ -36,6 +36,7 @@ class Seen:
     xattrs: tuple
     rdev: tuple
     ino: int
+    nlink: int
     sha256: str
 
 
@@ -89,9 +90,8 @@ def snapshot(root: str | os.PathLike) -> dict[str, Seen]:
     """Every path under ``root`` ("" is the root itself) with what lstat, readlink and the xattr calls show."""
     root = os.fspath(root)
     out: dict[str, Seen] = {}
+    out[""] = _seen(root)
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in [""] if dirpath == root else []:
-            out[name] = _seen(dirpath)
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             out[os.path.relpath(full, root)] = _seen(full)
@@ -113,4 +113,4 @@ def _seen(path: str) -> Seen:
         digest = "sha256:" + h.hexdigest()
     rdev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("char", "block") else (0, 0)
     return Seen(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size if kind != "dir" else 0,
-                int(st.st_mtime), os.readlink(path) if kind == "symlink" else "", xattrs, rdev, st.st_ino, digest)
+                int(st.st_mtime), os.readlink(path) if kind == "symlink" else "", xattrs, rdev, st.st_ino, st.st_nlink, digest)
