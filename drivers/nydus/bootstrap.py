@@ -134,7 +134,7 @@ def build_bootstrap(root: Node, blobs: list[L.BlobEntry], *, blob_of_layer: dict
     buf += bytes(-len(buf) % L.BLOCK_SIZE)
 
     owners = any(s.node.uid or s.node.gid for s in slots)
-    flags = L.COMPRESSION_FLAGS[compressor] | L.HASH_FLAGS[digester]
+    flags = L.COMPRESSION_FLAGS[compressor] | L.HASH_FLAGS[digester] | L.F_ENCRYPTION_NONE  # set_cipher(None)
     flags |= L.F_EXPLICIT_UID_GID if owners else 0
     flags |= L.F_HAS_XATTR if any(s.node.xattrs for s in slots) else 0
     flags |= L.F_INLINED_CHUNK_DIGEST if all(b.features & L.B_INLINED_CHUNK_DIGEST for b in blobs) else 0

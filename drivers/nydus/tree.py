@@ -71,12 +71,54 @@ class _StrictInfo(tarfile.TarInfo):
         except tarfile.HeaderError as exc:
             raise LayerError(f"broken tar header at byte {tf.offset}: {exc}") from exc
 
+    def _proc_pax(self, tf):
+        # tarfile skips a malformed PAX record silently (and keeps the rest); a layer with one is refused
+        raw = tf.fileobj.read(self._block(self.size))
+        _check_pax_records(raw[:self.size], self.offset)
+        real = tf.fileobj
+        tf.fileobj = _Replay(raw, real)
+        try:
+            return super()._proc_pax(tf)
+        finally:
+            tf.fileobj = real
+
     def _proc_member(self, tf):
         if self.type in _META_TYPES and self.size > META_LIMIT:
             raise LayerError(f"tar metadata header of {self.size} bytes at byte {self.offset} (limit {META_LIMIT})")
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise LayerError(f"sparse tar entry {self.name!r} is not supported")
         return super()._proc_member(tf)
+
+
+class _Replay:
+    """Serves bytes already read from a stream, then the stream itself (tell() is the stream's)."""
+
+    def __init__(self, first: bytes, rest):
+        self._first, self._rest = first, rest
+
+    def read(self, size: int) -> bytes:
+        if self._first:
+            out, self._first = self._first[:size], self._first[size:]
+            return out + (self._rest.read(size - len(out)) if len(out) < size else b"")
+        return self._rest.read(size)
+
+    def tell(self) -> int:
+        return self._rest.tell() - len(self._first)
+
+
+_PAX_RECORD = re.compile(rb"([0-9]+) ")
+
+
+def _check_pax_records(buf: bytes, offset: int) -> None:
+    pos = 0
+    while pos < len(buf) and buf[pos:].strip(b"\0"):
+        m = _PAX_RECORD.match(buf, pos)
+        length = int(m.group(1)) if m else 0
+        record = buf[pos:pos + length]
+        if not m or length < len(m.group(0)) + 2 or len(record) != length or not record.endswith(b"\n") \
+                or b"=" not in record[len(m.group(0)):]:
+            raise LayerError(f"malformed PAX record in the header at byte {offset}")
+        pos += length
 
 
 def clean_name(name: str) -> list[bytes]:
