@@ -59,11 +59,12 @@ class BlobFile:
                 raise RafsError(f"TOC names {entry.name} twice")
             self.toc[entry.name] = entry
         meta, header = self.toc.get(L.TOC_BLOB_META), self.toc.get(L.TOC_BLOB_META_HEADER)
-        self.header = self.ci = None
+        self.header = self.ci = self.header_bytes = None
         if meta is not None:
             if header is None or header.compressed_offset != meta.compressed_offset + meta.compressed_size:
                 raise RafsError("blob.meta.header does not follow blob.meta in the TOC")
-            self.header = L.MetaHeader.unpack(self._read(fh, header.compressed_offset, L.META_HEADER_SIZE))
+            self.header_bytes = self._read(fh, header.compressed_offset, L.META_HEADER_SIZE)
+            self.header = L.MetaHeader.unpack(self.header_bytes)
             self._header_at(fh, header.compressed_offset + L.META_HEADER_SIZE, L.TOC_BLOB_META,
                             meta.compressed_size + L.META_HEADER_SIZE)
             raw = self._read(fh, meta.compressed_offset, meta.compressed_size)
@@ -164,6 +165,13 @@ class BlobFile:
             got = hashlib.sha256(self._read(fh, entry.compressed_offset, entry.compressed_size)).digest()
         if got != entry.digest:
             raise RafsError(f"TOC entry {entry.name}: sha256 does not match")
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for piece in iter(lambda: fh.read(_READ), b""):
+                h.update(piece)
+        return "sha256:" + h.hexdigest()
 
     def write_device(self, out_path: str | os.PathLike, compressor: str) -> int:
         """Write the device image the kernel reads (returns its size, a multiple of 4096)."""

@@ -14,10 +14,14 @@ import dataclasses
 from typing import BinaryIO
 
 from . import codec
+from . import layout as L
 from .blob import DEFAULT_CHUNK_SIZE, BlobResult, BlobWriter, check_chunk_size
+from .blobfile import BlobFile
 from .bootstrap import build_bootstrap
 from .layout import RafsError
-from .tree import Node, ingest_layer, merge
+from .reader import Rafs
+from .tree import Node, from_bootstrap, ingest_layer, merge
+from .validate import validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,24 @@ def convert_layer(stream: BinaryIO, sink: BinaryIO, opts: BuildOptions, position
         return build_bootstrap(root, [entry] if entry else [], blob_of_layer={position: 0}, compressor=opts.compressor,
                                digester=opts.digester, chunk_size=opts.chunk_size, prefetch=list(opts.prefetch))
     return LayerResult(writer.finish(per_layer), root)
+
+
+def layer_from_blob(path, position: int, opts: BuildOptions, digest: str | None = None) -> LayerResult:
+    """A :class:`LayerResult` for a nydus blob converted earlier (the layer cache): its tree comes back from the
+    blob's own image.boot, so the merged bootstrap needs neither the source layer nor a reconversion. The blob
+    must have been built with ``opts``' compressor, digester and chunk size (a merged bootstrap has one of each)."""
+    blob = BlobFile(path)
+    if blob.bootstrap is None:
+        raise RafsError(f"{path}: the blob carries no image.boot (not an inline-meta nydus blob)")
+    rafs = Rafs(blob.bootstrap)
+    validate(rafs, {L.INLINE_BLOB_ID: blob} if rafs.blobs else None, verify_data=False)
+    if (rafs.compressor, rafs.digester, rafs.ext.chunk_size) != (opts.compressor, opts.digester, opts.chunk_size):
+        raise RafsError(f"{path}: built with {rafs.compressor}/{rafs.digester}/{rafs.ext.chunk_size:#x}, "
+                        f"not {opts.compressor}/{opts.digester}/{opts.chunk_size:#x}")
+    entry = rafs.blobs[0] if rafs.blobs else None
+    blob_meta = blob.ci + bytes(-len(blob.ci) % L.BLOCK_SIZE) + blob.header_bytes if entry else b""
+    result = BlobResult(digest or blob.sha256(), blob.size, entry, blob_meta, blob.bootstrap)
+    return LayerResult(result, from_bootstrap(rafs, position))
 
 
 def blob_order(root: Node) -> list[int]:

@@ -8,7 +8,9 @@ applies them (builder/src/core/tree.rs:215-262). Root and parents a tar never li
 (builder/src/lib.rs:336-367, tarball.rs:209-212). Unlike ``nydus-image merge`` -- where such an implied directory
 replaces the lower layer's attributes (tree.rs:248-256), so adding /etc/x in a layer that does not list /etc
 resets /etc to 0755 root -- an implied directory here keeps the lower layer's attributes, as OCI appliers (and
-so the source image) do. A hard link is the *same*
+so the source image) do. "Implied" is read from the attributes (0755, root:root, mtime 0, no xattrs) so that a
+tree rebuilt from a cached blob's per-layer bootstrap (:func:`from_bootstrap`) merges exactly like a fresh one; a
+tar that lists a directory with exactly those attributes over a different lower one is the price. A hard link is the *same*
 :class:`Node` under two names, so a merge that replaces one name leaves the other on the old inode.
 Mtimes are whole seconds (tarball.rs:428 stores ``i_mtime_nsec`` 0); uid/gid must fit 32 bits.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import stat
 import tarfile
 from typing import BinaryIO, Callable
 
@@ -52,11 +55,16 @@ class Node:
     xattrs: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
     chunks: list[Chunk] = dataclasses.field(default_factory=list)
     children: dict[bytes, "Node"] | None = None
-    implicit: bool = False      # a directory the layer implies (a parent of an entry) but does not list
 
     @classmethod
     def implicit_dir(cls) -> "Node":
-        return cls("dir", 0o755, children={}, implicit=True)
+        return cls("dir", 0o755, children={})
+
+    @property
+    def implicit(self) -> bool:
+        """A directory with the attributes nydus gives a directory a layer implies but does not list."""
+        return (self.kind == "dir" and self.mode == 0o755 and not self.uid and not self.gid and not self.mtime
+                and not self.xattrs)
 
 
 class _StrictInfo(tarfile.TarInfo):
@@ -220,7 +228,6 @@ def _ingest_entry(root: Node, tf: tarfile.TarFile, info: tarfile.TarInfo, add_fi
 
 
 def _set_attrs(node: Node, info: tarfile.TarInfo) -> None:
-    node.implicit = False
     node.mode = info.mode & 0o7777
     node.uid, node.gid = info.uid, info.gid
     # whole seconds (nydus stores i_mtime_nsec 0). nydus-image reads only the ustar field (tarball.rs:276): for
@@ -245,9 +252,9 @@ def _apply(lower: Node, upper: Node) -> None:
     stack = [(lower, upper)]
     while stack:
         low, up = stack.pop()
-        if not up.implicit or low.implicit:
+        if not up.implicit:
             low.mode, low.uid, low.gid, low.mtime = up.mode, up.uid, up.gid, up.mtime
-            low.xattrs, low.implicit = dict(up.xattrs), up.implicit
+            low.xattrs = dict(up.xattrs)
         if OPAQUE in up.children:
             low.children = {}
         for name in up.children:
@@ -265,3 +272,38 @@ def _apply(lower: Node, upper: Node) -> None:
                 stack.append((base, child))
             else:
                 low.children[name] = child
+
+
+def from_bootstrap(rafs, position: int) -> Node:
+    """Rebuild a layer tree from its per-layer bootstrap (a cached nydus blob's image.boot), chunks labelled with
+    the layer's ``position``; hard links come back as one shared node. ``rafs`` is a :class:`reader.Rafs`."""
+    kinds = {stat.S_IFREG: "reg", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
+             stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
+    nodes: dict[int, Node] = {}
+    root = None
+    for path, inode in rafs.walk():
+        node = nodes.get(inode.nid)
+        if node is None:
+            kind = kinds.get(stat.S_IFMT(inode.mode))
+            if kind is None:
+                raise LayerError(f"{path}: file type {inode.mode:o} cannot come from a tar")
+            node = Node(kind, stat.S_IMODE(inode.mode), inode.uid, inode.gid, inode.mtime,
+                        xattrs={k.encode("utf-8", "surrogateescape"): v for k, v in inode.xattrs.items()})
+            if kind == "dir":
+                node.children = {}
+            elif kind == "symlink":
+                node.target = rafs.symlink(inode)
+            elif kind in ("char", "block"):
+                node.rdev = inode.rdev
+            elif kind == "reg":
+                node.size = inode.size
+                node.chunks = [dataclasses.replace(c, blob_index=position) for c in rafs.file_chunks(inode)]
+            nodes[inode.nid] = node
+        if root is None:
+            root = node
+            continue
+        parent_path, _, name = path.rpartition("/")
+        parent = _lookup(root, parent_path.encode("utf-8", "surrogateescape").split(b"/") if parent_path else [],
+                         create=False)
+        parent.children[name.encode("utf-8", "surrogateescape")] = node
+    return root

@@ -191,11 +191,12 @@ def validate_against_blobs(rafs: Rafs, blobs: dict[str, BlobFile], verify_data: 
             blobs[entry.blob_id].verify(entry.compressor, entry.digester, crcs.get(i))
 
 
-def validate(rafs: Rafs, blobs: dict[str, BlobFile] | None = None, strict: bool = False) -> None:
+def validate(rafs: Rafs, blobs: dict[str, BlobFile] | None = None, strict: bool = False,
+             verify_data: bool = True) -> None:
     validate_superblock(rafs)
     validate_ext(rafs)
     validate_blobs(rafs, strict)
     validate_chunks(rafs)
     validate_tree(rafs, strict)
     if blobs is not None:
-        validate_against_blobs(rafs, blobs)
+        validate_against_blobs(rafs, blobs, verify_data)

@@ -1,6 +1,6 @@
 """What a merged nydus image must show, computed from the source tars with the stdlib ``tarfile`` only.
 
-    expected = flatten([layer0_tar, layer1_tar])      # path -> Expect (implicit directories: attrs None)
+    expected = flatten(three_layers())                # path -> Expect (implied-only directories: attrs None)
     compare(expected, erofs.snapshot(mountpoint))     # every path, every attribute, hard-link groups
 
 OCI layer semantics: a directory a layer implies but does not list keeps its lower attributes; ``.wh.NAME`` deletes NAME from lower layers, ``.wh..wh..opq`` empties its directory of
@@ -105,3 +105,36 @@ def compare(expected: dict[str, Expect], seen: dict, *, inodes: bool = True, xat
             assert seen[paths[0]].nlink == len(paths), (group, paths)
         inos = [next(iter(v)) for v in groups.values()]
         assert len(set(inos)) == len(inos), "two hard-link groups share an inode"
+
+
+# -- source layers the nydus tests convert ------------------------------------------------------------
+
+def feature_layer(chunk_size: int = 0x1000) -> bytes:
+    # nydus-image refuses ids beyond 32 bits (tarball.rs:481-497): that entry has its own refusal test
+    return tars.build_tar([e for e in tars.feature_entries(chunk_size) if e.name != "gnu-bigids"])
+
+
+def three_layers() -> list[bytes]:
+    big = tars.payload(3 * 0x1000 + 100, "big")
+    base = tars.build_tar([
+        tars.directory("etc"), tars.reg("etc/passwd", b"root:x:0:0\n"), tars.reg("etc/group", b"root:x:0:\n"),
+        tars.directory("var/lib/apt", mode=0o700), tars.reg("var/lib/apt/lists", b"lists\n"),
+        tars.reg("var/lib/dpkg", b"dpkg\n", uid=5, gid=6), tars.directory("opt"), tars.reg("opt/big", big),
+        tars.hardlink("opt/big-link", "opt/big"), tars.reg("opt/keep", b"keep"), tars.hardlink("opt/keep2", "opt/keep"),
+        tars.symlink("bin", "usr/bin"), tars.reg("usr/bin/tool", b"#!/bin/true\n", mode=0o755),
+        tars.reg("gone/deep/file", b"to be whited out"),
+    ])
+    middle = tars.build_tar([
+        tars.reg("etc/.wh.group"), tars.reg("var/lib/.wh..wh..opq"), tars.reg("var/lib/new", b"after opaque\n"),
+        tars.reg(".wh.gone"), tars.reg("opt/big", b"replaced: the old inode stays with opt/big-link\n"),
+        tars.directory("etc", mode=0o750, uid=1, gid=2, xattrs={"user.layer": b"middle"}),
+        tars.reg("usr/bin/tool", tars.payload(2 * 0x1000, "tool"), mode=0o4755,
+                 xattrs={"security.capability": tars.CAPABILITY}),
+        tars.reg("opt/.wh.keep2"),
+    ])
+    top = tars.build_tar([
+        tars.reg("etc/group", b"wheel:x:10:\n", uid=0, gid=10), tars.fifo("run/initctl"),
+        tars.chardev("dev/console", 5, 1), tars.reg("usr/bin/tool2", tars.payload(2 * 0x1000, "tool")),  # dedup
+        tars.reg("bin", b"a file where a symlink was\n"),
+    ])
+    return [base, middle, top]

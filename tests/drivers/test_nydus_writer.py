@@ -15,6 +15,7 @@ from drivers.nydus.builder import BuildOptions, convert_layer, merge_bootstrap
 from drivers.nydus.layout import RafsError
 from drivers.nydus.reader import Rafs
 from drivers.nydus.validate import validate
+from tests.drivers.nydus_oracle import feature_layer, three_layers
 from tests.support import tars
 
 OPTS = BuildOptions(chunk_size=0x1000)
@@ -171,3 +172,20 @@ def test_every_node_is_an_extended_inode_with_its_mtime(tmp_path):
     nodes = dict(rafs.walk())
     assert all(n.extended for n in nodes.values())
     assert nodes["f"].mtime == 1_234_567_890 and nodes["c"].rdev == (4, 5) and stat.S_ISCHR(nodes["c"].mode)
+
+
+def test_a_cached_blob_merges_exactly_like_a_fresh_conversion(tmp_path):
+    """The layer cache path: trees rebuilt from each blob's image.boot give the byte-identical bootstrap."""
+    from drivers.nydus.builder import layer_from_blob
+    layers = [feature_layer()] + three_layers()
+    fresh, paths = [], []
+    for position, layer in enumerate(layers):
+        paths.append(tmp_path / f"b{position}")
+        with open(paths[-1], "wb") as sink:
+            fresh.append(convert_layer(io.BytesIO(layer), sink, OPTS, position))
+    cached = [layer_from_blob(path, position, OPTS) for position, path in enumerate(paths)]
+    assert [c.blob.digest for c in cached] == [f.blob.digest for f in fresh]
+    assert [c.blob.blob_meta for c in cached] == [f.blob.blob_meta for f in fresh]
+    assert merge_bootstrap(cached, OPTS) == merge_bootstrap(fresh, OPTS)
+    with pytest.raises(RafsError, match="built with"):
+        layer_from_blob(paths[0], 0, BuildOptions(chunk_size=0x2000))
