@@ -30,6 +30,8 @@ from .layout import Chunk
 WHITEOUT = b".wh."
 OPAQUE = b".wh..wh..opq"
 META_LIMIT = 1 << 20       # PAX / GNU long-name payload cap (Go archive/tar's maxSpecialFileSize)
+NAME_MAX = 255             # a path component (Linux NAME_MAX; nydusd's RAFS_MAX_NAME)
+TARGET_MAX = 4095          # a symlink target (Linux PATH_MAX less its NUL: nothing longer can exist)
 _KINDS = {tarfile.REGTYPE: "reg", tarfile.AREGTYPE: "reg", tarfile.CONTTYPE: "reg", tarfile.DIRTYPE: "dir",
           tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char",
           tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
@@ -137,6 +139,8 @@ def clean_name(name: str) -> list[bytes]:
     parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
     if b".." in parts:
         raise LayerError(f"tar entry name leaves the layer: {name!r}")
+    if any(len(p) > NAME_MAX for p in parts):   # nydusd refuses longer names (RAFS_MAX_NAME), Linux too
+        raise LayerError(f"tar entry name has a component longer than {NAME_MAX} bytes: {name[:80]!r}...")
     return parts
 
 
@@ -217,8 +221,8 @@ def _ingest_entry(root: Node, tf: tarfile.TarFile, info: tarfile.TarInfo, add_fi
         node.children = {}
     elif kind == "symlink":
         node.target = info.linkname.encode("utf-8", "surrogateescape")
-        if not node.target:
-            raise LayerError(f"symlink {info.name!r} has an empty target")
+        if not node.target or len(node.target) > TARGET_MAX:
+            raise LayerError(f"symlink {info.name!r} has an empty target or one longer than {TARGET_MAX} bytes")
     elif kind in ("char", "block"):
         node.rdev = (info.devmajor, info.devminor)
     elif kind == "reg":

@@ -123,7 +123,8 @@ def three_layers() -> list[bytes]:
         tars.hardlink("opt/big-link", "opt/big"), tars.reg("opt/keep", b"keep"), tars.hardlink("opt/keep2", "opt/keep"),
         tars.symlink("bin", "usr/bin"), tars.reg("usr/bin/tool", b"#!/bin/true\n", mode=0o755),
         tars.reg("gone/deep/file", b"to be whited out"),
-    ])
+        tars.symlink("long-inline", "i" * 4000), tars.symlink("long-plain", "p" * 4095),   # tail inline / own block
+    ] + [tars.reg(f"many/entry-with-a-long-name-{i:04d}", b"") for i in range(300)])      # a 4-block directory
     middle = tars.build_tar([
         tars.reg("etc/.wh.group"), tars.reg("var/lib/.wh..wh..opq"), tars.reg("var/lib/new", b"after opaque\n"),
         tars.reg(".wh.gone"), tars.reg("opt/big", b"replaced: the old inode stays with opt/big-link\n"),
@@ -135,6 +136,7 @@ def three_layers() -> list[bytes]:
     top = tars.build_tar([
         tars.reg("etc/group", b"wheel:x:10:\n", uid=0, gid=10), tars.fifo("run/initctl"),
         tars.chardev("dev/console", 5, 1), tars.reg("usr/bin/tool2", tars.payload(2 * 0x1000, "tool")),  # dedup
-        tars.reg("bin", b"a file where a symlink was\n"),
+        tars.reg("bin", b"a file where a symlink was\n"), tars.reg("many/entry-with-a-long-name-0150", b"new"),
+        tars.reg("etc/trusted", b"t", xattrs={"trusted.overlay.origin": b"o", "user.u": b"", "security.ima": b"i"}),
     ])
     return [base, middle, top]

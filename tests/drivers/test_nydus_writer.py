@@ -122,12 +122,12 @@ def test_explicit_uid_gid_only_when_an_entry_is_not_root_owned(tmp_path):
 
 def test_big_directories_span_blocks_sorted(tmp_path):
     names = [f"file-with-a-longish-name-{i:05d}" for i in range(400)]   # ~17 KiB of dirents: 5 blocks
-    result, _, _ = convert(tmp_path, [tars.reg(f"d/{n}", b"") for n in names] + [tars.symlink("l", "t" * 5000)])
+    result, _, _ = convert(tmp_path, [tars.reg(f"d/{n}", b"") for n in names] + [tars.symlink("l", "t" * 4095)])
     rafs = Rafs(merge_bootstrap([result], OPTS))
     validate(rafs, strict=True)
     nodes = dict(rafs.walk())
     assert nodes["d"].size > 4 * 4096 and sorted(p for p in nodes if p.startswith("d/")) == [f"d/{n}" for n in names]
-    assert rafs.symlink(nodes["l"]) == b"t" * 5000
+    assert rafs.symlink(nodes["l"]) == b"t" * 4095
 
 
 def test_a_layer_streams_through_without_being_held(tmp_path):
@@ -148,6 +148,13 @@ def test_a_layer_streams_through_without_being_held(tmp_path):
 def test_hostile_layers_are_refused(name):
     with pytest.raises(LayerError):
         convert_layer(io.BytesIO(tars.hostile_tars()[name]), io.BytesIO(), OPTS)
+
+
+@pytest.mark.parametrize("entry", [tars.reg("d/" + "n" * 256, b"x"), tars.symlink("l", "t" * 4096)],
+                         ids=["name-256", "target-4096"])
+def test_names_linux_cannot_hold_are_refused(entry):
+    with pytest.raises(LayerError, match="longer than"):
+        convert_layer(io.BytesIO(tars.build_tar([entry])), io.BytesIO(), OPTS)
 
 
 def test_ids_beyond_32_bits_are_refused_like_nydus_image():

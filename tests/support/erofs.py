@@ -86,26 +86,27 @@ def extracted(bootstrap: str | os.PathLike, devices: list, dest: str | os.PathLi
     return snapshot(dest)
 
 
-def snapshot(root: str | os.PathLike) -> dict[str, Seen]:
-    """Every path under ``root`` ("" is the root itself) with what lstat, readlink and the xattr calls show."""
+def snapshot(root: str | os.PathLike, data: bool = True) -> dict[str, Seen]:
+    """Every path under ``root`` ("" is the root itself) with what lstat, readlink and the xattr calls show;
+    ``data=False`` skips reading file bytes (a metadata-only image has no devices to read them from)."""
     root = os.fspath(root)
     out: dict[str, Seen] = {}
-    out[""] = _seen(root)
+    out[""] = _seen(root, data)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
-            out[os.path.relpath(full, root)] = _seen(full)
+            out[os.path.relpath(full, root)] = _seen(full, data)
     return out
 
 
-def _seen(path: str) -> Seen:
+def _seen(path: str, data: bool = True) -> Seen:
     st = os.lstat(path)
     kind = {stat.S_IFREG: "reg", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
             stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}[stat.S_IFMT(st.st_mode)]
     xattrs = tuple(sorted((k, os.getxattr(path, k, follow_symlinks=False))
                           for k in os.listxattr(path, follow_symlinks=False)))
     digest = ""
-    if kind == "reg":
+    if kind == "reg" and data:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             for piece in iter(lambda: fh.read(1 << 20), b""):
