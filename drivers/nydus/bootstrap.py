@@ -129,7 +129,7 @@ def build_bootstrap(root: Node, blobs: list[L.BlobEntry], *, blob_of_layer: dict
     buf = bytearray(chunk_table_offset)
     for slot in slots:
         _write_inode(buf, slot, slot_of, data_base // L.BLOCK_SIZE, blob_of_layer, chunk_size, chunk_table)
-    table = b"".join(c.pack_table_entry() for _key, c in sorted(chunk_table.items()))
+    table = b"".join(c.pack_table_entry(foff) for _key, (c, foff) in sorted(chunk_table.items()))
     buf += table
     buf += bytes(-len(buf) % L.BLOCK_SIZE)
 
@@ -255,7 +255,7 @@ def _chunk_indexes(buf: bytearray, slot: _Slot, isize: int, blob_of_layer: dict[
     for i, chunk in enumerate(node.chunks):
         blob = blob_of_layer[chunk.blob_index]
         mapped = dataclasses.replace(chunk, blob_index=blob)
-        chunk_table.setdefault((chunk.digest, blob + 1), mapped)
+        chunk_table.setdefault((chunk.digest, blob + 1), (mapped, i * chunk_size))  # first user's file offset
         if chunk.index >= 1 << 24 or blob >= 255:
             raise RafsError("too many chunks or blobs for a RAFS v6 chunk index")
         hi = ((chunk.index >> 16) << 8) | (blob + 1)

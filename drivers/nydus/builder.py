@@ -46,14 +46,16 @@ class LayerResult:
 
 def convert_layer(stream: BinaryIO, sink: BinaryIO, opts: BuildOptions, position: int = 0) -> LayerResult:
     """Read an uncompressed layer tar from ``stream``; write its nydus blob to ``sink``. ``position`` is the
-    layer's place in the image: its chunks carry it until the merged bootstrap maps it to a blob table index."""
+    layer's place in the image: its chunks carry it until the merged bootstrap maps it to a blob table index.
+    The blob depends on the compressor, digester and chunk size only (prefetch patterns go to the merged
+    bootstrap, as nydus-snapshotter passes them to ``nydus-image merge``), so it is reusable across images."""
     writer = BlobWriter(sink, compressor=opts.compressor, digester=opts.digester, chunk_size=opts.chunk_size,
                         crc=opts.crc, blob_index=position)
     root = ingest_layer(stream, writer.add_file)
 
     def per_layer(entry):
         return build_bootstrap(root, [entry] if entry else [], blob_of_layer={position: 0}, compressor=opts.compressor,
-                               digester=opts.digester, chunk_size=opts.chunk_size, prefetch=list(opts.prefetch))
+                               digester=opts.digester, chunk_size=opts.chunk_size)
     return LayerResult(writer.finish(per_layer), root)
 
 
