@@ -134,8 +134,6 @@ class BlobFile:
     def verify(self, compressor: str, digester: str, crcs: dict[int, int] | None = None) -> None:
         """Check every TOC digest and every chunk against blob.digest (and ``crcs``: ci index -> CRC-32C)."""
         with open(self.path, "rb") as fh:
-            for entry in self.toc.values():
-                self._verify_toc_entry(fh, entry)
             if len(self.digests) != self.chunk_count * L.DIGEST_SIZE:
                 raise RafsError(f"blob.digest holds {len(self.digests)} bytes for {self.chunk_count} chunks")
             for i in range(self.chunk_count):
@@ -144,6 +142,8 @@ class BlobFile:
                     raise RafsError(f"chunk {i}: {digester} digest does not match blob.digest")
                 if crcs and i in crcs and codec.crc32c(data) != crcs[i]:
                     raise RafsError(f"chunk {i}: crc32c does not match the chunk table")
+            for entry in self.toc.values():   # after the chunks: a bad chunk is named as such, not as image.blob
+                self._verify_toc_entry(fh, entry)
 
     def _verify_toc_entry(self, fh: BinaryIO, entry: L.TocEntry) -> None:
         if entry.name == L.TOC_IMAGE_BLOB:  # sha256 of the chunk data and its tar header (blob.rs:122-140)

@@ -31,6 +31,7 @@ class BuildOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     prefetch: tuple[str, ...] = ()
     crc: bool = True
+    workers: int = 1            # threads digesting/compressing chunks (the output does not depend on it)
 
     def __post_init__(self):
         codec.Compressor(self.compressor)
@@ -50,13 +51,16 @@ def convert_layer(stream: BinaryIO, sink: BinaryIO, opts: BuildOptions, position
     The blob depends on the compressor, digester and chunk size only (prefetch patterns go to the merged
     bootstrap, as nydus-snapshotter passes them to ``nydus-image merge``), so it is reusable across images."""
     writer = BlobWriter(sink, compressor=opts.compressor, digester=opts.digester, chunk_size=opts.chunk_size,
-                        crc=opts.crc, blob_index=position)
-    root = ingest_layer(stream, writer.add_file)
+                        crc=opts.crc, blob_index=position, workers=opts.workers)
+    try:
+        root = ingest_layer(stream, writer.add_file)
 
-    def per_layer(entry):
-        return build_bootstrap(root, [entry] if entry else [], blob_of_layer={position: 0}, compressor=opts.compressor,
-                               digester=opts.digester, chunk_size=opts.chunk_size)
-    return LayerResult(writer.finish(per_layer), root)
+        def per_layer(entry):
+            return build_bootstrap(root, [entry] if entry else [], blob_of_layer={position: 0},
+                                   compressor=opts.compressor, digester=opts.digester, chunk_size=opts.chunk_size)
+        return LayerResult(writer.finish(per_layer), root)
+    finally:
+        writer.close()   # the chunk pool, also when the layer is refused halfway
 
 
 def layer_from_blob(path, position: int, opts: BuildOptions, digest: str | None = None) -> LayerResult:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import blake3
 import crc32c as _crc32c
@@ -23,20 +24,24 @@ ZSTD_LEVEL = 3  # zstd::bulk::compress level in utils/src/compress/mod.rs:249-25
 
 
 class Compressor:
-    """Compresses one chunk at a time; keeps its zstd context between chunks (cheaper than one per call)."""
+    """Compresses one chunk at a time; keeps one zstd context per thread (a context is not thread-safe, and
+    reusing it is cheaper than one per chunk)."""
 
     def __init__(self, name: str):
         if name not in COMPRESSORS:
             raise RafsError(f"unsupported compressor {name!r}: use one of {', '.join(COMPRESSORS)}")
         self.name = name
-        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True) if name == "zstd" else None
+        self._local = threading.local()
 
     def compress(self, data: bytes) -> bytes:
         """The bytes to store for ``data``: compressed, or ``data`` itself when compression does not help."""
         if self.name == "none" or not data:
             return data
-        if self._zstd is not None:
-            out = self._zstd.compress(data)
+        if self.name == "zstd":
+            ctx = getattr(self._local, "zstd", None)
+            if ctx is None:
+                ctx = self._local.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+            out = ctx.compress(data)
         else:
             out = lz4.block.compress(data, store_size=False)
         return out if len(out) < len(data) else data

@@ -196,3 +196,43 @@ def test_a_cached_blob_merges_exactly_like_a_fresh_conversion(tmp_path):
     assert merge_bootstrap(cached, OPTS) == merge_bootstrap(fresh, OPTS)
     with pytest.raises(RafsError, match="built with"):
         layer_from_blob(paths[0], 0, BuildOptions(chunk_size=0x2000))
+
+
+def test_parallel_chunking_writes_the_same_bytes(tmp_path):
+    layer = feature_layer()
+    outputs = []
+    for workers in (1, 3):
+        sink = io.BytesIO()
+        result = convert_layer(io.BytesIO(layer), sink, BuildOptions(chunk_size=0x1000, workers=workers))
+        outputs.append((sink.getvalue(), merge_bootstrap([result], OPTS)))
+    assert outputs[0] == outputs[1]
+    with pytest.raises(LayerError):   # a refusal halfway stops the pool too
+        convert_layer(io.BytesIO(tars.hostile_tars()["truncated-in-payload"]), io.BytesIO(),
+                      BuildOptions(chunk_size=0x1000, workers=3))
+
+
+@pytest.mark.parametrize("part, message", [
+    ("chunk", "digest does not match|does not decompress"), ("blob.digest", "does not match"),
+    ("blob.meta.header", "magic|disagree"), ("image.boot", "sha256 does not match|does not decompress"),
+])
+def test_a_corrupted_blob_is_caught(tmp_path, part, message):
+    result, blob, path = convert(tmp_path, [tars.reg("t", tars.payload(9000, text=True))])
+    raw = bytearray(path.read_bytes())
+    at = {"chunk": 5, "blob.digest": blob.toc["blob.digest"].compressed_offset + 3,
+          "blob.meta.header": blob.toc["blob.meta.header"].compressed_offset,
+          "image.boot": blob.toc["image.boot"].compressed_offset + 20}[part]
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    rafs = Rafs(merge_bootstrap([result], OPTS))
+    with pytest.raises(RafsError, match=message):
+        validate(rafs, {result.blob.digest[7:]: BlobFile(path)})
+
+
+def test_a_wrong_crc_in_the_chunk_table_is_caught(tmp_path):
+    result, blob, _ = convert(tmp_path, [tars.reg("t", b"some data")])
+    buf = bytearray(merge_bootstrap([result], OPTS))
+    rafs = Rafs(bytes(buf))
+    crc_at = rafs.ext.chunk_table_offset + 76                   # u32 crc32 of the first chunk table entry
+    buf[crc_at] ^= 0x01
+    with pytest.raises(RafsError, match="crc32c"):
+        validate(Rafs(bytes(buf)), {result.blob.digest[7:]: blob})
