@@ -74,7 +74,8 @@ class BlobFile:
                 raise RafsError("blob.meta header and TOC disagree on the chunk-info array")
             self.ci = raw if h.ci_compressor == "none" else codec.decompress(h.ci_compressor, raw,
                                                                             h.ci_uncompressed_size)
-            if len(self.ci) != h.ci_uncompressed_size:
+            unit = L.CI_V2_SIZE if h.features & L.B_CHUNK_INFO_V2 else L.CI_V1_SIZE
+            if len(self.ci) != h.ci_uncompressed_size or len(self.ci) < h.ci_entries * unit:
                 raise RafsError("chunk-info array has the wrong size")
         self.digests = b""
         if L.TOC_BLOB_DIGEST in self.toc:

@@ -194,8 +194,8 @@ class BlobEntry:
         return cls(blob_id=v[0].rstrip(b"\0").decode("ascii", "replace"), blob_index=v[1], chunk_size=v[2],
                    chunk_count=v[3], compressor=_name(COMPRESSOR_IDS, v[4], "compressor"),
                    digester=_name(DIGESTER_IDS, v[5], "digester"), features=v[6], compressed_size=v[7],
-                   uncompressed_size=v[8], blob_toc_size=v[9], ci_compressor=_name(COMPRESSOR_IDS, v[10], "ci "
-                   "compressor"), ci_offset=v[11], ci_compressed_size=v[12], ci_uncompressed_size=v[13],
+                   uncompressed_size=v[8], blob_toc_size=v[9], ci_compressor=_name(COMPRESSOR_IDS, v[10], "ci compressor"),
+                   ci_offset=v[11], ci_compressed_size=v[12], ci_uncompressed_size=v[13],
                    blob_toc_digest=v[14], blob_meta_digest=v[15], blob_meta_size=v[16])
 
 
@@ -344,10 +344,16 @@ def parse_tar_header(block: bytes) -> tuple[str, int]:
     """(name, size) of a header :func:`tar_header` wrote; refuses anything else."""
     if len(block) != TAR_BLOCK or block[257:263] not in (b"ustar ", b"ustar\0"):
         raise RafsError("expected a tar header after a blob part")
-    stored = block[148:156]
     check = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    if int(stored.rstrip(b"\0 ") or b"0", 8) != check:
+    if _octal(block[148:156]) != check:
         raise RafsError("bad checksum in a blob part's tar header")
     field = block[124:136]
-    size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.rstrip(b"\0 ") or b"0", 8)
+    size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else _octal(field)
     return block[:100].rstrip(b"\0").decode("utf-8", "replace"), size
+
+
+def _octal(field: bytes) -> int:
+    digits = field.rstrip(b"\0 ").lstrip(b" ") or b"0"
+    if not all(0x30 <= c <= 0x37 for c in digits):
+        raise RafsError(f"bad octal number {field!r} in a blob part's tar header")
+    return int(digits, 8)

@@ -14,6 +14,7 @@ be the uncompressed offset of the chunk-info it names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import stat
 import struct
 from typing import Iterator
@@ -22,6 +23,17 @@ from . import layout as L
 from .layout import RafsError
 
 _EXT_INODE = struct.Struct("<HHHHQIIIIQII16s")
+
+
+def _bounded(method):
+    """A structure that points past the end of the bootstrap is a RafsError, not a struct.error."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except struct.error as exc:
+            raise RafsError(f"{method.__name__}: a structure lies outside the bootstrap ({exc})") from exc
+    return wrapper
 _COMPACT_INODE = struct.Struct("<HHHHIIIIHHI")
 
 
@@ -68,6 +80,7 @@ class ChunkAddr:
 class Rafs:
     """A parsed bootstrap held in memory (bootstraps are metadata: a Debian rootfs is a few MB)."""
 
+    @_bounded
     def __init__(self, buf: bytes):
         if len(buf) < L.BLOCK_SIZE:
             raise RafsError(f"bootstrap is {len(buf)} bytes, less than one block")
@@ -105,6 +118,7 @@ class Rafs:
 
     # -- inodes and directories -----------------------------------------------------------------------
 
+    @_bounded
     def inode(self, nid: int) -> Inode:
         off = self.meta_base + nid * L.SLOT
         if off + L.INODE_COMPACT_SIZE > len(self.buf):
@@ -127,6 +141,7 @@ class Rafs:
             node.xattrs = self._xattrs(off + node.isize, xattr_size)
         return node
 
+    @_bounded
     def _xattrs(self, off: int, size: int) -> dict[str, bytes]:
         body = self.buf[off:off + size]
         if len(body) != size or body[4] != 0:
@@ -161,6 +176,7 @@ class Rafs:
             raise RafsError(f"inode {inode.nid}: data lies outside the bootstrap")
         return out
 
+    @_bounded
     def listdir(self, inode: Inode) -> list[tuple[bytes, int, int]]:
         """(name, nid, file type) of each dirent, "." and ".." included, in on-disk order."""
         data, out = self.data(inode), []
@@ -182,6 +198,7 @@ class Rafs:
     def symlink(self, inode: Inode) -> bytes:
         return self.data(inode)
 
+    @_bounded
     def chunk_addrs(self, inode: Inode) -> list[ChunkAddr]:
         """The chunk indexes of a regular file: ceil(size / fs chunk size) of them (direct_v6.rs validate)."""
         if inode.layout != L.LAYOUT_CHUNK_BASED:

@@ -157,3 +157,36 @@ def test_kernel_lists_the_real_image_as_the_reader_does():
         size = 0 if stat.S_ISDIR(node.mode) else node.size
         assert (got.mode, got.uid, got.gid, got.size, got.mtime, got.target, got.ino, got.nlink) == (
             stat.S_IMODE(node.mode), node.uid, node.gid, size, node.mtime, target, node.nid, node.nlink), path
+
+
+def test_damaged_bootstraps_and_blobs_fail_with_rafs_errors_only(tmp_path):
+    """A cached blob or bootstrap is input too: random damage gives RafsError (a clear FAILED reason), never a
+    struct.error or ValueError traceback."""
+    import io
+    import random
+
+    from drivers.nydus.builder import BuildOptions, convert_layer, layer_from_blob, merge_bootstrap
+    from tests.drivers.nydus_oracle import three_layers
+    opts = BuildOptions(chunk_size=0x1000)
+    sinks = [io.BytesIO() for _ in range(3)]
+    results = [convert_layer(io.BytesIO(layer), sink, opts, i) for i, (layer, sink) in
+               enumerate(zip(three_layers(), sinks))]
+    boot, blob = merge_bootstrap(results, opts), sinks[0].getvalue()
+    rng, refused = random.Random(7), 0
+    for _ in range(300):
+        damaged = bytearray(boot)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(min(len(damaged), 20000))] = rng.randrange(256)
+        try:
+            rafs = Rafs(bytes(damaged))
+            validate(rafs, strict=True)
+        except RafsError:
+            refused += 1
+        damaged = bytearray(blob)
+        damaged[len(damaged) - 1 - rng.randrange(8000)] ^= 1 + rng.randrange(255)
+        (tmp_path / "blob").write_bytes(bytes(damaged))
+        try:
+            layer_from_blob(tmp_path / "blob", 0, opts)
+        except RafsError:
+            refused += 1
+    assert refused > 300
