@@ -2,7 +2,8 @@
 # Installs the Debian packages the tests need when they are missing (idempotent; needs root or sudo).
 set -euo pipefail
 pkgs=(docker-registry skopeo golang-go golang-github-containerd-stargz-snapshotter-dev apache2-utils zstd
-      chromium chromium-driver git make postgresql redis-server libdeflate0)
+      chromium chromium-driver git make postgresql redis-server libdeflate0
+      erofs-utils)  # erofs-utils: fsck.erofs --extract checks every nydus bootstrap
 # `system-deps.sh bench`: what `make bench` needs on top (debootstrap for the rootfs, the reference converter)
 [ "${1:-}" = "bench" ] && pkgs+=(debootstrap stargz-snapshotter containerd)
 missing=()

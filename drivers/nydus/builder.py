@@ -1,0 +1,111 @@
+"""Convert layers and merge them: the two operations the nydus driver will call.
+
+    opts = BuildOptions(compressor="zstd", digester="blake3", chunk_size=0x100000)
+    layer = convert_layer(tar_stream, blob_sink, opts)      # one nydus blob per source layer, streamed
+    boot = merge_bootstrap([layer0, layer1], opts)          # the image's bootstrap (image/image.boot)
+
+The per-layer bootstrap inside each blob names its blob "x" * 64 (builder/src/lib.rs:108-115); the merged one
+names each blob by its layer digest, drops blobs no file uses and orders the rest by first use in a breadth-first
+walk of the merged tree (builder/src/merge.rs:306-330).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import BinaryIO
+
+from . import codec
+from . import layout as L
+from .blob import DEFAULT_CHUNK_SIZE, BlobResult, BlobWriter, check_chunk_size
+from .blobfile import BlobFile
+from .bootstrap import build_bootstrap
+from .layout import RafsError
+from .reader import Rafs
+from .tree import Node, from_bootstrap, ingest_layer, merge
+from .validate import validate
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    compressor: str = "zstd"
+    digester: str = "blake3"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    prefetch: tuple[str, ...] = ()
+    crc: bool = True
+    workers: int = 1            # threads digesting/compressing chunks (the output does not depend on it)
+
+    def __post_init__(self):
+        codec.Compressor(self.compressor)
+        codec.digest(self.digester, b"")
+        check_chunk_size(self.chunk_size)
+
+
+@dataclasses.dataclass
+class LayerResult:
+    blob: BlobResult
+    root: Node                  # the layer's own tree, whiteouts kept (merge_bootstrap applies them)
+
+
+def convert_layer(stream: BinaryIO, sink: BinaryIO, opts: BuildOptions, position: int = 0) -> LayerResult:
+    """Read an uncompressed layer tar from ``stream``; write its nydus blob to ``sink``. ``position`` is the
+    layer's place in the image: its chunks carry it until the merged bootstrap maps it to a blob table index.
+    The blob depends on the compressor, digester and chunk size only (prefetch patterns go to the merged
+    bootstrap, as nydus-snapshotter passes them to ``nydus-image merge``), so it is reusable across images."""
+    writer = BlobWriter(sink, compressor=opts.compressor, digester=opts.digester, chunk_size=opts.chunk_size,
+                        crc=opts.crc, blob_index=position, workers=opts.workers)
+    try:
+        root = ingest_layer(stream, writer.add_file)
+
+        def per_layer(entry):
+            return build_bootstrap(root, [entry] if entry else [], blob_of_layer={position: 0},
+                                   compressor=opts.compressor, digester=opts.digester, chunk_size=opts.chunk_size)
+        return LayerResult(writer.finish(per_layer), root)
+    finally:
+        writer.close()   # the chunk pool, also when the layer is refused halfway
+
+
+def layer_from_blob(path, position: int, opts: BuildOptions, digest: str | None = None) -> LayerResult:
+    """A :class:`LayerResult` for a nydus blob converted earlier (the layer cache): its tree comes back from the
+    blob's own image.boot, so the merged bootstrap needs neither the source layer nor a reconversion. The blob
+    must have been built with ``opts``' compressor, digester and chunk size (a merged bootstrap has one of each)."""
+    blob = BlobFile(path)
+    if blob.bootstrap is None:
+        raise RafsError(f"{path}: the blob carries no image.boot (not an inline-meta nydus blob)")
+    rafs = Rafs(blob.bootstrap)
+    validate(rafs, {L.INLINE_BLOB_ID: blob} if rafs.blobs else None, verify_data=False)
+    if (rafs.compressor, rafs.digester, rafs.ext.chunk_size) != (opts.compressor, opts.digester, opts.chunk_size):
+        raise RafsError(f"{path}: built with {rafs.compressor}/{rafs.digester}/{rafs.ext.chunk_size:#x}, "
+                        f"not {opts.compressor}/{opts.digester}/{opts.chunk_size:#x}")
+    entry = rafs.blobs[0] if rafs.blobs else None
+    blob_meta = blob.ci + bytes(-len(blob.ci) % L.BLOCK_SIZE) + blob.header_bytes if entry else b""
+    result = BlobResult(digest or blob.sha256(), blob.size, entry, blob_meta, blob.bootstrap)
+    return LayerResult(result, from_bootstrap(rafs, position))
+
+
+def blob_order(root: Node) -> list[int]:
+    """Layer positions in order of first use by a file chunk, breadth first (children by name)."""
+    order, queue, seen = [], [root], set()
+    while queue:
+        node = queue.pop(0)
+        for name in sorted(node.children):
+            child = node.children[name]
+            if child.kind == "dir":
+                queue.append(child)
+            for chunk in child.chunks:
+                if chunk.blob_index not in seen:
+                    seen.add(chunk.blob_index)
+                    order.append(chunk.blob_index)
+    return order
+
+
+def merge_bootstrap(layers: list[LayerResult], opts: BuildOptions) -> bytes:
+    """The merged bootstrap of ``layers`` (lowest first)."""
+    merged = merge([layer.root for layer in layers])
+    order = blob_order(merged)
+    entries = []
+    for index, position in enumerate(order):
+        if position >= len(layers) or layers[position].blob.entry is None:
+            raise RafsError(f"a chunk names layer {position}, which has no blob (convert_layer position?)")
+        entries.append(layers[position].blob.merged_entry(index))
+    return build_bootstrap(merged, entries, blob_of_layer={p: i for i, p in enumerate(order)},
+                           compressor=opts.compressor, digester=opts.digester, chunk_size=opts.chunk_size,
+                           prefetch=list(opts.prefetch))
