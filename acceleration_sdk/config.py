@@ -93,11 +93,13 @@ class WebhookConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SourceConfig:
-    """One registry host: ``auth`` is base64 ``user:password`` (never logged), ``insecure`` skips TLS verify."""
+    """One registry host: ``auth`` is base64 ``user:password`` (never logged), ``insecure`` skips TLS verify,
+    ``token_realms`` (ours) the other hosts (``host`` or ``host:port``) whose token service it may send us to."""
 
     auth: str = dataclasses.field(default="", repr=False)
     insecure: bool = False
     webhook: WebhookConfig = WebhookConfig()
+    token_realms: tuple[str, ...] = ()
 
     def credentials(self) -> tuple[str, str] | None:
         """``(user, password)`` from ``auth`` split at the first colon, or None when there is none."""
@@ -225,6 +227,24 @@ def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+# host or host:port, as it appears in a URL's authority (an IPv6 literal in brackets); no scheme, no path.
+_REALM_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _realm_hosts(value: Any, path: str) -> tuple[str, ...]:
+    """``token_realms``: a list of ``auth.example.com`` or ``auth.example.com:8443``, lower-cased."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError("expected a list of hosts such as [auth.example.com]", path)
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not _REALM_HOST.fullmatch(item.strip()):
+            raise ConfigError(f"expected a host or host:port (no scheme, no path), got {item!r}", f"{path}[{i}]")
+        out.append(item.strip().lower())
+    return tuple(out)
+
+
 def _load_source(host: str, data: Any, path: str) -> SourceConfig:
     data = _mapping(data, path)
     _check_keys(data, _fields(SourceConfig), path)
@@ -234,6 +254,7 @@ def _load_source(host: str, data: Any, path: str) -> SourceConfig:
         auth=_scalar(data, "auth", str, "", path),
         insecure=_scalar(data, "insecure", bool, False, path),
         webhook=WebhookConfig(auth_header=_scalar(webhook, "auth_header", str, "", f"{path}.webhook")),
+        token_realms=_realm_hosts(data.get("token_realms"), f"{path}.token_realms"),
     )
     try:
         src.credentials()
