@@ -79,6 +79,8 @@ class ServerConfig:
     public_list: bool = False  # ours: GET /api/v1/conversions without credentials
     database: str = ""  # ours: a database URL; empty = SQLite under work_dir
     redis: str = ""  # ours: a redis:// URL for the django-q2 broker; empty = the ORM broker
+    allowed_hosts: tuple[str, ...] = ()  # ours: Host names answered besides loopback and server.host
+    tls_proxy: bool = False  # ours: a TLS proxy is in front: secure cookies, HSTS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,6 +247,15 @@ def _realm_hosts(value: Any, path: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _host_list(value: Any, path: str) -> tuple[str, ...]:
+    """``server.allowed_hosts``: Django's patterns (``acceld.example.com``, ``.example.com`` for subdomains)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError("expected a list of host names such as [acceld.example.com]", path)
+    return tuple(v.strip().lower() for v in value)
+
+
 def _load_source(host: str, data: Any, path: str) -> SourceConfig:
     data = _mapping(data, path)
     _check_keys(data, _fields(SourceConfig), path)
@@ -282,6 +293,8 @@ def from_dict(data: Any) -> Config:
         public_list=_scalar(server, "public_list", bool, False, "server"),
         database=_scalar(server, "database", str, "", "server"),
         redis=_scalar(server, "redis", str, "", "server"),
+        allowed_hosts=_host_list(server.get("allowed_hosts"), "server.allowed_hosts"),
+        tls_proxy=_scalar(server, "tls_proxy", bool, False, "server"),
     )
 
     metric = _mapping(data.get("metric"), "metric")
