@@ -4,7 +4,12 @@ Its own module: settings.py imports ``security``, and django-axes' backend needs
 """
 from __future__ import annotations
 
+import logging
+
 from axes.backends import AxesStandaloneBackend
+from axes.signals import user_locked_out
+
+log = logging.getLogger("acceld.security")
 
 
 class LoginThrottleBackend(AxesStandaloneBackend):
@@ -18,3 +23,14 @@ class LoginThrottleBackend(AxesStandaloneBackend):
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+def log_locked_out(sender, request=None, username=None, ip_address=None, **kwargs):
+    """One line per refused login while locked out (django-axes logs only the moment the lock starts).
+    The user name and address, never the password."""
+    log.warning("admin login refused: user %r from %s is locked out after too many failed logins",
+                username, ip_address)
+
+
+# Connected here because Django imports the backends (this module) before any login is checked.
+user_locked_out.connect(log_locked_out, dispatch_uid="acceld-log-locked-out")

@@ -85,6 +85,8 @@ def login_throttle_settings(env: dict | None = None) -> dict:
         # A failure while locked out is not recorded: the lock does not grow, nor does the attempt's row.
         "AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT": False,
         "AXES_RESET_ON_SUCCESS": True,
+        # The password is always masked; the user name and address stay readable in the lockout's log line.
+        "AXES_SENSITIVE_PARAMETERS": [],
         "AXES_VERBOSE": False,  # log lines name the user and address only (no user agent), no start-up banner
         "AXES_COOLOFF_MESSAGE": (f"Account locked: too many failed logins for this user from this address. "
                                  f"Try again in {minutes} minute{'s' if minutes != 1 else ''}."),

@@ -145,6 +145,16 @@ ACCELD_MAX_ATTEMPTS = int(os.environ.get("ACCELD_MAX_ATTEMPTS", "3"))
 # ?sync=true polls the task this often, for at most converter.timeout plus the margin.
 ACCELD_SYNC_POLL = 0.2
 
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("ACCELD_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
 # --- security (issue 12): Host names, TLS proxy, CSP, admin login throttling. Derived from the acceld YAML
 # in acceld_project/security.py (documented in README "Operations -> Running behind TLS / hardening").
 # server.allowed_hosts adds to the loopback names and server.host; a request for any other Host gets 400,
@@ -165,13 +175,6 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 globals().update(security.login_throttle_settings())  # the AXES_* names
+# Its lockouts and new failures are WARNINGs; the INFO lines are one per attempt and say nothing new.
+LOGGING["loggers"]["axes"] = {"level": "WARNING"}
 # --- end of the security block
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("ACCELD_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
