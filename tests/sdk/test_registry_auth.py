@@ -18,7 +18,7 @@ from acceleration_sdk.config import from_dict
 from acceleration_sdk.errors import AuthError, ConfigError, TokenRealmError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
-from tests.support.realm_trap import ChallengingRegistry, ConnectionWitness
+from tests.support.realm_trap import ChallengingRegistry, ConnectionWitness, Redirector
 from tests.support.registry import RegistryServer
 from tests.support.token_issuer import TokenIssuer
 
@@ -265,19 +265,14 @@ def test_a_realm_on_another_host_is_never_contacted():
         assert witness.connections == 0 and witness.received == b""
 
 
-def test_a_redirect_from_the_token_service_to_another_host_is_not_followed(tmp_path):
+def test_a_redirect_from_the_token_service_to_another_host_is_not_followed():
+    """The realm is on the registry's own host name and redirects to 127.0.0.2: the hop is checked like a realm."""
     with ConnectionWitness("127.0.0.2") as witness, \
-            ChallengingRegistry(f"http://{witness.host}/") as elsewhere, \
-            ChallengingRegistry("") as trap:
-        # The realm is on the registry's own host and redirects to the witness.
-        redirector = _Redirector(f"http://{witness.host}{METADATA_PATH}")
-        trap.realm = f"http://127.0.0.1:{redirector.port}/token"
-        try:
-            with pytest.raises(TokenRealmError, match=witness.host.replace(".", r"\.")):
-                RegistryClient(retries=0).get_manifest(parse(f"{trap.host}/library/app:1"))
-        finally:
-            redirector.stop()
-        assert redirector.hits == 1 and witness.connections == 0 and not elsewhere.requests
+            Redirector(f"http://{witness.host}{METADATA_PATH}") as redirector, \
+            ChallengingRegistry(f"http://{redirector.host}/token") as trap:
+        with pytest.raises(TokenRealmError, match=witness.host.replace(".", r"\.")):
+            RegistryClient(retries=0).get_manifest(parse(f"{trap.host}/library/app:1"))
+        assert redirector.hits == 1 and witness.connections == 0
 
 
 def test_a_listed_realm_host_works_and_an_unlisted_one_is_refused(tmp_path):
@@ -324,31 +319,3 @@ def test_token_realms_config_is_validated():
     with pytest.raises(ConfigError, match="expected a list"):
         from_dict({"provider": {"source": {"r.example.com": {"token_realms": "auth.example.com"}}}})
 
-
-class _Redirector:
-    """A token endpoint (a fake) that answers every GET with a 302 to ``target``."""
-
-    def __init__(self, target: str):
-        import http.server
-        import threading
-        owner = self
-        self.hits = 0
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                owner.hits += 1
-                self.send_response(302)
-                self.send_header("Location", target)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def stop(self):
-        self._server.shutdown()
-        self._server.server_close()

@@ -4,6 +4,7 @@ listener where that realm points that records whether anybody came.
 ``ChallengingRegistry(realm)`` is a fake (a real ``docker-registry`` cannot be told to name an arbitrary
 realm): every request gets ``401`` with ``WWW-Authenticate: Bearer realm="<realm>",service=…,scope=…``, as a
 hostile or misconfigured registry would answer; ``.requests`` records (method, path, Authorization).
+``Redirector(target)`` (a fake token endpoint) answers every GET with a 302 to ``target`` and counts ``.hits``.
 ``ConnectionWitness(host, port)`` is a plain listening socket standing in for a cloud metadata service:
 ``.connections`` counts every TCP connection it accepted (a GET would need one), ``.received`` keeps the bytes.
 """
@@ -59,6 +60,35 @@ class ChallengingRegistry:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class Redirector:
+    def __init__(self, target: str, host: str = "127.0.0.1"):
+        self.hits = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                owner.hits += 1
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self._server.daemon_threads = True
+        self.host = f"{host}:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
 
 
 class ConnectionWitness:
