@@ -21,6 +21,10 @@ from acceleration_sdk import __version__
 
 ROOT = runtime.BASE_DIR
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: signal this child when its parent dies
+# gunicorn's default access log format with the user column ("%(u)s") replaced by "-": gunicorn fills it
+# from a Basic Authorization header, which is how Harbor may send its webhook secret (user "harbor" or a
+# robot name) and how a mistyped login arrives; neither belongs in a log.
+ACCESS_LOG_FORMAT = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 
 def _own_session() -> None:
@@ -55,7 +59,8 @@ def web_command(cfg, env: dict, stop_timeout: float = 15) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "acceld_project.wsgi:application", "--bind", _bind(cfg),
             "--worker-class", "gthread", "--workers", env.get("ACCELD_WEB_WORKERS", "2"),
             "--threads", env.get("ACCELD_WEB_THREADS", "16"), "--timeout", "120",
-            "--graceful-timeout", str(int(stop_timeout)), "--access-logfile", "-", "--no-control-socket",
+            "--graceful-timeout", str(int(stop_timeout)), "--access-logfile", "-",
+            "--access-logformat", ACCESS_LOG_FORMAT, "--no-control-socket",
             "--forwarded-allow-ips", env.get("ACCELD_FORWARDED_ALLOW_IPS", "127.0.0.1")]
 
 

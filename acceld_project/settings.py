@@ -9,7 +9,7 @@ import os
 import secrets
 from pathlib import Path
 
-from acceld_project import runtime
+from acceld_project import runtime, security
 from acceleration_sdk.errors import ConfigError
 
 BASE_DIR = runtime.BASE_DIR
@@ -41,12 +41,12 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 DEBUG = os.environ.get("ACCELD_DEBUG", "").lower() in ("1", "true", "yes")
-ALLOWED_HOSTS = ["*"]
 # Behind a TLS proxy the admin's login needs its public origin: ACCELD_CSRF_TRUSTED_ORIGINS=https://acceld.example.com
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("ACCELD_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 APPEND_SLASH = False  # acceld's paths have no trailing slash; a redirect would break Harbor's POST
 
 INSTALLED_APPS = [
+    "axes",  # admin login throttling (see the security block)
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -71,6 +71,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "acceld_project.security.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # 1 MiB: the one limit on request bodies (a Harbor webhook is a few KiB; the admin's forms are smaller).
@@ -149,6 +152,7 @@ ACCELD_SYNC_POLL = 0.2
 # past converter.timeout that both the queue (Q_CLUSTER["retry"]) and ?sync=true wait.
 ACCELD_RETRY_MARGIN = runtime.retry_margin()
 
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -157,3 +161,27 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("ACCELD_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- security (issue 12): Host names, TLS proxy, CSP, admin login throttling. Derived from the acceld YAML
+# in acceld_project/security.py (documented in README "Operations -> Running behind TLS / hardening").
+# server.allowed_hosts adds to the loopback names and server.host; a request for any other Host gets 400,
+# so no link the service builds (pagination) can point elsewhere.
+ALLOWED_HOSTS = security.allowed_hosts(ACCELD)
+# server.tls_proxy: true -> session and CSRF cookies only over HTTPS, and HSTS. HTTPS itself is detected by
+# gunicorn from X-Forwarded-Proto, only for peers in ACCELD_FORWARDED_ALLOW_IPS; SECURE_PROXY_SSL_HEADER
+# stays unset because Django would believe that header from any client.
+_TLS = security.tls_settings(ACCELD)
+SESSION_COOKIE_SECURE = _TLS["SESSION_COOKIE_SECURE"]
+CSRF_COOKIE_SECURE = _TLS["CSRF_COOKIE_SECURE"]
+SECURE_HSTS_SECONDS = _TLS["SECURE_HSTS_SECONDS"]
+SECURE_PROXY_SSL_HEADER = None
+# Content-Security-Policy: security.ContentSecurityPolicyMiddleware (in MIDDLEWARE above).
+# Admin login throttling with django-axes (counts in the database, shared by every worker and host).
+AUTHENTICATION_BACKENDS = [
+    "acceld_project.login_backend.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+globals().update(security.login_throttle_settings())  # the AXES_* names
+# Its lockouts and new failures are WARNINGs; the INFO lines are one per attempt and say nothing new.
+LOGGING["loggers"]["axes"] = {"level": "WARNING"}
+# --- end of the security block

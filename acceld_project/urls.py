@@ -4,7 +4,10 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
+from acceld_project import queue_admin
 from conversions import api, health, metrics
+
+queue_admin.lock_down(admin.site)  # django-q2's Schedule admin would run any function: see queue_admin
 
 urlpatterns = [
     path("api/v1/conversions", api.ConversionsView.as_view(), name="conversions"),
@@ -17,5 +20,6 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True}),
 ]
 
+handler400 = "acceld_project.security.bad_request"  # a Host not in ALLOWED_HOSTS, among others
 handler404 = "conversions.errors.not_found"
 handler500 = "conversions.errors.server_error"

@@ -79,6 +79,8 @@ class ServerConfig:
     public_list: bool = False  # ours: GET /api/v1/conversions without credentials
     database: str = ""  # ours: a database URL; empty = SQLite under work_dir
     redis: str = ""  # ours: a redis:// URL for the django-q2 broker; empty = the ORM broker
+    allowed_hosts: tuple[str, ...] = ()  # ours: Host names answered besides loopback and server.host
+    tls_proxy: bool = False  # ours: a TLS proxy is in front: secure cookies, HSTS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,11 +95,13 @@ class WebhookConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SourceConfig:
-    """One registry host: ``auth`` is base64 ``user:password`` (never logged), ``insecure`` skips TLS verify."""
+    """One registry host: ``auth`` is base64 ``user:password`` (never logged), ``insecure`` skips TLS verify,
+    ``token_realms`` (ours) the other hosts (``host`` or ``host:port``) whose token service it may send us to."""
 
     auth: str = dataclasses.field(default="", repr=False)
     insecure: bool = False
     webhook: WebhookConfig = WebhookConfig()
+    token_realms: tuple[str, ...] = ()
 
     def credentials(self) -> tuple[str, str] | None:
         """``(user, password)`` from ``auth`` split at the first colon, or None when there is none."""
@@ -255,6 +259,33 @@ def validate_driver(driver: DriverConfig, path: str = "converter.driver") -> Dri
     return driver
 
 
+# host or host:port, as it appears in a URL's authority (an IPv6 literal in brackets); no scheme, no path.
+_REALM_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _realm_hosts(value: Any, path: str) -> tuple[str, ...]:
+    """``token_realms``: a list of ``auth.example.com`` or ``auth.example.com:8443``, lower-cased."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError("expected a list of hosts such as [auth.example.com]", path)
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not _REALM_HOST.fullmatch(item.strip()):
+            raise ConfigError(f"expected a host or host:port (no scheme, no path), got {item!r}", f"{path}[{i}]")
+        out.append(item.strip().lower())
+    return tuple(out)
+
+
+def _host_list(value: Any, path: str) -> tuple[str, ...]:
+    """``server.allowed_hosts``: Django's patterns (``acceld.example.com``, ``.example.com`` for subdomains)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError("expected a list of host names such as [acceld.example.com]", path)
+    return tuple(v.strip().lower() for v in value)
+
+
 def _load_source(host: str, data: Any, path: str) -> SourceConfig:
     data = _mapping(data, path)
     _check_keys(data, _fields(SourceConfig), path)
@@ -264,6 +295,7 @@ def _load_source(host: str, data: Any, path: str) -> SourceConfig:
         auth=_field(data, SourceConfig, "auth", str, path),
         insecure=_field(data, SourceConfig, "insecure", bool, path),
         webhook=WebhookConfig(auth_header=_field(webhook, WebhookConfig, "auth_header", str, f"{path}.webhook")),
+        token_realms=_realm_hosts(data.get("token_realms"), f"{path}.token_realms"),
     )
     try:
         src.credentials()
@@ -291,6 +323,8 @@ def from_dict(data: Any) -> Config:
         public_list=_field(server, ServerConfig, "public_list", bool, "server"),
         database=_field(server, ServerConfig, "database", str, "server"),
         redis=_field(server, ServerConfig, "redis", str, "server"),
+        allowed_hosts=_host_list(server.get("allowed_hosts"), "server.allowed_hosts"),
+        tls_proxy=_field(server, ServerConfig, "tls_proxy", bool, "server"),
     )
 
     metric = _mapping(data.get("metric"), "metric")

@@ -9,6 +9,7 @@ tarfile, yaml) are translated at one boundary with ``raise X(...) from exc``. Ea
     ├── ReferenceError_                ERR_ILLEGAL_PARAMETER an image reference that does not parse (.reference)
     ├── RegistryError                  ERR_REGISTRY          a registry said no (.reference, .status, .registry_code)
     │   ├── AuthError                  ERR_UNAUTHORIZED      401/403 after the auth flow
+    │   │   └── TokenRealmError        ERR_TOKEN_REALM       a token realm we refuse to call (.realm_host)
     │   ├── NotFoundError              ERR_NOT_FOUND         manifest, tag or blob unknown
     │   ├── UnreachableError           ERR_UNREACHABLE       DNS, refused connection, TLS failure, timeouts
     │   └── UnsupportedMediaTypeError  ERR_UNSUPPORTED       schema1 and other media types we cannot convert
@@ -70,6 +71,17 @@ class AuthError(RegistryError):
     """The registry refused our credentials (or we had none) after the token/basic flow."""
 
     code = "ERR_UNAUTHORIZED"
+
+
+class TokenRealmError(AuthError):
+    """A registry pointed us at a token service we refuse to call: on a host that is neither the registry's
+    nor listed in its ``token_realms``, or on plain HTTP while we hold credentials. ``.realm_host`` names it."""
+
+    code = "ERR_TOKEN_REALM"
+
+    def __init__(self, message: str, reference: str = "", realm_host: str = ""):
+        super().__init__(message, reference=reference)
+        self.realm_host = realm_host
 
 
 class NotFoundError(RegistryError):

@@ -117,6 +117,11 @@ class CredentialStore:
         source = self._config.provider.source_for(host)
         return bool(source and source.insecure)
 
+    def token_realms(self, host: str) -> tuple[str, ...]:
+        """``provider.source.<host>.token_realms``: other hosts whose token service ``host`` may send us to."""
+        source = self._config.provider.source_for(host) if self._config is not None else None
+        return source.token_realms if source is not None else ()
+
     def _docker(self) -> dict[str, Credentials]:
         if self._docker_auths is None:
             path = self._docker_config_path or default_docker_config_path()

@@ -32,7 +32,7 @@ from urllib3.util.retry import Retry
 from .. import __version__
 from ..errors import AuthError, NotFoundError, RegistryError, UnreachableError
 from ..reference import Reference
-from .auth import Authenticator, pick_challenge
+from .auth import Authenticator, RealmPolicy, pick_challenge
 from .credentials import CredentialStore
 
 log = logging.getLogger("acceleration_sdk.registry")
@@ -208,6 +208,14 @@ class Transport:
             return path_or_url
         return self.base_url(ref) + path_or_url
 
+    def realm_policy(self, ref: Reference) -> RealmPolicy:
+        """Where ``ref``'s registry may send us for tokens (see :class:`.auth.RealmPolicy`); loopback counts
+        as insecure, as it does for docker."""
+        host = ref.api_host
+        insecure = self.credentials.insecure(ref.host) or is_loopback(host)
+        return RealmPolicy(host, self.credentials.token_realms(ref.host),
+                           plain_http=self.scheme(host) == "http" and insecure, config_key=ref.host)
+
     def secrets(self, ref: Reference) -> tuple[str, ...]:
         creds = self.credentials.for_host(ref.host)
         return creds.secrets if creds else ()
@@ -226,7 +234,8 @@ class Transport:
         host = ref.api_host
         creds = self.credentials.for_host(ref.host)
         verify = not self.credentials.insecure(ref.host)
-        authz = self.auth.header(host, scopes, creds, verify=verify, what=what, reference=str(ref))
+        authz = self.auth.header(host, scopes, creds, verify=verify, what=what, reference=str(ref),
+                                 realms=self.realm_policy(ref))
         resp = self._send(method, ref, path_or_url, headers, body, authz, allow_redirects, what)
         if resp.status_code != 401:
             return resp
@@ -234,7 +243,7 @@ class Transport:
         if challenge is None or (challenge.scheme == "basic" and (creds is None or authz is not None)):
             raise self.error(resp, ref, what)
         authz = self.auth.header(host, scopes, creds, verify=verify, what=what, reference=str(ref),
-                                 challenge=challenge, refused=authz)
+                                 challenge=challenge, refused=authz, realms=self.realm_policy(ref))
         resp.close()
         resp = self._send(method, ref, path_or_url, headers, body, authz, allow_redirects, what)
         if resp.status_code == 401:

@@ -8,14 +8,17 @@ import hashlib
 import io
 import json
 import logging
+import socket
+import time
 
 import pytest
 
 from acceleration_sdk import oci
 from acceleration_sdk.config import from_dict
-from acceleration_sdk.errors import AuthError
+from acceleration_sdk.errors import AuthError, ConfigError, TokenRealmError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
+from tests.support.realm_trap import ChallengingRegistry, ConnectionWitness, Redirector
 from tests.support.registry import RegistryServer
 from tests.support.token_issuer import TokenIssuer
 
@@ -238,3 +241,81 @@ def test_secrets_never_appear_in_messages_logs_or_reprs(token_registry, basic_re
     assert "denied access" in text or "refused" in text
     for secret in (PASSWORD, PASSWORD[::-1], b64("alice", PASSWORD), b64("alice", PASSWORD[::-1]), *issuer.issued):
         assert secret not in text
+
+
+# ------------------------------------------------------------------------------------------------ token realms
+
+METADATA_PATH = "/latest/meta-data/iam/security-credentials/?anything=1"
+
+
+def test_a_realm_on_another_host_is_never_contacted():
+    """The cloud-metadata SSRF: a registry names a realm on 127.0.0.2; nobody connects there, the error names it."""
+    with ConnectionWitness("127.0.0.2", 8080) as witness, \
+            ChallengingRegistry(f"http://{witness.host}{METADATA_PATH}") as trap:
+        for client in (RegistryClient(config_for(trap.host), retries=0), RegistryClient(retries=0)):
+            with pytest.raises(TokenRealmError) as info:
+                client.get_manifest(parse(f"{trap.host}/library/app:1"))
+            msg = str(info.value)
+            assert info.value.code == "ERR_TOKEN_REALM" and info.value.realm_host == witness.host
+            assert f"token service on {witness.host}" in msg and trap.host in msg
+            assert f"provider.source.{trap.host}.token_realms" in msg
+            assert PASSWORD not in msg and b64("alice", PASSWORD) not in msg
+        assert trap.requests, "the registry was asked"
+        time.sleep(0.3)  # a connection in flight would have been accepted by now
+        assert witness.connections == 0 and witness.received == b""
+
+
+def test_a_redirect_from_the_token_service_to_another_host_is_not_followed():
+    """The realm is on the registry's own host name and redirects to 127.0.0.2: the hop is checked like a realm."""
+    with ConnectionWitness("127.0.0.2") as witness, \
+            Redirector(f"http://{witness.host}{METADATA_PATH}") as redirector, \
+            ChallengingRegistry(f"http://{redirector.host}/token") as trap:
+        with pytest.raises(TokenRealmError, match=witness.host.replace(".", r"\.")):
+            RegistryClient(retries=0).get_manifest(parse(f"{trap.host}/library/app:1"))
+        assert redirector.hits == 1 and witness.connections == 0
+
+
+def test_a_listed_realm_host_works_and_an_unlisted_one_is_refused(tmp_path):
+    """The issuer on a host of its own (127.0.0.3): refused until it is in token_realms, then the real flow works."""
+    with TokenIssuer(tmp_path / "iss", users={"alice": PASSWORD}, bind="127.0.0.3") as iss, \
+            RegistryServer(tmp_path / "reg", token=iss) as server:
+        ref = parse(f"{server.host}/realm/app:v1")
+        port = iss.realm.split(":")[2].split("/")[0]
+        for listed in ([], ["127.0.0.4"], [f"127.0.0.3:{int(port) + 1}"]):
+            with pytest.raises(TokenRealmError, match=rf"127\.0\.0\.3:{port}"):
+                RegistryClient(config_for(server.host, token_realms=listed)).blob_exists(ref, sha(b"x"))
+        assert iss.count() == 0
+        for listed in (["127.0.0.3"], [f"127.0.0.3:{port}"]):
+            push_and_pull(RegistryClient(config_for(server.host, token_realms=listed)), ref, b"listed realm")
+        assert iss.count() >= 2
+
+
+def test_credentials_never_go_to_a_plain_http_realm_of_a_tls_registry(tmp_path, monkeypatch):
+    """A TLS registry (``insecure: true`` only skips verification) whose listed realm is plain HTTP: no password
+    in the clear. A FAKE resolver names the loopback registry ``tls-realm.test`` so that it is spoken to over TLS."""
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **kw: real(
+        "127.0.0.1" if host == "tls-realm.test" else host, *a, **kw))
+    with TokenIssuer(tmp_path / "iss", users={"alice": PASSWORD}, anonymous="pull") as iss, \
+            RegistryServer(tmp_path / "reg", token=iss, tls=True) as server:
+        host = f"tls-realm.test:{server.port}"
+        ref = parse(f"{host}/tls/app:v1")
+        source = {"insecure": True, "token_realms": ["127.0.0.1"]}
+        with pytest.raises(TokenRealmError, match="plain HTTP") as info:
+            RegistryClient(config_for(host, **source)).blob_exists(ref, sha(b"x"))
+        assert PASSWORD not in str(info.value) and iss.count() == 0
+        # Anonymous: nothing to leak, the token is fetched.
+        anonymous = RegistryClient(from_dict({"provider": {"source": {host: source}}}))
+        assert anonymous.blob_exists(ref, sha(b"x")) is False
+        assert iss.requests == [("", ("repository:tls/app:pull",))]
+
+
+def test_token_realms_config_is_validated():
+    cfg = from_dict({"provider": {"source": {"r.example.com": {"token_realms": ["Auth.Example.com", "[::1]:8443"]}}}})
+    assert cfg.provider.source["r.example.com"].token_realms == ("auth.example.com", "[::1]:8443")
+    for bad in ("https://auth.example.com", "auth.example.com/token", "", "a b"):
+        with pytest.raises(ConfigError, match=r"provider\.source\.r\.example\.com\.token_realms\[0\]"):
+            from_dict({"provider": {"source": {"r.example.com": {"token_realms": [bad]}}}})
+    with pytest.raises(ConfigError, match="expected a list"):
+        from_dict({"provider": {"source": {"r.example.com": {"token_realms": "auth.example.com"}}}})
+

@@ -36,8 +36,10 @@ ISSUER = "acceld-test-issuer"
 
 class TokenIssuer:
     def __init__(self, root, *, users: dict[str, str] | None = None, grants: dict | None = None,
-                 anonymous: dict | str | None = None, lifetime: int = 300, field: str = "token"):
+                 anonymous: dict | str | None = None, lifetime: int = 300, field: str = "token",
+                 bind: str = "127.0.0.1"):
         self.root = os.fspath(root)
+        self.bind = bind  # another loopback address (127.0.0.3) puts the issuer on a host of its own
         self.users = dict(users or {})
         self.grants = dict(grants if grants is not None else {u: "*" for u in self.users})
         self.anonymous = anonymous
@@ -56,7 +58,7 @@ class TokenIssuer:
     @property
     def realm(self) -> str:
         assert self._server is not None, "start() the issuer first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        return f"http://{self.bind}:{self._server.server_address[1]}/token"
 
     def start(self) -> "TokenIssuer":
         os.makedirs(self.root, exist_ok=True)
@@ -71,7 +73,7 @@ class TokenIssuer:
             def log_message(self, *args):
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer((self.bind, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="token-issuer", daemon=True)
