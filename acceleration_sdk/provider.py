@@ -4,14 +4,16 @@ The engine hands each ``LayerDriver.convert_layer`` call a provider of its own (
 ``Driver.convert`` one provider for the whole image. What a driver may rely on, and what it cannot forget:
 
 * ``open_blob(desc)`` / ``open_uncompressed(desc)`` stream a source blob (from the content store, or from
-  the registry through a pipe while it downloads); nothing is held in memory or spooled to disk.
+  the registry through a pipe while it downloads); nothing is held in memory or spooled to disk. Either way
+  the blob's sha256 and size are checked at its end (``source_stream``).
 * **A source is read to its end and verified before anything is committed.** When the driver commits a
   blob writer, and when it leaves an ``open_*`` block, the provider reads what is left of every source
   stream the driver opened through it. Trailing bytes that are all zero (tar end-of-archive padding, zero
   padding after compressed data) are fine; then the blob's digest is checked. Non-zero unread data means
   the driver stopped early: :class:`LayerError` naming the layer and how far the driver read. A digest
   mismatch is a :class:`DigestMismatchError`. Either way the writer is aborted, so the converted blob
-  reaches neither the content store nor the registry. Drivers therefore never drain a source themselves.
+  reaches neither the content store nor the registry, and the refusal stands: a later commit, or leaving
+  the ``open_*`` block, raises it again. Drivers therefore never drain a source themselves.
 * ``blob_writer()`` streams the converted blob to the store and, as it goes, to the target repository;
   the registry only gets the blob when ``commit()`` succeeds (an unfinished upload is cancelled).
 """
@@ -23,11 +25,11 @@ from typing import BinaryIO, Callable, Iterator
 
 from .compression import open_decompressed
 from .driver import ProgressEvent
-from .errors import ConversionError, LayerError
+from .errors import ContentError, ConversionError, LayerError
 from .oci import Descriptor
 from .push import UploadingIngest
 from .session import ConversionSession
-from .source_stream import PIPE_SIZE, download_stream
+from .source_stream import PIPE_SIZE, download_stream, store_stream
 
 
 class SourceStream:
@@ -40,6 +42,7 @@ class SourceStream:
         self.pos = 0  # bytes the driver read
         self.open = True
         self.verified = False
+        self._refused: str | None = None  # why finish() refused: a retry must not pass on what is left
 
     def readable(self) -> bool:
         return True
@@ -63,14 +66,19 @@ class SourceStream:
         """Read the rest (only zeros may be left), to the end where the digest is checked."""
         if self.verified:
             return
-        at = self.pos
-        while data := self.read(PIPE_SIZE):
-            if data.strip(b"\0"):
-                nonzero = self.pos - len(data.lstrip(b"\0"))
-                raise LayerError(f"layer {self.desc.digest}: the driver stopped reading the {self.what} at byte "
-                                 f"{at}, but data follows (non-zero byte at {nonzero}); a source not read to its "
-                                 "end cannot be verified, so nothing was committed", digest=self.desc.digest)
-        self.verified = True
+        if self._refused is None:
+            at = self.pos
+            while data := self.read(PIPE_SIZE):
+                if data.strip(b"\0"):
+                    nonzero = self.pos - len(data.lstrip(b"\0"))
+                    self._refused = (f"layer {self.desc.digest}: the driver stopped reading the {self.what} at "
+                                     f"byte {at}, but non-zero layer data was left unread (from byte {nonzero}); "
+                                     "a source not read to its end cannot be verified, so nothing was committed")
+                    break
+            else:
+                self.verified = True
+                return
+        raise LayerError(self._refused, digest=self.desc.digest)
 
 
 class EngineProvider:
@@ -112,8 +120,11 @@ class EngineProvider:
             self.progress(ProgressEvent("pull", desc.digest, done[0], desc.size))
 
         session = self._session
-        if session.store.has(desc.digest):  # verified when it was stored
-            opened = contextlib.closing(session.store.open(desc.digest))
+        if session.store.has(desc.digest):
+            opened = store_stream(session.store, desc)
+        elif session.client is None:
+            raise ContentError(f"blob {desc.digest} is not in the content store, and there is no registry "
+                               "to fetch it from", digest=desc.digest)
         else:
             opened = download_stream(session.client, session.source, desc)
         with opened as raw, self._tracked(SourceStream(raw, desc, "blob", session.cancelled, on_bytes)) as s:

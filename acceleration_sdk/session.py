@@ -3,10 +3,14 @@
 A :class:`ConversionSession` holds the references, the registry client, the content store and its lease,
 the progress sink, the remote cache and the size counters of one ``engine.convert`` call. It is the
 engine's: drivers never see it (they get an :class:`~acceleration_sdk.provider.EngineProvider`).
+
+The conformance suite (``acceleration_sdk.testing.StoreProvider``) runs drivers through the same provider
+over a session with no registry: ``client`` and ``root`` are ``None`` there, every source is in the store.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 from typing import Any, Callable
@@ -15,7 +19,7 @@ from . import oci
 from .config import Config
 from .content import ContentStore, Lease
 from .driver import ProgressEvent
-from .errors import ConversionError
+from .errors import ContentError, ConversionError, DigestMismatchError
 from .oci import Descriptor
 from .reference import Reference
 from .registry import RegistryClient
@@ -29,10 +33,10 @@ class ConversionSession:
     cfg: Config
     source: Reference
     target: Reference
-    client: RegistryClient
+    client: RegistryClient | None  # None: no registry, every source blob is in the store (the suite's harness)
     store: ContentStore
     lease: Lease
-    root: Descriptor  # the source's manifest or index, already in the store
+    root: Descriptor | None  # the source's manifest or index, already in the store (None: layers only)
     on_progress: Callable[[ProgressEvent], None] | None = None
     remote_cache: RemoteCache | None = None  # converted layers remembered under the cache tag
     stream_uploads: bool = True  # push converted blobs while they are written (see push.UploadingIngest)
@@ -49,15 +53,24 @@ class ConversionSession:
                 log.exception("progress callback failed")
 
     def read_blob(self, desc: Descriptor, limit: int = 16 << 20) -> bytes:
-        """A small blob (manifest, config), fetched into the store once and verified."""
+        """A small blob (manifest, config), fetched into the store once; verified as it is read."""
         if desc.size > limit:
             raise ConversionError(f"blob {desc.digest} of {desc.size} bytes is too large for a manifest or config")
         self.lease.add([desc.digest])  # before has(): a GC elsewhere may run between the two
         if not self.store.has(desc.digest):
+            if self.client is None:
+                raise ContentError(f"blob {desc.digest} is not in the content store, and there is no registry "
+                                   "to fetch it from", digest=desc.digest)
             with self.store.writer(expected=desc.digest) as w:
                 self.client.download_blob(self.source, desc.digest, w, size=desc.size)
                 w.commit()
-        return self.store.read_bytes(desc.digest, limit)
+        data = self.store.read_bytes(desc.digest, limit)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != desc.digest or len(data) != desc.size:  # the store is a cache on disk: see source_stream
+            raise DigestMismatchError(f"blob {desc.digest} ({desc.size} bytes) in the content store reads as "
+                                      f"{actual} ({len(data)} bytes): the stored file is damaged",
+                                      digest=desc.digest, actual=actual)
+        return data
 
     def read_manifest(self, desc: Descriptor) -> bytes:
         """A child manifest of an index: fetched by digest from /manifests/ (registries do not serve it as a blob)."""

@@ -1,18 +1,21 @@
-"""Source blobs streamed registry -> OS pipe -> reader, so pulling overlaps converting.
+"""Source blobs as a driver reads them: verified at their end, wherever they come from.
 
-A download thread writes a blob into an OS pipe while the converter reads the other end: no source layer is
-ever written to disk or held in memory. The registry client checks the digest when the blob ends; its error
-(a digest mismatch, a broken connection) is handed to the reader and raised at the reader's end of stream.
+* :func:`download_stream`: registry -> OS pipe -> reader, so pulling overlaps converting. A download thread
+  writes a blob into an OS pipe while the converter reads the other end: no source layer is ever written to
+  disk or held in memory. The registry client checks the digest when the blob ends; its error (a digest
+  mismatch, a broken connection) is handed to the reader and raised at the reader's end of stream.
+* :func:`store_stream`: a blob already in the content store, hashed as it is read and checked at its end.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import threading
 from typing import BinaryIO, Iterator
 
-from .errors import AccelError, LayerError
+from .errors import AccelError, DigestMismatchError, LayerError
 from .oci import Descriptor
 from .reference import Reference
 
@@ -101,3 +104,46 @@ def download_stream(client, ref: Reference, desc: Descriptor) -> Iterator[Binary
     reader.close()
     if errors:
         raise errors[0]
+
+
+class _VerifiedFile:
+    """A store blob hashed while it is read; at its end (and on every read after) a mismatch is raised.
+
+    The store checked the blob when it was written, yet it is a long-lived cache on disk shared by every
+    conversion: a damaged or replaced file would otherwise become a converted image whose own digest is valid,
+    and nothing downstream could tell. One sha256 pass is cheap next to decompressing and recompressing.
+    """
+
+    def __init__(self, fh, desc: Descriptor):
+        self._fh, self._desc = fh, desc
+        self._h = hashlib.sha256()
+        self._size = 0
+        self._error: str | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self._error is None:
+            data = self._fh.read(n)
+            self._h.update(data)
+            self._size += len(data)
+            if data or n == 0:
+                return data
+            actual = "sha256:" + self._h.hexdigest()
+            if actual == self._desc.digest and self._size == self._desc.size:
+                return data
+            self._error = actual
+        raise DigestMismatchError(f"source blob {self._desc.digest} ({self._desc.size} bytes) in the content store "
+                                  f"reads as {self._error} ({self._size} bytes): the stored file is damaged",
+                                  digest=self._desc.digest, actual=self._error)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@contextlib.contextmanager
+def store_stream(store, desc: Descriptor) -> Iterator[BinaryIO]:
+    """A stream of blob ``desc`` from the content store; its sha256 and size are checked at its end."""
+    verified = _VerifiedFile(store.open(desc.digest), desc)
+    try:
+        yield verified  # type: ignore[misc]
+    finally:
+        verified.close()

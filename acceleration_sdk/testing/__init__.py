@@ -2,7 +2,7 @@
 
 - :mod:`.layers`: the source matrix (USTAR/PAX/GNU x ``""``/``./``/``/`` x gzip/zstd/none, every entry kind).
 - :mod:`.entries`: :class:`LayerEntry` (what a reader yields), :class:`Allowances`, the tar reader, ``compare``.
-- :mod:`.harness`: :class:`StoreProvider`, the ContentProvider the suite converts through (verifies sources).
+- :mod:`.harness`: :class:`StoreProvider`, the engine's own provider over a local store (no registry).
 - :mod:`.suite`: :func:`check_cell`, one cell converted and compared; :class:`ConformanceError`.
 - :mod:`.contract`: :class:`DriverContract`, the pytest class a driver's tests subclass (imports pytest, so it
   is loaded only when asked for).

@@ -85,8 +85,10 @@ class DriverContract:
             assert self.make_driver(**self.other_options).cache_key() != self.make_driver().cache_key()
 
     def test_broken_layer_is_a_layer_error(self, tmp_path):
-        provider = self.provider(tmp_path)
         tar = build_tar(cell_entries(_PAX_GZIP, self.suite_chunk_size()), _PAX_GZIP)
-        for broken in (tar[:700], b"\x00garbage" * 300):
+        for i, broken in enumerate((tar[:700], b"\x00garbage" * 300)):
+            # a provider per layer, as the engine gives: the first failure's unverified source would make
+            # any later commit fail too, and so hide a driver that accepts the second broken layer
+            provider = self.provider(tmp_path / str(i))
             with pytest.raises(LayerError):
                 self.make_driver().convert_layer(provider, provider.add_layer(broken))

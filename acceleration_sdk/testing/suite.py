@@ -26,13 +26,14 @@ from ..compression import open_decompressed
 from ..driver import ConvertedLayer, LayerDriver
 from ..oci import Descriptor
 from .entries import Allowances, LayerEntry, compare, tar_entries
-from .harness import READ_SIZE, StoreProvider
+from .harness import StoreProvider
 from .layers import Cell, build_tar, cell_entries
 
 # A driver's reader of its own output: the stored blob (a seekable binary file at offset 0) and the descriptor
 # convert_layer returned -> every entry of the layer as LayerEntry (file bytes included), in layer order.
 Reader = Callable[[BinaryIO, Descriptor], Iterable[LayerEntry]]
 MAX_SHOWN = 25  # problems listed in one failure message; the count says how many more
+READ_SIZE = 1 << 20  # how much of an output blob is read at a time
 
 
 class ConformanceError(AssertionError):

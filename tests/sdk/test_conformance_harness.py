@@ -1,4 +1,4 @@
-"""The suite's own parts: the source matrix holds what it promises, the harness is as strict as the engine."""
+"""The suite's own parts: the source matrix holds what it promises, the harness (the engine's provider) is strict."""
 from __future__ import annotations
 
 import io
@@ -56,13 +56,15 @@ def test_a_cell_holds_every_kind_its_header_format_can(fmt):
 def test_sources_are_compressed_as_the_cell_says(provider):
     magic = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "none": b""}
     for cell in MATRIX[:3]:
-        desc = provider.add_layer(build_tar(cell_entries(cell, CHUNK), cell), cell.compression)
+        tar = build_tar(cell_entries(cell, CHUNK), cell)
+        desc = provider.add_layer(tar, cell.compression)
         assert provider.store.read_bytes(desc.digest).startswith(magic[cell.compression])
-        with provider.open_uncompressed(desc) as tar:
-            assert tar.read(10)  # readable whatever the compression
+        with provider.open_uncompressed(desc) as layer:  # read to the end: the provider refuses less
+            assert layer.read() == tar  # the same tar whatever the compression
 
 
 def test_a_corrupted_source_blob_fails_its_digest(provider):
+    """The engine re-hashes store blobs as a driver reads them: the store is a cache on disk, not a proof."""
     desc = provider.add_layer(build_tar(cell_entries(MATRIX[0], CHUNK), MATRIX[0]))
     path = provider.store.path(desc.digest)
     os.chmod(path, 0o644)
@@ -73,15 +75,22 @@ def test_a_corrupted_source_blob_fails_its_digest(provider):
         with provider.open_blob(desc) as blob:
             while blob.read(1 << 16):
                 pass
+    with pytest.raises(DigestMismatchError, match=desc.digest):  # small blobs (configs) too
+        provider.read_blob(desc)
 
 
 def test_committing_before_reading_the_whole_layer_fails(provider):
     desc = provider.add_layer(build_tar(cell_entries(MATRIX[0], CHUNK), MATRIX[0]))
-    with provider.open_uncompressed(desc) as tar, provider.blob_writer() as out:
-        out.write(tar.read(1000))  # a driver that stops half way
-        with pytest.raises(LayerError, match="non-zero layer data was left unread"):
-            out.commit()
-    assert os.listdir(provider.store.ingest_dir) == []  # the refused blob was not kept
+    with pytest.raises(LayerError, match="non-zero layer data was left unread"):  # leaving the block, too
+        with provider.open_uncompressed(desc) as tar, provider.blob_writer() as out:
+            out.write(tar.read(1000))  # a driver that stops half way
+            with pytest.raises(LayerError, match="non-zero layer data was left unread"):
+                out.commit()
+            with provider.blob_writer() as again:  # the refusal stands: a retry cannot pass on what is left
+                again.write(b"converted")
+                with pytest.raises(LayerError, match="non-zero layer data was left unread"):
+                    again.commit()
+    assert os.listdir(provider.store.ingest_dir) == []  # the refused blobs were not kept
 
 
 def test_a_driver_that_does_not_drain_still_gets_its_source_verified(provider):
@@ -112,13 +121,16 @@ def test_compare_names_missing_extra_and_dropped_fields():
 
 
 def test_closing_the_layer_early_and_committing_fails(provider):
+    """As in the engine, leaving the block refuses at once; a driver that swallows that cannot commit."""
     desc = provider.add_layer(build_tar(cell_entries(MATRIX[0], CHUNK), MATRIX[0]))
-    with provider.open_uncompressed(desc) as tar:
-        head = tar.read(512)
+    with pytest.raises(LayerError, match="left unread"):
+        with provider.open_uncompressed(desc) as tar:
+            head = tar.read(512)
     with provider.blob_writer() as out:
         out.write(head)
-        with pytest.raises(LayerError, match="left unread"):
+        with pytest.raises(LayerError, match="was not verified"):
             out.commit()
+    assert os.listdir(provider.store.ingest_dir) == []
 
 
 class HalfReader(LayerDriver):
