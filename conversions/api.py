@@ -57,8 +57,8 @@ class ConversionsView(APIView):
     )
     def post(self, request):
         cfg = get_config()
-        if not request.body:  # Harbor's endpoint test posts nothing; acceld answers "Ok" (there is nothing to do)
-            return Response(OK)
+        if not request.body and "HTTP_TRANSFER_ENCODING" not in request.META:
+            return Response(OK)  # Harbor's endpoint test posts nothing; acceld answers "Ok" (nothing to do)
         check_webhook_caller(cfg, request.headers.get("Authorization"))  # before any work on the body
         sync = go_bool(request.query_params.get("sync", ""))
         event = webhook.parse(request.body, request.headers)

@@ -55,6 +55,16 @@ def test_json_nested_deeply_is_400_not_500(two_hosts, api, no_traceback):
     assert post_webhook(api, None, raw=DEEP, auth=None).status_code == 401  # a stranger: refused before parsing
 
 
+def test_djangos_own_404_and_403_map_to_json():
+    from django.core.exceptions import PermissionDenied
+    from django.http import Http404
+
+    from conversions.errors import error_body
+
+    assert error_body(Http404("no such task")) == (404, {"code": "ERR_INVALID_ENDPOINT", "message": "Endpoint not found"})
+    assert error_body(PermissionDenied()) == (403, {"code": "ERR_FORBIDDEN", "message": "permission denied"})
+
+
 @pytest.mark.parametrize("path", ["/api/v1/conversions", "/api/v1/schema"])
 def test_an_unknown_format_is_404_json(two_hosts, api, path, no_traceback):
     resp = api.get(path + "?format=xml", headers={"Authorization": AUTH})
