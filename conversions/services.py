@@ -243,7 +243,7 @@ def conversion_run(*, task_id, token, cfg: Config | None = None) -> ConversionTa
     try:  # queued before the config changed: the host may have left provider.source since
         allowed_source(cfg, task.source)
     except (AccelError, SourceNotAllowed, IllegalParameter) as exc:
-        log.info("task %s: not converting %s: %s", task.pk, task.source, exc)
+        log.info("task %s: not converting %r: %s", task.pk, task.source, exc)
         return _finish(task.pk, token, status=Status.FAILED, reason=str(exc),
                        progress={"phase": "failed", "message": str(exc)})
     log.info("task %s: converting %s (attempt %d)", task.pk, task.source, task.attempts)
