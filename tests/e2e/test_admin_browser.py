@@ -154,6 +154,7 @@ def test_a_viewer_cannot_start_conversions_a_converter_can(browser, stack, regis
     assert "retry" not in offered and "convert_again" not in offered
     browser.get(stack.url + "/admin/conversions/conversiontask/convert/")
     assert "403" in browser.title or "Forbidden" in browser.page_source
+    assert not browser.find_elements(By.NAME, "source")
 
     # The same requests without the browser's help (forged form posts, with the CSRF token) do nothing either.
     viewer = admin_session(stack, "viewer", "staff-e2e-pass-1")
@@ -174,7 +175,8 @@ def test_a_viewer_cannot_start_conversions_a_converter_can(browser, stack, regis
     browser.find_element(By.ID, "convert-image").click()
     browser.find_element(By.NAME, "source").send_keys("127.0.0.2:8080/latest/meta-data:1")
     browser.find_element(By.NAME, "_convert").click()
-    assert "127.0.0.2:8080 is not a configured registry (provider.source)" in browser.page_source
+    error = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "ul.errorlist"))[0]
+    assert "127.0.0.2:8080 is not a configured registry (provider.source)" in error.text
     assert len(stack.tasks()) == 1  # refused before a task, so the worker never connected anywhere
 
     browser.get(changelist)
@@ -182,6 +184,7 @@ def test_a_viewer_cannot_start_conversions_a_converter_can(browser, stack, regis
     row.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("retry")
     browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
-    assert "Re-queued 1 failed task(s)." in browser.find_element(By.CSS_SELECTOR, "ul.messagelist").text
+    messages = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "ul.messagelist"))[0]
+    assert "Re-queued 1 failed task(s)." in messages.text
     stack.wait_tasks(lambda ts: ts[0]["status"] == "COMPLETED", what="the converter's retry")
     assert manifest_exists(registry.host, "library/late:1-esgz")
