@@ -14,6 +14,7 @@ from typing import TextIO
 
 import requests
 
+from . import reference
 from .errors import AccelError, UnreachableError
 
 DEFAULT_ADDR = "localhost:2077"  # acceld's default
@@ -21,6 +22,9 @@ CONNECT_TIMEOUT = 5
 SYNC_TIMEOUT = 3600 + 120  # converter.timeout's default plus the service's wait margin
 ELLIPSIS_AT = 80  # acceld cuts SOURCE and REASON here
 CLIENT_HEADER = {"X-Acceld-Client": "accelctl"}
+# acceld answers every refused webhook with the same words; the client can say what to check.
+CREATE_401_HINT = ("the SOURCE's host must be in the service's provider.source, and --auth must be that host's "
+                   "webhook auth_header")
 
 
 def _base(addr: str) -> str:
@@ -52,10 +56,21 @@ def _request(method: str, url: str, *, timeout: float, **kwargs) -> requests.Res
 
 
 def create(addr: str, source: str, *, sync: bool = False, auth: str | None = None) -> None:
-    """Ask acceld to convert ``source``; with ``sync`` return only when the conversion finished."""
+    """Ask acceld to convert ``source``; with ``sync`` return only when the conversion finished.
+
+    ``source`` is checked here first (a ``ReferenceError_`` names what is wrong without a round trip);
+    the service refuses a source whose host is not one of its configured registries.
+    """
+    reference.parse(source)
     payload = {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": source}]}}
-    _request("POST", f"{_base(addr)}/api/v1/conversions", params={"sync": "true" if sync else "false"},
-             json=payload, headers=_headers(auth), timeout=SYNC_TIMEOUT if sync else 60)
+    try:
+        _request("POST", f"{_base(addr)}/api/v1/conversions", params={"sync": "true" if sync else "false"},
+                 json=payload, headers=_headers(auth), timeout=SYNC_TIMEOUT if sync else 60)
+    except AccelError as exc:
+        if getattr(exc, "status", None) == 401:
+            raise AccelError(f"{exc}: {CREATE_401_HINT}", status=401,
+                             service_code=getattr(exc, "service_code", "")) from None
+        raise
 
 
 def list_tasks(addr: str, *, auth: str | None = None, status: str = "", limit: int | None = None) -> list[dict]:
@@ -126,8 +141,9 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("--addr", default=addr_default, metavar="HOST:PORT",
                         help=f"acceld's address (default $ACCELD_ADDR or {DEFAULT_ADDR})")
     parser.add_argument("--auth", default=auth_default, metavar="HEADER",
-                        help="the Authorization header: the source host's webhook auth_header, or "
-                             "'Token <key>' (default $ACCELD_AUTH)")
+                        help="the Authorization header: the source host's webhook auth_header (create; list "
+                             "then shows that host's tasks only), or 'Token <key>' of a user with the "
+                             "view_conversiontask permission (list) (default $ACCELD_AUTH)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -14,12 +14,33 @@ from .errors import ReferenceError_
 DEFAULT_HOST = "docker.io"
 DEFAULT_TAG = "latest"
 
-# distribution/reference regular expressions, reduced to what we check.
-_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
-_HOST = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-                   r"(?::[0-9]+)?$|^\[[0-9a-fA-F:]+\](?::[0-9]+)?$")
+# The distribution spec's grammar (distribution/reference, OCI image-spec "Digests"), matched with
+# ``fullmatch`` over ASCII classes only: ``$`` would accept a trailing newline (a forged log line) and
+# ``\w`` any Unicode letter or digit.
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # at most 128 characters
+_HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                   r"(?::[0-9]{1,5})?|\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?")
+# The registered algorithms and their exact lengths; registries verify nothing else.
+_DIGESTS = {"sha256": re.compile(r"sha256:[a-f0-9]{64}"), "sha512": re.compile(r"sha512:[a-f0-9]{128}")}
+MAX_NAME = 255  # host/repository, distribution's NameTotalLengthMax
+# The longest reference the grammar allows (name, ":" tag, "@sha512:" digest); longer input is refused
+# before any expression runs on it, and an error message never echoes more than SHOWN of it.
+MAX_REFERENCE = MAX_NAME + 1 + 128 + 1 + 7 + 128
+SHOWN = 120
+
+
+def is_digest(text: str) -> bool:
+    """``algorithm:hex`` of a registered algorithm with its exact length (sha256: 64, sha512: 128 hex)."""
+    if not isinstance(text, str):
+        return False
+    pattern = _DIGESTS.get(text.partition(":")[0])
+    return pattern is not None and pattern.fullmatch(text) is not None
+
+
+def _shown(text: str) -> str:
+    """``text`` as an error message may quote it: repr (escapes control characters and lone surrogates), cut."""
+    return repr(text if len(text) <= SHOWN else text[:SHOWN] + "...")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,8 +76,8 @@ class Reference:
         return self.digest or self.tag or DEFAULT_TAG
 
     def with_tag(self, tag: str) -> "Reference":
-        if not _TAG.match(tag):
-            raise ReferenceError_(f"invalid tag {tag!r}", reference=str(self))
+        if not _TAG.fullmatch(tag):
+            raise ReferenceError_(f"invalid tag {_shown(tag)}", reference=str(self))
         return dataclasses.replace(self, tag=tag, digest="")
 
     def with_digest(self, digest: str) -> "Reference":
@@ -66,38 +87,43 @@ class Reference:
 def parse(text: str) -> Reference:
     """Parse and normalise ``text``; raise :class:`ReferenceError_` naming it when it does not parse."""
     if not isinstance(text, str) or not text.strip():
-        raise ReferenceError_("empty image reference", reference=str(text))
+        raise ReferenceError_("empty image reference", reference=str(text)[:SHOWN])
     raw = text.strip()
+    if len(raw) > MAX_REFERENCE:
+        raise ReferenceError_(f"invalid image reference {_shown(raw)}: longer than {MAX_REFERENCE} characters",
+                              reference=raw[:SHOWN])
     if "://" in raw:
-        raise ReferenceError_(f"invalid image reference {raw!r}: a reference has no scheme", reference=raw)
+        raise ReferenceError_(f"invalid image reference {_shown(raw)}: a reference has no scheme", reference=raw)
     rest, digest = raw, ""
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST.match(digest):
-            raise ReferenceError_(f"invalid image reference {raw!r}: bad digest {digest!r}", reference=raw)
+        if not is_digest(digest):
+            raise ReferenceError_(f"invalid image reference {_shown(raw)}: bad digest {_shown(digest)} "
+                                  f"(sha256:<64 hex> or sha512:<128 hex>)", reference=raw)
     tag = ""
     last_slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > last_slash:
         rest, tag = rest[:colon], rest[colon + 1:]
-        if not _TAG.match(tag):
-            raise ReferenceError_(f"invalid image reference {raw!r}: bad tag {tag!r}", reference=raw)
+        if not _TAG.fullmatch(tag):
+            raise ReferenceError_(f"invalid image reference {_shown(raw)}: bad tag {_shown(tag)}", reference=raw)
     parts = rest.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0] != parts[0].lower()):
         host, path = parts[0], parts[1:]
-        if not _HOST.match(host):
-            raise ReferenceError_(f"invalid image reference {raw!r}: bad host {host!r}", reference=raw)
+        if not _HOST.fullmatch(host):
+            raise ReferenceError_(f"invalid image reference {_shown(raw)}: bad host {_shown(host)}", reference=raw)
     else:
         host, path = DEFAULT_HOST, parts
     if host == DEFAULT_HOST and len(path) == 1:
         path = ["library"] + path
     for comp in path:
-        if not _PATH_COMPONENT.match(comp):
-            raise ReferenceError_(f"invalid image reference {raw!r}: bad repository component {comp!r}",
+        if not _PATH_COMPONENT.fullmatch(comp):
+            raise ReferenceError_(f"invalid image reference {_shown(raw)}: bad repository component {_shown(comp)}",
                                   reference=raw)
     repository = "/".join(path)
-    if len(host) + 1 + len(repository) > 255:
-        raise ReferenceError_(f"invalid image reference {raw!r}: name longer than 255 characters", reference=raw)
+    if len(host) + 1 + len(repository) > MAX_NAME:
+        raise ReferenceError_(f"invalid image reference {_shown(raw)}: name longer than {MAX_NAME} characters",
+                              reference=raw)
     if not tag and not digest:
         tag = DEFAULT_TAG
     return Reference(host=host, repository=repository, tag=tag, digest=digest)

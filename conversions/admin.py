@@ -1,9 +1,17 @@
 """The admin: a read-only task list with actions (django-q2's admin is the model). Every change goes
-through ``conversions.services``; the admin only reports what the services did."""
+through ``conversions.services``; the admin only reports what the services did.
+
+Seeing tasks needs ``view_conversiontask``; starting a conversion (Retry, Convert again, the convert
+form) needs ``convert_image``: it makes the service pull and push with its robot credentials.
+"""
 from __future__ import annotations
+
+import uuid
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import BadRequest, PermissionDenied
 from django.http import HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
@@ -13,8 +21,10 @@ from django.utils.html import format_html, format_html_join
 from acceleration_sdk.errors import AccelError
 
 from . import services
-from .errors import InvalidState
+from .errors import InvalidState, ServiceError
 from .models import ConversionTask, Status, Trigger
+
+CONVERT_PERMISSION = "conversions.convert_image"
 
 
 class ConvertForm(forms.Form):
@@ -70,8 +80,22 @@ class ConversionTaskAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
+    def has_convert_permission(self, request) -> bool:
+        """``permissions=["convert"]`` on an action asks this (Django's ``has_<name>_permission``)."""
+        return request.user.has_perm(CONVERT_PERMISSION)
+
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("shared_with")
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "POST":
+            for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                try:  # Django would raise a ValidationError deep in the action's query: a 500
+                    uuid.UUID(value)
+                except ValueError:
+                    raise BadRequest("a selected task id is not a UUID") from None
+        extra_context = {**(extra_context or {}), "can_convert": self.has_convert_permission(request)}
+        return super().changelist_view(request, extra_context)
 
     # -- columns
     @admin.display(description="source size", ordering="source_size")
@@ -103,28 +127,37 @@ class ConversionTaskAdmin(admin.ModelAdmin):
         return format_html("<table><tr><th>layer</th><th>phase</th><th>done</th></tr>{}</table>", rows)
 
     # -- actions
-    @admin.action(description="Retry (re-queue failed tasks, same source)", permissions=["view"])
+    @admin.action(description="Retry (re-queue failed tasks, same source)", permissions=["convert"])
     def retry(self, request, queryset):
-        retried, refused = 0, []
+        retried, refused, denied = 0, [], []
         for task in queryset:
             try:
                 services.conversion_retry(task_id=task.pk)
                 retried += 1
             except InvalidState:
                 refused.append(task)
+            except (ServiceError, AccelError) as exc:  # its host left provider.source, or it no longer parses
+                denied.append(f"{task.source}: {exc}")
         if retried:
             self.message_user(request, f"Re-queued {retried} failed task(s).", messages.SUCCESS)
         if refused:
             self.message_user(request, f"Skipped {len(refused)} task(s) that had not failed (only FAILED tasks "
                                        f"can be retried).", messages.WARNING)
+        for reason in denied:
+            self.message_user(request, f"Not retried: {reason}", messages.ERROR)
 
-    @admin.action(description="Convert again (a new task for the same source)", permissions=["view"])
+    @admin.action(description="Convert again (a new task for the same source)", permissions=["convert"])
     def convert_again(self, request, queryset):
         created = 0
         for source in sorted({task.source for task in queryset}):
-            services.conversion_create(source=source, trigger=Trigger.ADMIN)
-            created += 1
-        self.message_user(request, f"Started {created} conversion(s).", messages.SUCCESS)
+            try:
+                services.conversion_create(source=source, trigger=Trigger.ADMIN)
+            except (ServiceError, AccelError) as exc:
+                self.message_user(request, f"Not converted: {source}: {exc}", messages.ERROR)
+            else:
+                created += 1
+        if created:
+            self.message_user(request, f"Started {created} conversion(s).", messages.SUCCESS)
 
     # -- "Convert an image" form
     def get_urls(self):
@@ -133,14 +166,13 @@ class ConversionTaskAdmin(admin.ModelAdmin):
         return extra + super().get_urls()
 
     def convert_view(self, request):
-        if not self.has_view_permission(request):
-            from django.core.exceptions import PermissionDenied
+        if not self.has_convert_permission(request):
             raise PermissionDenied
         form = ConvertForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
                 task = services.conversion_create(source=form.cleaned_data["source"], trigger=Trigger.ADMIN)
-            except AccelError as exc:
+            except (ServiceError, AccelError) as exc:
                 form.add_error("source", str(exc))
             else:
                 note = " (already converted)" if task.skipped else ""

@@ -3,19 +3,21 @@
     ServiceError                 (status, code)
     ├── IllegalParameter         400 ERR_ILLEGAL_PARAMETER   a payload or query we cannot use
     ├── Unauthorized             401 ERR_UNAUTHORIZED        Authorization missing or wrong for a resource's host
+    ├── SourceNotAllowed         403 ERR_SOURCE_NOT_ALLOWED  the image's host is not in provider.source
     ├── InvalidState             409 ERR_INVALID_STATE       e.g. retrying a task that did not fail
     ├── PayloadTooLarge          413 ERR_PAYLOAD_TOO_LARGE   a body over DATA_UPLOAD_MAX_MEMORY_SIZE (not read)
     └── ConvertFailed            500 ERR_CONVERT_FAILED      ?sync=true and the conversion failed (message = reason)
 
 SDK errors (``acceleration_sdk.errors.AccelError``) keep their own ``code``; a bad reference is a 400.
+Django's own ``Http404`` (DRF raises it for an unknown ``?format=``) is a 404 and ``PermissionDenied`` a 403.
 Anything else is logged with its traceback and answered with a bare 500: no traceback, no secret.
 """
 from __future__ import annotations
 
 import logging
 
-from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -39,6 +41,12 @@ class IllegalParameter(ServiceError):
 
 class Unauthorized(ServiceError):
     status, code = 401, "ERR_UNAUTHORIZED"
+
+
+class SourceNotAllowed(ServiceError):
+    """acceld pulls from (and pushes with its credentials to) only the registries of ``provider.source``."""
+
+    status, code = 403, "ERR_SOURCE_NOT_ALLOWED"
 
 
 class InvalidState(ServiceError):
@@ -96,6 +104,10 @@ def error_body(exc: BaseException) -> tuple[int, dict]:
         return 400, {"code": "ERR_ILLEGAL_PARAMETER", "message": str(exc)}
     if isinstance(exc, AccelError):
         return 500, {"code": exc.code, "message": str(exc)}
+    if isinstance(exc, Http404):
+        return 404, {"code": "ERR_INVALID_ENDPOINT", "message": ENDPOINT_NOT_FOUND}
+    if isinstance(exc, PermissionDenied):
+        return 403, {"code": "ERR_FORBIDDEN", "message": "permission denied"}
     if isinstance(exc, drf.APIException):
         for cls, status, code, message in _DRF_CODES:
             if isinstance(exc, cls):
@@ -108,6 +120,11 @@ def error_body(exc: BaseException) -> tuple[int, dict]:
 def exception_handler(exc, context):
     """DRF's EXCEPTION_HANDLER: every API error goes through here."""
     status, body = error_body(exc)
+    request = context.get("request") if isinstance(context, dict) else None
+    if status == 404 and request is not None and "format" in request.GET:
+        # DRF found no renderer for ?format=: answer in JSON whatever the view renders (the schema: YAML).
+        return AcceldJsonResponse({"code": "ERR_INVALID_ENDPOINT",
+                                   "message": f"{ENDPOINT_NOT_FOUND}: unknown ?format= for this path"}, status=404)
     headers = {}
     if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed, Unauthorized)):
         headers["WWW-Authenticate"] = 'Token realm="acceld"'

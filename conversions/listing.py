@@ -85,10 +85,11 @@ def render(qs) -> bytes:
     return ("[" + ",".join(parts) + "]\n").encode()
 
 
-def task_list(*, status: str = "", source: str = "", offset: int = 0, limit: int | None = None) -> bytes:
+def task_list(*, status: str = "", source: str = "", offset: int = 0, limit: int | None = None,
+              hosts: tuple[str, ...] | None = None) -> bytes:
     """The list acceld's way (newest first), filtered and sliced like ``selectors.conversion_list``."""
-    qs = selectors.conversion_list(status=status, source=source)
-    if not (status or source or offset or limit):
+    qs = selectors.conversion_list(status=status, source=source, hosts=hosts)
+    if not (status or source or offset or limit) and hosts is None:
         return _full_list(qs)
     return render(qs[offset:offset + limit] if limit else qs[offset:])
 

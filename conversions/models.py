@@ -45,7 +45,8 @@ class ConversionTask(models.Model):
     durations = models.JSONField(default=dict, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker started this conversion.")
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.WEBHOOK)
-    digest = models.CharField(max_length=100, blank=True, help_text="The pushed artifact's digest from the webhook.")
+    # 135: "sha512:" and 128 hex digits, the longest digest services accept.
+    digest = models.CharField(max_length=135, blank=True, help_text="The pushed artifact's digest from the webhook.")
     event_id = models.CharField(max_length=200, blank=True, db_index=True,
                                 help_text="X-Harbor-Event-Id or the CloudEvents id: a redelivery has the same one.")
     # Set when another task was already converting this source: that one does the work for both.
@@ -60,6 +61,9 @@ class ConversionTask(models.Model):
     class Meta:
         ordering = ["-created"]
         verbose_name = "conversion task"
+        # Starting a conversion makes the service pull and push with its robot credentials: more than
+        # seeing tasks ("view"), so it has a permission of its own (admin Retry, Convert again, the form).
+        permissions = [("convert_image", "Can start conversions (retry, convert again, convert an image)")]
         constraints = [
             # At most one conversion does the work for a source at a time; others share it.
             models.UniqueConstraint(fields=["source"], condition=Q(status="PROCESSING", shared_with__isnull=True),

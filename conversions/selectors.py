@@ -9,9 +9,16 @@ from django.db.models import Count, QuerySet
 from .models import ConversionTask, Status
 
 
-def conversion_list(*, status: str = "", source: str = "") -> QuerySet[ConversionTask]:
-    """Newest first; ``status`` exact, ``source`` a substring of the normalised reference."""
+def conversion_list(*, status: str = "", source: str = "", hosts: Iterable[str] | None = None
+                    ) -> QuerySet[ConversionTask]:
+    """Newest first; ``status`` exact, ``source`` a substring of the normalised reference; ``hosts``
+    (None: all) the registries whose images to list."""
     qs = ConversionTask.objects.all().order_by("-created", "-pk")
+    if hosts is not None:
+        on_hosts = Q(pk__in=[])
+        for host in hosts:
+            on_hosts |= Q(source__startswith=f"{host}/")
+        qs = qs.filter(on_hosts)
     if status:
         qs = qs.filter(status=status)
     if source:

@@ -7,6 +7,10 @@ transaction), so a worker never sees a task its creator rolled back.
 A task either *leads* (it owns ``run_token`` and a queued run does the work) or *follows* a leader
 converting the same source (``shared_with``): one pull, one push, and the leader's outcome is copied
 to its followers in the same transaction that records it.
+
+Every way a task starts (webhook, API, ``accelctl task``, the admin's actions and form, a retry, a queued
+run) converts only images of a host in ``provider.source``: the service pulls from that host and
+pushes to it with its own credentials, so nobody may point it at another one (:func:`allowed_source`).
 """
 from __future__ import annotations
 
@@ -22,15 +26,34 @@ from django.utils.module_loading import import_string
 from acceleration_sdk import reference
 from acceleration_sdk.config import Config
 from acceleration_sdk.engine import skip_reason
-from acceleration_sdk.errors import AccelError
+from acceleration_sdk.errors import AccelError, ReferenceError_
 
 from . import counters
 from .conf import get_config
-from .errors import InvalidState
+from .errors import IllegalParameter, InvalidState, SourceNotAllowed
 from .models import ConversionTask, Status, Trigger
 from .progress import ProgressReporter
+from .webhook import MAX_RESOURCES
 
 log = logging.getLogger("acceld.services")
+SOURCE_COLUMN = ConversionTask._meta.get_field("source").max_length
+DIGEST_COLUMN = ConversionTask._meta.get_field("digest").max_length
+
+
+def encodable(text: str) -> str:
+    """Text from outside (a registry's message in an error) as UTF-8 can store and log it."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def allowed_source(cfg: Config, source: str | reference.Reference) -> reference.Reference:
+    """The parsed ``source`` if acceld may convert it; raises ``ReferenceError_`` or :class:`SourceNotAllowed`."""
+    ref = reference.parse(source) if isinstance(source, str) else source
+    if cfg.provider.source_for(ref.host) is None:
+        raise SourceNotAllowed(f"{ref.host} is not a configured registry (provider.source): acceld converts "
+                               f"only images of the registries it is configured for")
+    if len(str(ref)) > SOURCE_COLUMN:
+        raise IllegalParameter(f"image reference longer than {SOURCE_COLUMN} characters")
+    return ref
 
 
 def _running_leader(source: str, exclude=None) -> ConversionTask | None:
@@ -85,10 +108,12 @@ def conversion_create(*, source: str, trigger: str = Trigger.API, digest: str = 
     """Record a conversion of ``source`` and queue it (or share a running one, or finish it at once).
 
     A redelivered webhook (same ``event_id``, same source) returns the task of the first delivery.
-    Raises ``ReferenceError_`` for a reference that does not parse.
+    Raises ``ReferenceError_`` for a reference (or ``digest``) that does not parse, and
+    :class:`SourceNotAllowed` for an image of a host that is not configured.
     """
     cfg = cfg or get_config()
-    ref = reference.parse(source)
+    ref = allowed_source(cfg, source)
+    _check_digest(digest)
     try:
         with transaction.atomic():
             return _create(cfg, ref, trigger=trigger, digest=digest, event_id=event_id)
@@ -123,20 +148,42 @@ def _create(cfg: Config, ref: reference.Reference, *, trigger: str, digest: str,
     return task
 
 
+def _check_digest(digest: str) -> None:
+    if digest and not reference.is_digest(digest):
+        raise ReferenceError_(f"invalid digest {digest[:80]!r}: sha256:<64 hex> or sha512:<128 hex>",
+                              reference=digest[:DIGEST_COLUMN])
+
+
 def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, event_id: str = "",
                        cfg: Config | None = None) -> list[ConversionTask]:
-    """All of a webhook's resources ``(resource_url, digest)`` in one transaction: all tasks or none."""
-    with transaction.atomic():
-        return [conversion_create(source=url, digest=digest, trigger=trigger, event_id=event_id, cfg=cfg)
-                for url, digest in sources]
+    """A webhook's resources ``(resource_url, digest)``: one task per distinct source, in the order given.
+
+    Every source is checked before any task is made (a bad one refuses the whole event). Each task is
+    then written in a transaction of its own: a long event must not hold the database's write lock
+    (on SQLite: the whole database) while other webhooks and the workers wait. A redelivery of an event
+    that broke off half way finds the tasks already made (``event_id``) and makes the rest.
+    """
+    cfg = cfg or get_config()
+    sources = list(sources)
+    if len(sources) > MAX_RESOURCES:
+        raise IllegalParameter(f"{len(sources)} images in one event; at most {MAX_RESOURCES} are accepted")
+    distinct: dict[str, str] = {}
+    for url, digest in sources:
+        _check_digest(digest)
+        distinct.setdefault(str(allowed_source(cfg, url)), digest)
+    return [conversion_create(source=key, digest=digest, trigger=trigger, event_id=event_id, cfg=cfg)
+            for key, digest in distinct.items()]
 
 
-def conversion_retry(*, task_id) -> ConversionTask:
-    """Queue a FAILED task again, same source; raises :class:`InvalidState` for any other status."""
+def conversion_retry(*, task_id, cfg: Config | None = None) -> ConversionTask:
+    """Queue a FAILED task again, same source; raises :class:`InvalidState` for any other status, and
+    :class:`SourceNotAllowed` when its host is no longer configured."""
+    cfg = cfg or get_config()
     with transaction.atomic():
         task = ConversionTask.objects.select_for_update().get(pk=task_id)
         if task.status != Status.FAILED:
             raise InvalidState(f"task {task.pk} is {task.status}: only FAILED tasks can be retried")
+        allowed_source(cfg, task.source)
         task.reason, task.finished, task.started = "", None, None
         task.source_size = task.target_size = task.attempts = 0
         task.progress, task.durations, task.target_digest = {}, {}, ""
@@ -196,6 +243,12 @@ def conversion_run(*, task_id, token, cfg: Config | None = None) -> ConversionTa
     if task is None:
         log.info("task %s: run %s is not current; nothing to do", task_id, token)
         return None
+    try:  # queued before the config changed: the host may have left provider.source since
+        allowed_source(cfg, task.source)
+    except (AccelError, SourceNotAllowed, IllegalParameter) as exc:
+        log.info("task %s: not converting %r: %s", task.pk, task.source, exc)
+        return _finish(task.pk, token, status=Status.FAILED, reason=str(exc),
+                       progress={"phase": "failed", "message": str(exc)})
     log.info("task %s: converting %s (attempt %d)", task.pk, task.source, task.attempts)
     reporter = ProgressReporter(task.pk, token)
     reporter.start()
@@ -203,8 +256,9 @@ def conversion_run(*, task_id, token, cfg: Config | None = None) -> ConversionTa
         result = _converter()(cfg, task.source, progress=reporter.on_event)
     except AccelError as exc:
         reporter.stop()
-        log.info("task %s failed: %s", task.pk, exc)
-        return _finish(task.pk, token, status=Status.FAILED, reason=str(exc) or exc.code,
+        reason = encodable(str(exc) or exc.code)  # a registry's words: a lone surrogate must not crash the worker
+        log.info("task %s failed: %s", task.pk, reason)
+        return _finish(task.pk, token, status=Status.FAILED, reason=reason,
                        progress=dict(reporter.snapshot(), phase="failed"))
     except Exception as exc:  # a bug must end as a FAILED task with a safe reason; the traceback goes to the log
         reporter.stop()

@@ -18,6 +18,10 @@ from .errors import IllegalParameter
 
 PUSH_TYPES = frozenset({"PUSH_ARTIFACT", "harbor.artifact.pushed"})
 INVALID_PAYLOAD = "invalid webhook payload"  # acceld's message
+# Harbor sends one resource per pushed artifact. A cap keeps one event (a Harbor bug, a replication
+# storm, a leaked secret) from becoming thousands of tasks and from holding the database for seconds.
+MAX_RESOURCES = 100
+MAX_EVENT_ID = 200  # ConversionTask.event_id's column
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +68,8 @@ def _resources(event_data: Any, where: str, required: bool) -> tuple[Resource, .
         return ()
     if not isinstance(raw, list):
         raise _invalid(f"{where}.resources must be a list")
+    if len(raw) > MAX_RESOURCES:
+        raise _invalid(f"{where}.resources has {len(raw)} entries; at most {MAX_RESOURCES} are accepted per event")
     out = []
     for i, item in enumerate(raw):
         here = f"{where}.resources[{i}]."
@@ -80,11 +86,24 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def _event_id(value: str) -> str:
+    """The delivery id is stored: it must fit its column and be encodable (no lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid("the event id is not valid text") from None
+    if len(value) > MAX_EVENT_ID:
+        raise _invalid(f"the event id is longer than {MAX_EVENT_ID} characters")
+    return value
+
+
 def parse(body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
     """Parse a delivery; raise :class:`IllegalParameter` for bad JSON or wrong types."""
     try:
         data = json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except RecursionError:  # the C decoder gives up on JSON nested ~1,000 deep: still just a bad payload
+        raise _invalid("nested too deeply") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _invalid() from None
     if not isinstance(data, dict):
         raise _invalid("the body must be a JSON object")
@@ -92,13 +111,13 @@ def parse(body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
     content_type = _header(headers, "Content-Type").lower()
     if _header(headers, "ce-specversion"):  # binary mode: the body is the event's data
         ce_type = _header(headers, "ce-type")
-        return WebhookEvent(type=ce_type, event_id=_header(headers, "ce-id"), format="cloudevents",
+        return WebhookEvent(type=ce_type, event_id=_event_id(_header(headers, "ce-id")), format="cloudevents",
                             resources=_resources(data, "data", required=ce_type in PUSH_TYPES))
     if content_type.startswith("application/cloudevents+json") or "specversion" in data:
         ce_type = _optional_str(data, "type", "")
-        return WebhookEvent(type=ce_type, event_id=_optional_str(data, "id", ""), format="cloudevents",
+        return WebhookEvent(type=ce_type, event_id=_event_id(_optional_str(data, "id", "")), format="cloudevents",
                             resources=_resources(data.get("data"), "data", required=ce_type in PUSH_TYPES))
 
     kind = _optional_str(data, "type", "")
-    return WebhookEvent(type=kind, event_id=_header(headers, "X-Harbor-Event-Id"), format="harbor",
+    return WebhookEvent(type=kind, event_id=_event_id(_header(headers, "X-Harbor-Event-Id")), format="harbor",
                         resources=_resources(data.get("event_data"), "event_data", required=kind in PUSH_TYPES))

@@ -43,6 +43,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 MAX_RETRY_AFTER = 60.0  # a registry asking for more than a minute is treated as asking for a minute
 MAX_ERROR_BODY = 64 << 10  # distribution's error documents are small; more is not an error document
 MAX_MESSAGE = 300  # characters of a registry's message kept in ours (messages stay one line)
+MAX_CODE = 64  # a distribution error code is a short upper-case word (BLOB_UNKNOWN)
 
 # The exceptions a request or a streamed body can raise on the wire.
 WIRE_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ssl.SSLError)
@@ -141,8 +142,18 @@ def wire_reason(exc: BaseException) -> str:
     return f"connection failed ({type(exc).__name__})"
 
 
+def encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (a lone surrogate from a JSON ``"\\ud800"``) replaced by ``?``.
+
+    A registry's words end up in a task's reason (a database column) and in log lines: either
+    refuses such a string, and a worker that crashes while recording a failure is retried as if the
+    conversion had been interrupted.
+    """
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _one_line(text: str, secrets: Iterable[str] = ()) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(encodable(str(text)).split())
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
@@ -164,7 +175,8 @@ def read_error(resp: requests.Response) -> tuple[str, str, object]:
     errors = data.get("errors") if isinstance(data, dict) else None
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         first = errors[0]
-        return str(first.get("code") or ""), str(first.get("message") or ""), first.get("detail")
+        return (_one_line(str(first.get("code") or ""))[:MAX_CODE], encodable(str(first.get("message") or "")),
+                first.get("detail"))
     return "", "", None
 
 

@@ -1,5 +1,6 @@
 """A real browser (Debian's chromium + chromedriver, driven by Selenium) in the admin of a real service:
-log in, filter FAILED tasks, run Retry, watch the task complete; start a conversion from the admin form."""
+log in, filter FAILED tasks, run Retry, watch the task complete; start a conversion from the admin form;
+a view-only staff user sees the tasks and cannot start a conversion, a converter can (only of configured hosts)."""
 from __future__ import annotations
 
 import shutil
@@ -11,11 +12,12 @@ import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.service.images import push_image
 from tests.service.stack import ServiceStack, manifest_exists
 from tests.support.registry import RegistryServer
+from tests.support.stackctl import admin_session, csrf_token
 
 pytestmark = pytest.mark.slow
 PASSWORD = "admin-e2e-pass-1"
@@ -65,11 +67,13 @@ def stack(registry, tmp_path):
     s.stop()
 
 
-def login(browser, stack) -> None:
+def login(browser, stack, username: str = "admin", password: str = PASSWORD) -> None:
     browser.get(stack.url + "/admin/login/?next=/admin/conversions/conversiontask/")
-    browser.find_element(By.NAME, "username").send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.NAME, "username").send_keys(username)
+    browser.find_element(By.NAME, "password").send_keys(password)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # click() may return before the next page is in (a loaded machine): wait for it
+    WebDriverWait(browser, 30).until(lambda b: "/admin/login/" not in b.current_url)
     assert "Select conversion task to view" in browser.page_source or "conversion task" in browser.title.lower()
 
 
@@ -150,3 +154,64 @@ def test_the_admin_works_under_its_content_security_policy(browser, stack, regis
     assert "1 of 1 selected" in browser.find_element(By.CSS_SELECTOR, ".action-counter").text
     header = browser.find_element(By.ID, "header")
     assert header.value_of_css_property("display") == "flex"
+
+
+STAFF = """
+from django.contrib.auth.models import Permission, User
+for name, perms in (("viewer", ["view_conversiontask"]), ("converter", ["view_conversiontask", "convert_image"])):
+    user = User.objects.create_user(name, password="staff-e2e-pass-1", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=perms))
+"""
+
+
+def test_a_viewer_cannot_start_conversions_a_converter_can(browser, stack, registry, tmp_path):
+    """The attack: a view-only staff user ran Retry / Convert again / the form, and the service pushed with
+    its robot credentials (a new tag in the registry) or connected to any host:port it was given."""
+    src = stack.source("library/late:1")
+    assert stack.post(src, sync=True).status_code == 500  # FAILED: the image is not there yet
+    push_image(registry.host, "library/late:1", tmp_path)  # a retry would now convert and push late:1-esgz
+    stack.manage("shell", "-c", STAFF)
+    [task] = stack.tasks()
+
+    login(browser, stack, "viewer", "staff-e2e-pass-1")
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr") if src in r.text)
+    assert row.find_element(By.CSS_SELECTOR, "td.field-status").text == "FAILED"  # the viewer sees the task
+    assert not browser.find_elements(By.ID, "convert-image")
+    offered = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "select[name=action] option")]
+    assert "retry" not in offered and "convert_again" not in offered
+    browser.get(stack.url + "/admin/conversions/conversiontask/convert/")
+    assert "403" in browser.title or "Forbidden" in browser.page_source
+    assert not browser.find_elements(By.NAME, "source")
+
+    # The same requests without the browser's help (forged form posts, with the CSRF token) do nothing either.
+    viewer = admin_session(stack, "viewer", "staff-e2e-pass-1")
+    changelist = stack.url + "/admin/conversions/conversiontask/"
+    page = viewer.get(changelist, timeout=30)
+    for action in ("retry", "convert_again"):
+        viewer.post(changelist, timeout=30, data={"action": action, "_selected_action": task["id"], "index": "0",
+                                                  "csrfmiddlewaretoken": csrf_token(page.text)})
+    forged = viewer.post(changelist + "convert/", timeout=30, allow_redirects=False,
+                         data={"source": "127.0.0.2:8080/x:1", "csrfmiddlewaretoken": csrf_token(page.text)})
+    assert forged.status_code == 403
+    time.sleep(2)  # a queued retry would have started by now (the qcluster polls every 0.2 s)
+    assert [(t["id"], t["status"], t["attempts"]) for t in stack.tasks()] == [(task["id"], "FAILED", task["attempts"])]
+    assert "PUT /v2/library/late/manifests/1-esgz" not in registry.log()
+
+    browser.delete_all_cookies()
+    login(browser, stack, "converter", "staff-e2e-pass-1")
+    browser.find_element(By.ID, "convert-image").click()
+    browser.find_element(By.NAME, "source").send_keys("127.0.0.2:8080/latest/meta-data:1")
+    browser.find_element(By.NAME, "_convert").click()
+    error = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "ul.errorlist"))[0]
+    assert "127.0.0.2:8080 is not a configured registry (provider.source)" in error.text
+    assert len(stack.tasks()) == 1  # refused before a task, so the worker never connected anywhere
+
+    browser.get(changelist)
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr") if src in r.text)
+    row.find_element(By.CSS_SELECTOR, "input.action-select").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("retry")
+    browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
+    messages = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "ul.messagelist"))[0]
+    assert "Re-queued 1 failed task(s)." in messages.text
+    stack.wait_tasks(lambda ts: ts[0]["status"] == "COMPLETED", what="the converter's retry")
+    assert manifest_exists(registry.host, "library/late:1-esgz")

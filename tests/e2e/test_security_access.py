@@ -132,3 +132,12 @@ def test_public_list_opens_the_list_and_nothing_else(registry, tmp_path):
         assert requests.get(stack.url + CHANGELIST, allow_redirects=False, timeout=30).status_code == 302
     finally:
         stack.stop()
+
+
+def test_a_token_of_a_user_without_the_view_permission_lists_nothing(stack):
+    stack.manage("shell", "-c", "from django.contrib.auth.models import User; "
+                                "User.objects.create_user('nobody', password='nobody-pass-1')")
+    token = stack.manage("drf_create_token", "nobody").stdout.split()[2]
+    resp = requests.get(stack.url + "/api/v1/conversions", headers={"Authorization": f"Token {token}"}, timeout=30)
+    assert resp.status_code == 403 and resp.json()["code"] == "ERR_FORBIDDEN"
+    assert "hidden-image" not in resp.text

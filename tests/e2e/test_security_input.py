@@ -175,3 +175,59 @@ def test_random_requests_over_the_wire_are_never_5xx(stack, body, headers, query
             method, query, headers, body[:100], resp.status_code, resp.headers, resp.text[:300])
         assert set(resp.json()) == {"code", "message"}
     assert count(stack) == before
+
+
+# ------------------------------------------------------------------ issue 12: attacks that were 500s or a DB lock
+
+
+def push_body(urls) -> bytes:
+    return json.dumps({"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": u} for u in urls]}}).encode()
+
+
+def test_one_event_with_10000_resources_is_refused_at_once(stack):
+    """10,000 identical resources made 10,000 tasks in 15 s; 20,000 held SQLite's write lock for 36 s."""
+    before = count(stack)
+    started = time.monotonic()
+    resp = requests.post(stack.url + "/api/v1/conversions", data=push_body([stack.source("storm/app:1")] * 10_000),
+                         headers={"Authorization": AUTH, "Content-Type": "application/json"}, timeout=60)
+    assert time.monotonic() - started < 5
+    assert resp.status_code == 400 and resp.json() == {
+        "code": "ERR_ILLEGAL_PARAMETER",
+        "message": "invalid webhook payload: event_data.resources has 10000 entries; at most 100 are accepted per event"}
+    assert count(stack) == before
+    resp = requests.post(stack.url + "/api/v1/conversions", data=push_body([stack.source("storm/app:1")] * 100),
+                         headers={"Authorization": AUTH, "Content-Type": "application/json"}, timeout=60)
+    assert resp.status_code == 200 and count(stack) == before + 1  # duplicates in one event: one task
+
+
+def gunicorn_log(stack) -> str:
+    return (stack.root / "gunicorn.log").read_text(errors="replace")
+
+
+@pytest.mark.parametrize("auth, status", [(None, 401), (AUTH, 400)])
+def test_json_nested_1000_deep_is_a_4xx_without_a_traceback(stack, auth, status):
+    body = b'{"type": "PUSH_ARTIFACT", "event_data": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    resp = requests.post(stack.url + "/api/v1/conversions", data=body, timeout=30,
+                         headers={"Content-Type": "application/json", **({"Authorization": auth} if auth else {})})
+    assert resp.status_code == status and set(resp.json()) == {"code", "message"}
+    assert "Traceback" not in gunicorn_log(stack) and "RecursionError" not in gunicorn_log(stack)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/conversions", "/api/v1/schema"])
+def test_format_xml_is_404_json_without_a_traceback(stack, path):
+    resp = requests.get(stack.url + path, params={"format": "xml"}, headers={"Authorization": AUTH}, timeout=30)
+    assert resp.status_code == 404 and resp.headers["Content-Type"].startswith("application/json")
+    assert resp.json()["code"] == "ERR_INVALID_ENDPOINT"
+    assert "Traceback" not in gunicorn_log(stack)
+
+
+@pytest.mark.parametrize("url", ["{host}/forged/plain\n:latest", "{host}/app/x:lat\u00e9st\u0661",
+                                 "{host}/app/x@sha256:" + "a" * 200_000, "{host}/app/x@sha256:\ud800"])
+def test_loose_references_are_400_without_a_traceback(stack, url):
+    before = count(stack)
+    body = json.dumps({"type": "PUSH_ARTIFACT", "event_data": {"resources": [
+        {"resource_url": url.format(host=stack.registry_host)}]}}).encode()  # ensure_ascii: "\ud800" travels
+    resp = requests.post(stack.url + "/api/v1/conversions", data=body, timeout=30,
+                         headers={"Authorization": AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["code"] == "ERR_ILLEGAL_PARAMETER"
+    assert count(stack) == before and "Traceback" not in gunicorn_log(stack)

@@ -111,19 +111,20 @@ def test_no_secret_in_logs_reasons_api_admin_or_metrics(world):
         assert hook(url, auth, name, sync=False).status_code == 401
     assert issuer.issued, "acceld never fetched a token: the registries did not exercise token auth"
 
-    tasks = stack.tasks()
+    admin = admin_session(stack, "admin", ADMIN_PW)  # a webhook header lists only its own host's tasks
+    tasks = admin.get(stack.url + "/api/v1/conversions", params={"verbose": "true"}, timeout=30).json()
     reasons = {t["source"]: t["reason"] for t in tasks if t["status"] == "FAILED"}
     assert set(reasons) == {f"{a.host}/src/missing:1", f"{c.host}/src/app:1", f"{b.host}/team/readonly:1"}
     assert all(reasons.values()), reasons
 
     # Every read-only surface, with each way of asking.
     for params in ({}, {"verbose": "true"}, {"paginated": "true", "verbose": "true"}, {"status": "FAILED"}):
-        keep(f"list-{params}", requests.get(stack.url + "/api/v1/conversions", params=params,
-                                            headers={"Authorization": HOOK_B}, timeout=30))
+        keep(f"list-{params}", admin.get(stack.url + "/api/v1/conversions", params=params, timeout=30))
+        keep(f"list-hook-b-{params}", requests.get(stack.url + "/api/v1/conversions", params=params,
+                                                   headers={"Authorization": HOOK_B}, timeout=30))
     keep("list-anonymous", requests.get(stack.url + "/api/v1/conversions", timeout=30))
     for path in ("/metrics", "/api/v1/health", "/api/v1/schema", "/nowhere"):
         keep(path, requests.get(stack.url + path, timeout=30))
-    admin = admin_session(stack, "admin", ADMIN_PW)
     admin_pages = ["/admin/", "/admin/conversions/conversiontask/", "/admin/conversions/conversiontask/?status__exact=FAILED",
                    "/admin/conversions/conversiontask/convert/", "/admin/django_q/success/", "/admin/django_q/failure/",
                    "/admin/django_q/ormq/", "/admin/auth/user/"]
@@ -140,6 +141,7 @@ def test_no_secret_in_logs_reasons_api_admin_or_metrics(world):
     for reason in reasons.values():
         assert json.dumps(reason)[1:-1] in verbose
     assert all(src in admin_list for src in reasons)
+    assert f"{b.host}/team/readonly:1" in outputs["list-hook-b-{}"] and a.host not in outputs["list-hook-b-{}"]
     assert "acceld_tasks{status=\"FAILED\"} 3" in outputs["/metrics"]
     assert "DEBUG" in outputs["processes"] and "failed" in outputs["processes"]
 

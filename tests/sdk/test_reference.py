@@ -45,3 +45,39 @@ def test_is_converted():
     assert reference.is_converted("h.io/a/nginx:latest-esgz", "-esgz")
     assert not reference.is_converted("h.io/a/nginx:latest", "-esgz")
     assert not reference.is_converted(f"h.io/a/nginx@{DIGEST}", "-esgz")
+
+
+@pytest.mark.parametrize("bad", [
+    "h.io/a/plain\n:latest",  # `$` matched before a trailing newline: a forged log line got through
+    "h.io/a/plain:latest\nINFO forged",
+    "h.io/a/app:lat\u00e9st\u0661",  # `\w` took any Unicode letter or digit
+    "h.io/a/\u00e4pp:1",
+    "h.io/a/app@sha256:" + "a" * 200_000,  # a 200 KB digest
+    "h.io/a/app@sha256:" + "a" * 63, "h.io/a/app@sha256:" + "a" * 65, "h.io/a/app@sha256:" + "A" * 64,
+    "h.io/a/app@sha512:" + "a" * 64, "h.io/a/app@md5:" + "a" * 32, "h.io/a/app@sha256:\ud800",
+    "h.io/a/app:-leading-dash", "h.io/a/app:" + "t" * 129,
+    "h.io/" + "/".join(["abcdefghi"] * 26),  # name over 255 characters
+    "h\u0131.io/a/app:1", "h.io:99999999/a/app:1",
+])
+def test_parse_follows_the_distribution_grammar(bad):
+    with pytest.raises(ReferenceError_) as info:
+        reference.parse(bad)
+    assert len(str(info.value)) < 400  # what it quotes is bounded
+    str(info.value).encode("utf-8")  # and loggable: a lone surrogate is shown escaped
+
+
+@pytest.mark.parametrize("good", [
+    "h.io/a/app:" + "t" * 128, "h.io/a/app:_x.Y-9", "h.io/a/app@sha512:" + "a" * 128,
+    "h.io/" + "/".join(["abcdefgh"] * 27) + ":1",  # name of 248 characters
+    "[::1]:5000/a/app:1",
+])
+def test_the_grammar_still_takes_what_it_allows(good):
+    assert str(reference.parse(good)) == good
+
+
+def test_with_tag_refuses_what_parse_refuses():
+    ref = reference.parse("h.io/a/app:1")
+    with pytest.raises(ReferenceError_):
+        ref.with_tag("1\n")
+    with pytest.raises(ReferenceError_):
+        ref.with_tag("t" * 129)

@@ -368,3 +368,15 @@ def test_error_message_is_one_line(fake):
     assert str(info.value) == (f"delete manifest {fake.host}/r@{sha(b'm')}: {fake.host} answered "
                                "deletes are disabled (UNSUPPORTED, HTTP 405)")
     assert info.value.registry_code == "UNSUPPORTED"
+
+
+@pytest.mark.parametrize("status", [400, 404, 403])
+def test_a_lone_surrogate_in_a_registry_error_becomes_loggable_text(fake, status):
+    """JSON's "\\ud800" decodes to a string UTF-8 cannot encode: the error's text must be storable and loggable."""
+    doc = b'{"errors": [{"code": "MANIFEST_\\ud800", "message": "bad \\ud800 thing"}]}'
+    fake.on("GET", "/v2/r/manifests/v1", reply(status, doc, {"Content-Type": "application/json"}))
+    with pytest.raises(RegistryError) as info:
+        client(retries=0).get_manifest(parse(f"{fake.host}/r:v1"))
+    text = str(info.value)
+    assert "bad ? thing" in text and text.encode("utf-8")
+    assert info.value.registry_code == "MANIFEST_?"

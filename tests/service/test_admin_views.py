@@ -78,8 +78,8 @@ def test_convert_form(staff):
     bad = staff.post(url, {"source": "Not A Reference!"})
     assert bad.status_code == 200 and b"invalid image reference" in bad.content
     assert ConversionTask.objects.count() == 0
-    ok = staff.post(url, {"source": "nginx"}, follow=True)
-    assert "Started the conversion of docker.io/library/nginx:latest." in ok.content.decode()
+    ok = staff.post(url, {"source": f"{HOST}/library/nginx"}, follow=True)
+    assert f"Started the conversion of {HOST}/library/nginx:latest." in ok.content.decode()
     assert ConversionTask.objects.get().trigger == Trigger.ADMIN
 
 

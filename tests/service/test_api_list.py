@@ -7,6 +7,7 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -36,6 +37,7 @@ def test_list_needs_credentials(acceld, api):
 def test_list_with_webhook_header_token_or_session(acceld, api):
     assert api.get("/api/v1/conversions", headers={"Authorization": AUTH}).status_code == 200
     user = get_user_model().objects.create_user("reader", password="reader-pass-1")
+    user.user_permissions.add(Permission.objects.get(codename="view_conversiontask"))
     token = Token.objects.create(user=user)
     assert api.get("/api/v1/conversions", headers={"Authorization": f"Token {token.key}"}).status_code == 200
     assert api.login(username="reader", password="reader-pass-1")

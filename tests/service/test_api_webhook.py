@@ -37,7 +37,7 @@ def test_other_event_types_are_ok_and_do_nothing(acceld, api):
     assert ConversionTask.objects.count() == 0 and OrmQ.objects.count() == 0
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"PUSH_ARTIFACT"', b"",
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"PUSH_ARTIFACT"', b" ",
                                  b'{"type": 5, "event_data": {"resources": []}}',
                                  b'{"type": "PUSH_ARTIFACT", "event_data": "x"}',
                                  b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": {"resource_url": "a"}}}',

@@ -63,7 +63,7 @@ def test_create_sync_success_and_failure(addr, q_sync, capsys):
 def test_errors_are_one_line(addr, capsys):
     assert run("create", "--addr", addr, SRC) == 1
     assert capsys.readouterr().err.strip() == (
-        f"accelctl: error: service response: invalid auth config for host {HOST} (401)")
+        f"accelctl: error: service response: invalid auth config for host {HOST} (401): {cli_task.CREATE_401_HINT}")
     assert run("list", "--addr", addr) == 1
     assert "(401)" in capsys.readouterr().err
     assert run("list", "--addr", "127.0.0.1:1") == 1

@@ -36,6 +36,7 @@ def run_queued() -> None:
 
 
 def test_create_normalises_and_records_origin(acceld):
+    acceld(provider={"source": {"docker.io": {}}})
     task = services.conversion_create(source="nginx", trigger=Trigger.ADMIN)
     assert task.source == "docker.io/library/nginx:latest"
     assert task.target == "docker.io/library/nginx:latest-esgz"
