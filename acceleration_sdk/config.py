@@ -2,7 +2,8 @@
 
 The keys are those of goharbor/acceleration-service's ``misc/config`` files, plus a few of ours
 (``server.public_list``, ``server.database``, ``server.redis``, ``converter.timeout``) documented in
-``config.example.yaml``.
+``config.example.yaml``. How one field is read (types, sizes, host lists, unknown keys) is
+:mod:`acceleration_sdk.config_fields`; this module says which fields each section has.
 """
 from __future__ import annotations
 
@@ -10,39 +11,19 @@ import base64
 import binascii
 import dataclasses
 import os
-import re
 import types
 from typing import Any, Mapping
 
 import yaml
 
+from .config_fields import (as_mapping, check_keys, field_default, field_names, host_list, parse_size,
+                            read_field, realm_hosts)
 from .errors import ConfigError, DriverError
 
 DEFAULT_PORT = 2077  # acceld's default
 DEFAULT_CACHE_SIZE = 200  # acceld documents 200 remote cache records
 DEFAULT_GC_THRESHOLD = 1000 * 10**6  # "1000MB", acceld's example value
 DEFAULT_TIMEOUT = 3600  # seconds one conversion may take before the worker gives up
-
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40,
-}
-
-
-def parse_size(value: Any, path: str = "") -> int:
-    """``1000MB`` -> 10**9, ``512MiB`` -> 512 * 2**20, ``42`` -> 42."""
-    if isinstance(value, bool):
-        raise ConfigError(f"expected a size such as 1000MB, got {value!r}", path)
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError("a size cannot be negative", path)
-        return value
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ConfigError(f"expected a size such as 1000MB or 512MiB, got {value!r}", path)
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Platform:
@@ -187,61 +168,6 @@ class Config:
 
 # ---------------------------------------------------------------- loading
 
-def _mapping(value: Any, path: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"expected a mapping, got {type(value).__name__}", path)
-    return value
-
-
-def _check_keys(data: dict, allowed: set[str], path: str) -> None:
-    for key in data:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key (allowed: {', '.join(sorted(allowed))})", where)
-
-
-def _scalar(data: dict, key: str, kind: type, default: Any, path: str) -> Any:
-    where = f"{path}.{key}" if path else key
-    if key not in data or data[key] is None:
-        return default
-    value = data[key]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"expected true or false, got {value!r}", where)
-    if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"expected a number, got {value!r}", where)
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"expected a number, got {value!r}", where) from None
-    if kind is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"expected a string, got {type(value).__name__}", where)
-        return str(value)
-    raise AssertionError(kind)
-
-
-def _fields(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _default(cls, key: str) -> Any:
-    """The dataclass field's default: each default is written once, on the dataclass."""
-    field = next(f for f in dataclasses.fields(cls) if f.name == key)
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
-def _field(data: dict, cls, key: str, kind: type, path: str) -> Any:
-    """``data[key]`` as ``kind``, or ``cls``'s default for ``key`` when absent."""
-    return _scalar(data, key, kind, _default(cls, key), path)
-
-
 def validate_driver(driver: DriverConfig, path: str = "converter.driver") -> DriverConfig:
     """Check ``type`` names a registered driver and ``config`` suits it (the driver's own option schema);
     ConfigError with the key's path otherwise. Builds the driver once, which imports only that driver."""
@@ -259,43 +185,16 @@ def validate_driver(driver: DriverConfig, path: str = "converter.driver") -> Dri
     return driver
 
 
-# host or host:port, as it appears in a URL's authority (an IPv6 literal in brackets); no scheme, no path.
-_REALM_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-
-
-def _realm_hosts(value: Any, path: str) -> tuple[str, ...]:
-    """``token_realms``: a list of ``auth.example.com`` or ``auth.example.com:8443``, lower-cased."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ConfigError("expected a list of hosts such as [auth.example.com]", path)
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not _REALM_HOST.fullmatch(item.strip()):
-            raise ConfigError(f"expected a host or host:port (no scheme, no path), got {item!r}", f"{path}[{i}]")
-        out.append(item.strip().lower())
-    return tuple(out)
-
-
-def _host_list(value: Any, path: str) -> tuple[str, ...]:
-    """``server.allowed_hosts``: Django's patterns (``acceld.example.com``, ``.example.com`` for subdomains)."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError("expected a list of host names such as [acceld.example.com]", path)
-    return tuple(v.strip().lower() for v in value)
-
-
 def _load_source(host: str, data: Any, path: str) -> SourceConfig:
-    data = _mapping(data, path)
-    _check_keys(data, _fields(SourceConfig), path)
-    webhook = _mapping(data.get("webhook"), f"{path}.webhook")
-    _check_keys(webhook, _fields(WebhookConfig), f"{path}.webhook")
+    data = as_mapping(data, path)
+    check_keys(data, field_names(SourceConfig), path)
+    webhook = as_mapping(data.get("webhook"), f"{path}.webhook")
+    check_keys(webhook, field_names(WebhookConfig), f"{path}.webhook")
     src = SourceConfig(
-        auth=_field(data, SourceConfig, "auth", str, path),
-        insecure=_field(data, SourceConfig, "insecure", bool, path),
-        webhook=WebhookConfig(auth_header=_field(webhook, WebhookConfig, "auth_header", str, f"{path}.webhook")),
-        token_realms=_realm_hosts(data.get("token_realms"), f"{path}.token_realms"),
+        auth=read_field(data, SourceConfig, "auth", str, path),
+        insecure=read_field(data, SourceConfig, "insecure", bool, path),
+        webhook=WebhookConfig(auth_header=read_field(webhook, WebhookConfig, "auth_header", str, f"{path}.webhook")),
+        token_realms=realm_hosts(data.get("token_realms"), f"{path}.token_realms"),
     )
     try:
         src.credentials()
@@ -307,78 +206,78 @@ def _load_source(host: str, data: Any, path: str) -> SourceConfig:
 
 def from_dict(data: Any) -> Config:
     """Build a :class:`Config` from parsed YAML; raise :class:`ConfigError` with the key's path."""
-    data = _mapping(data, "")
-    _check_keys(data, _fields(Config), "")
+    data = as_mapping(data, "")
+    check_keys(data, field_names(Config), "")
 
-    server = _mapping(data.get("server"), "server")
-    _check_keys(server, _fields(ServerConfig), "server")
-    port = _field(server, ServerConfig, "port", int, "server")
+    server = as_mapping(data.get("server"), "server")
+    check_keys(server, field_names(ServerConfig), "server")
+    port = read_field(server, ServerConfig, "port", int, "server")
     if not 0 <= port <= 65535:
         raise ConfigError(f"expected a port 0..65535, got {port}", "server.port")
     server_cfg = ServerConfig(
-        name=_field(server, ServerConfig, "name", str, "server"),
-        uds=_field(server, ServerConfig, "uds", str, "server"),
-        host=_field(server, ServerConfig, "host", str, "server"),
+        name=read_field(server, ServerConfig, "name", str, "server"),
+        uds=read_field(server, ServerConfig, "uds", str, "server"),
+        host=read_field(server, ServerConfig, "host", str, "server"),
         port=port,
-        public_list=_field(server, ServerConfig, "public_list", bool, "server"),
-        database=_field(server, ServerConfig, "database", str, "server"),
-        redis=_field(server, ServerConfig, "redis", str, "server"),
-        allowed_hosts=_host_list(server.get("allowed_hosts"), "server.allowed_hosts"),
-        tls_proxy=_field(server, ServerConfig, "tls_proxy", bool, "server"),
+        public_list=read_field(server, ServerConfig, "public_list", bool, "server"),
+        database=read_field(server, ServerConfig, "database", str, "server"),
+        redis=read_field(server, ServerConfig, "redis", str, "server"),
+        allowed_hosts=host_list(server.get("allowed_hosts"), "server.allowed_hosts"),
+        tls_proxy=read_field(server, ServerConfig, "tls_proxy", bool, "server"),
     )
 
-    metric = _mapping(data.get("metric"), "metric")
-    _check_keys(metric, _fields(MetricConfig), "metric")
-    metric_cfg = MetricConfig(enabled=_field(metric, MetricConfig, "enabled", bool, "metric"))
+    metric = as_mapping(data.get("metric"), "metric")
+    check_keys(metric, field_names(MetricConfig), "metric")
+    metric_cfg = MetricConfig(enabled=read_field(metric, MetricConfig, "enabled", bool, "metric"))
 
-    provider = _mapping(data.get("provider"), "provider")
-    _check_keys(provider, _fields(ProviderConfig), "provider")
-    sources = _mapping(provider.get("source"), "provider.source")
-    gc = _mapping(provider.get("gcpolicy"), "provider.gcpolicy")
-    _check_keys(gc, _fields(GCPolicy), "provider.gcpolicy")
-    containerd = _mapping(provider.get("containerd"), "provider.containerd")
-    _check_keys(containerd, _fields(ContainerdConfig), "provider.containerd")
-    cache_size = _field(provider, ProviderConfig, "cache_size", int, "provider")
+    provider = as_mapping(data.get("provider"), "provider")
+    check_keys(provider, field_names(ProviderConfig), "provider")
+    sources = as_mapping(provider.get("source"), "provider.source")
+    gc = as_mapping(provider.get("gcpolicy"), "provider.gcpolicy")
+    check_keys(gc, field_names(GCPolicy), "provider.gcpolicy")
+    containerd = as_mapping(provider.get("containerd"), "provider.containerd")
+    check_keys(containerd, field_names(ContainerdConfig), "provider.containerd")
+    cache_size = read_field(provider, ProviderConfig, "cache_size", int, "provider")
     if cache_size < 0:
         raise ConfigError("cannot be negative", "provider.cache_size")
     provider_cfg = ProviderConfig(
         source=types.MappingProxyType({str(h): _load_source(str(h), v, f"provider.source.{h}")
                                        for h, v in sources.items()}),
-        work_dir=_field(provider, ProviderConfig, "work_dir", str, "provider"),
-        gcpolicy=GCPolicy(threshold=parse_size(gc.get("threshold", _default(GCPolicy, "threshold")),
+        work_dir=read_field(provider, ProviderConfig, "work_dir", str, "provider"),
+        gcpolicy=GCPolicy(threshold=parse_size(gc.get("threshold", field_default(GCPolicy, "threshold")),
                                                "provider.gcpolicy.threshold")),
         cache_size=cache_size,
-        cache_version=_field(provider, ProviderConfig, "cache_version", str, "provider"),
+        cache_version=read_field(provider, ProviderConfig, "cache_version", str, "provider"),
         containerd=ContainerdConfig(
-            address=_field(containerd, ContainerdConfig, "address", str, "provider.containerd"),
-            snapshotter=_field(containerd, ContainerdConfig, "snapshotter", str, "provider.containerd")),
+            address=read_field(containerd, ContainerdConfig, "address", str, "provider.containerd"),
+            snapshotter=read_field(containerd, ContainerdConfig, "snapshotter", str, "provider.containerd")),
     )
 
-    conv = _mapping(data.get("converter"), "converter")
-    _check_keys(conv, _fields(ConverterConfig), "converter")
-    driver = _mapping(conv.get("driver"), "converter.driver")
-    _check_keys(driver, _fields(DriverConfig), "converter.driver")
-    driver_opts = _mapping(driver.get("config"), "converter.driver.config")
+    conv = as_mapping(data.get("converter"), "converter")
+    check_keys(conv, field_names(ConverterConfig), "converter")
+    driver = as_mapping(conv.get("driver"), "converter.driver")
+    check_keys(driver, field_names(DriverConfig), "converter.driver")
+    driver_opts = as_mapping(driver.get("config"), "converter.driver.config")
     rules_raw = conv.get("rules") or []
     if not isinstance(rules_raw, list):
         raise ConfigError("expected a list", "converter.rules")
     rules = []
     for i, rule in enumerate(rules_raw):
-        rule = _mapping(rule, f"converter.rules[{i}]")
-        _check_keys(rule, _fields(Rule), f"converter.rules[{i}]")
-        rules.append(Rule(tag_suffix=_field(rule, Rule, "tag_suffix", str, f"converter.rules[{i}]"),
-                          cache_tag=_field(rule, Rule, "cache_tag", str, f"converter.rules[{i}]")))
-    worker = _field(conv, ConverterConfig, "worker", int, "converter")
+        rule = as_mapping(rule, f"converter.rules[{i}]")
+        check_keys(rule, field_names(Rule), f"converter.rules[{i}]")
+        rules.append(Rule(tag_suffix=read_field(rule, Rule, "tag_suffix", str, f"converter.rules[{i}]"),
+                          cache_tag=read_field(rule, Rule, "cache_tag", str, f"converter.rules[{i}]")))
+    worker = read_field(conv, ConverterConfig, "worker", int, "converter")
     if worker < 1:
         raise ConfigError(f"expected at least 1, got {worker}", "converter.worker")
-    timeout = _field(conv, ConverterConfig, "timeout", int, "converter")
+    timeout = read_field(conv, ConverterConfig, "timeout", int, "converter")
     if timeout < 1:
         raise ConfigError(f"expected at least 1 second, got {timeout}", "converter.timeout")
-    driver_cfg = validate_driver(DriverConfig(type=_field(driver, DriverConfig, "type", str, "converter.driver"),
+    driver_cfg = validate_driver(DriverConfig(type=read_field(driver, DriverConfig, "type", str, "converter.driver"),
                                               config=types.MappingProxyType(dict(driver_opts))))
     converter_cfg = ConverterConfig(
         worker=worker,
-        harbor_annotation=_field(conv, ConverterConfig, "harbor_annotation", bool, "converter"),
+        harbor_annotation=read_field(conv, ConverterConfig, "harbor_annotation", bool, "converter"),
         platforms=parse_platforms(conv.get("platforms")),
         driver=driver_cfg,
         rules=tuple(rules),

@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple
 
 from acceleration_sdk.errors import LayerError
 
-from .tarstream import TarEntry
+from .tarheader import TarEntry
 
 TOC_TAR_NAME = "stargz.index.json"
 PREFETCH_LANDMARK = ".prefetch.landmark"

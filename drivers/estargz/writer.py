@@ -37,7 +37,8 @@ from typing import BinaryIO, Callable, Mapping, Sequence
 from acceleration_sdk.errors import DriverError, LayerError
 
 from .members import GzipCodec, MemberPipeline, ZstdCodec, estargz_footer, zstd_skippable, zstdchunked_footer
-from .tarstream import BLOCK, READ_SIZE, TarEntry, TarReader, go_clean_name, ustar_header
+from .tarheader import BLOCK, TarEntry, go_clean_name, ustar_header
+from .tarstream import READ_SIZE, TarReader
 from .toc import (LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, RESERVED_NAMES, TOC_TAR_NAME,
                   Chunk, TocBuilder)
 
