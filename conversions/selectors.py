@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from .models import ConversionTask, Status
 
