@@ -103,6 +103,10 @@ class LayerDriver(Driver):
     whole images yourself, and the engine then calls it like a plain :class:`Driver`'s.
     """
 
+    #: Media types of this driver's layers that a Docker manifest may hold as they are (with ``docker2oci``
+    #: false the engine otherwise refuses a layer type that has no Docker name).
+    docker_layer_types: ClassVar[frozenset[str]] = frozenset()
+
     def convert(self, content: ContentProvider, source: str) -> Descriptor:
         raise DriverError(f"driver {self.name()} converts layers: run it through acceleration_sdk.convert, "
                           "which walks the image and calls convert_layer")

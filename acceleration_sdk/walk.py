@@ -155,7 +155,7 @@ class _Walk:
     def _layer_media_type(self, media_type: str, keep_docker: bool) -> str:
         if keep_docker:
             media_type = _TO_DOCKER_LAYER.get(media_type, media_type)
-            if not oci.is_docker(media_type):
+            if not oci.is_docker(media_type) and media_type not in self.driver.docker_layer_types:
                 raise DriverError(f"{self.driver.name()} output ({media_type}) has no Docker media type; "
                                   "set converter.driver.config.docker2oci: true")
             return media_type

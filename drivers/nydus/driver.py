@@ -49,6 +49,8 @@ class NydusDriver(LayerDriver):
 
     options_schema = OPTIONS
     default_tag_suffix = "-nydus"  # acceld's example rules for nydus
+    # nydus-snapshotter writes nydus blob layers into Docker manifests too (convert_unix.go:902-911)
+    docker_layer_types = frozenset({NYDUS_BLOB})
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)  # validated against OPTIONS: refusals happen at config load
