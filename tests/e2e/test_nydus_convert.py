@@ -219,3 +219,54 @@ def test_bad_options_are_config_errors_at_load(tmp_path, key, value, words):
     with pytest.raises(ConfigError) as info:
         make_cfg(tmp_path, **{key: value})
     assert info.value.path == f"converter.driver.config.{key}" and words in str(info.value), str(info.value)
+
+
+# The keys of acceld's own nydus example (misc/config/config.nydus.yaml): only host, port and work_dirs changed.
+ACCELD_NYDUS_YAML = """
+server:
+  name: API
+  host: 127.0.0.1
+  port: 0
+metric:
+  enabled: true
+provider:
+  source:
+    {registry}:
+      insecure: false
+      webhook:
+        auth_header: header
+  work_dir: {work_dir}
+  gcpolicy:
+      threshold: 1000MB
+  cache_size: 200
+converter:
+  worker: 5
+  harbor_annotation: true
+  driver:
+    type: nydus
+    config:
+      work_dir: {work_dir}
+      {extra}
+      with_referrer: true
+  rules:
+    - tag_suffix: -nydus
+    - cache_tag: nydus-cache
+"""
+
+
+def test_acceld_example_nydus_config_converts_unchanged(tmp_path, registry, client):
+    repo = f"{registry.host}/nydus/acceld"
+    src = push_image(client, f"{repo}:v1", [simple_tar({"etc/motd": b"hello\n"}), simple_tar({"bin/x": b"x" * 5000})])
+    cfg = config_mod.loads(ACCELD_NYDUS_YAML.format(registry=registry.host, work_dir=tmp_path, extra=""))
+    result = convert(cfg, f"{repo}:v1")
+    assert result.target == f"{repo}:v1-nydus"
+    manifest = fetch_json(client, result.target)
+    assert manifest["subject"]["digest"] == src.digest                          # with_referrer: true
+    assert manifest["annotations"]["io.goharbor.artifact.v1alpha1.acceleration.driver.name"] == "nydus"
+    assert manifest["layers"][-1]["annotations"][BOOTSTRAP_ANNOTATION] == "true"
+    assert client.get_manifest(parse(f"{repo}:nydus-cache"))                     # the remote cache was written
+
+    # acceld's OCI-ref example (oci_ref: true) is refused at load, by name, until it is implemented
+    with pytest.raises(ConfigError, match="converter.driver.config.oci_ref: .*not supported yet"):
+        config_mod.loads(ACCELD_NYDUS_YAML.format(registry=registry.host, work_dir=tmp_path,
+                                                         extra="oci_ref: true"))
