@@ -7,9 +7,9 @@ and :meth:`NydusDriver.finalize_manifest` appends a gzip'd tar of ``image/image.
 and ``image/<blob id>.blob.meta`` files, with its diff_id and a history entry.
 
 A blob depends only on the source layer, the compressor, the digester and the chunk size, so it is reusable
-across images (the layer caches); the bootstrap is per image. ``finalize_manifest`` reads every layer back
-from its blob's own per-layer bootstrap (:func:`layer_from_blob`), the same way after a conversion as after a
-layer-cache hit, so the driver keeps no state between calls.
+across images (the layer caches); the bootstrap is per image. ``finalize_manifest`` takes the tree of a layer
+this driver has just converted from memory (handed over once, then forgotten), and reads any other layer -- a
+layer-cache hit, local or remote -- back from its blob's own per-layer bootstrap (:func:`layer_from_blob`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import tarfile
+import collections
 import threading
 from typing import Any, Mapping
 
@@ -25,7 +26,7 @@ from acceleration_sdk.driver import ConvertedLayer, LayerDriver
 from acceleration_sdk.errors import DriverError
 from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_MANIFEST, OCI_LAYER_GZIP, Descriptor
 
-from .builder import BuildOptions, convert_layer, layer_from_blob, merge_bootstrap
+from .builder import BuildOptions, LayerResult, at_position, convert_layer, layer_from_blob, merge_bootstrap
 from .options import OPTIONS
 from .reader import Rafs
 from .validate import validate
@@ -40,6 +41,9 @@ BOOTSTRAP_DIR = "image"
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
 # Changes whenever the writer's output bytes for the same input and options change: part of the cache key.
 WRITER_REVISION = "1"
+# Converted layers kept for finalize_manifest (blob digest -> tree); the oldest go first when a caller never
+# finalizes (a failed image), so a driver reused for many conversions stays bounded.
+FRESH_LAYERS = 64
 
 _builder_logged = threading.Event()
 
@@ -57,6 +61,8 @@ class NydusDriver(LayerDriver):
         o = self.options
         self.build = BuildOptions(compressor=o["compressor"], digester=o["digester"], chunk_size=o["fs_chunk_size"],
                                   prefetch=tuple(o["prefetch_patterns"]), workers=o["workers"])
+        self._fresh: collections.OrderedDict[str, LayerResult] = collections.OrderedDict()
+        self._fresh_lock = threading.Lock()
         if o["builder"] and not _builder_logged.is_set():
             _builder_logged.set()
             log.info("nydus: converter.driver.config.builder %r is not run: this driver builds RAFS v6 natively",
@@ -90,6 +96,10 @@ class NydusDriver(LayerDriver):
         if digest != result.blob.digest:  # the builder hashes what it wrote: a mismatch is a bug, say so
             raise DriverError(f"layer {desc.digest}: the nydus blob was stored as {digest}, but the builder "
                               f"wrote {result.blob.digest}", digest=desc.digest)
+        with self._fresh_lock:  # layers convert on several threads
+            self._fresh[digest] = result
+            while len(self._fresh) > FRESH_LAYERS:
+                self._fresh.popitem(last=False)
         blob = Descriptor(media_type=NYDUS_BLOB, digest=digest, size=out.size,
                           annotations={BLOB_ANNOTATION: "true"})
         return ConvertedLayer(blob, digest)  # a nydus blob is not compressed: its diff_id is its digest
@@ -103,7 +113,12 @@ class NydusDriver(LayerDriver):
             if desc.media_type != NYDUS_BLOB:
                 raise DriverError(f"layer {desc.digest} ({desc.media_type}) was not converted to a nydus blob; "
                                   "a nydus image cannot hold it", digest=desc.digest)
-            layers.append(layer_from_blob(content.converted_path(desc), position, self.build, desc.digest))
+            with self._fresh_lock:
+                fresh = self._fresh.pop(desc.digest, None)  # once: merging twice must not share a relabelled tree
+            if fresh is not None:
+                layers.append(at_position(fresh, position))
+            else:
+                layers.append(layer_from_blob(content.converted_path(desc), position, self.build, desc.digest))
         boot = merge_bootstrap(layers, self.build)
         rafs = Rafs(boot)
         validate(rafs, strict=True)  # nydusd's load rules: never push a bootstrap nydusd would refuse

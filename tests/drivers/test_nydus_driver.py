@@ -105,3 +105,18 @@ def test_a_nydus_source_is_refused(provider):
                       annotations={BOOTSTRAP_ANNOTATION: "true"})
     with pytest.raises(DriverError, match="nydus image already"):
         driver.convert_layer(provider, desc)
+
+
+def test_fresh_layers_and_layers_read_back_from_their_blobs_merge_alike(provider):
+    """finalize_manifest takes just-converted trees from memory, cache hits from their blobs: same bootstrap."""
+    from tests.drivers.nydus_oracle import three_layers
+
+    converting = load_driver("nydus", {"fs_chunk_size": 0x1000})
+    descs = convert_layers(provider, converting, three_layers())
+    manifest = {"mediaType": oci.OCI_MANIFEST, "layers": list(descs)}
+    fresh, _ = converting.finalize_manifest(provider, dict(manifest), {})
+    assert not converting._fresh                                       # handed over once, then forgotten
+    again, _ = converting.finalize_manifest(provider, dict(manifest), {})        # now from the blobs
+    other, _ = load_driver("nydus", {"fs_chunk_size": 0x1000}).finalize_manifest(provider, dict(manifest), {})
+    provider.finish()
+    assert fresh["layers"][-1] == again["layers"][-1] == other["layers"][-1]
