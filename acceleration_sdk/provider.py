@@ -156,16 +156,8 @@ class EngineProvider:
         For ``finalize_manifest``, which may need the converted layers' bytes: after a layer-cache hit the
         blob may only be in the target repository, and is then fetched from there into the store (verified).
         """
-        session = self._session
-        session.lease.add([desc.digest])  # before has(): a GC elsewhere may run between the two
-        if not session.store.has(desc.digest):
-            if session.client is None:
-                raise ContentError(f"converted blob {desc.digest} is not in the content store, and there is no "
-                                   "registry to fetch it from", digest=desc.digest)
-            with session.store.writer(expected=desc.digest) as w:
-                session.client.download_blob(session.target, desc.digest, w, size=desc.size)
-                w.commit()
-        return session.store.path(desc.digest)
+        self._session.fetch(desc, self._session.target)
+        return self._session.store.path(desc.digest)
 
     # ------------------------------------------------------------------ the engine's side
     def verify_sources(self) -> None:
