@@ -25,16 +25,20 @@ def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
     def fail(key: str, reason: str):
         return option_error(f"{path}.{key}", reason)
 
+    # acceld's older names: fs_version falls back to rafs_version, compressor to rafs_compressor
+    version_key = "fs_version" if values["fs_version"] is not None else "rafs_version"
+    values["fs_version"] = values[version_key] if values[version_key] is not None else 6
+    compressor_key = "compressor" if values["compressor"] is not None else "rafs_compressor"
+    values["compressor"] = compressor = values[compressor_key] or "zstd"
     if values["fs_version"] == 5:
-        raise fail("fs_version", "RAFS v5 is not supported: only RAFS v6 is (set fs_version: 6 or leave it out)")
+        raise fail(version_key, "RAFS v5 is not supported: only RAFS v6 is (set fs_version: 6 or leave it out)")
     if values["fs_version"] != 6:
-        raise fail("fs_version", f"expected 6 (RAFS v6, the only version supported), got {values['fs_version']}")
-    compressor = values["compressor"]
+        raise fail(version_key, f"expected 6 (RAFS v6, the only version supported), got {values['fs_version']}")
     if compressor == "gzip":
-        raise fail("compressor", "gzip is not accepted for nydus blobs (nydus-image create refuses it too); "
-                                 f"use one of {', '.join(COMPRESSORS)}")
+        raise fail(compressor_key, "gzip is not accepted for nydus blobs (nydus-image create refuses it too); "
+                                   f"use one of {', '.join(COMPRESSORS)}")
     if compressor not in COMPRESSORS:
-        raise fail("compressor", f"expected one of {', '.join(COMPRESSORS)}, got {compressor!r}")
+        raise fail(compressor_key, f"expected one of {', '.join(COMPRESSORS)}, got {compressor!r}")
     size = values["fs_chunk_size"]
     if size & (size - 1):
         raise fail("fs_chunk_size", f"expected a power of two in {MIN_CHUNK_SIZE:#x}..{MAX_CHUNK_SIZE:#x}, "
@@ -43,6 +47,10 @@ def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
         if values[key]:
             raise fail(key, f"{key} is not supported yet by the nydus driver; remove it or set it to "
                             f"{'false' if isinstance(values[key], bool) else 'an empty string'}")
+    if values["batch_size"] not in ("", "0", "0x0"):
+        raise fail("batch_size", "batched chunks are not supported yet; remove batch_size")
+    if values["encrypt_recipients"]:
+        raise fail("encrypt_recipients", "encrypted nydus images are not supported yet; remove encrypt_recipients")
     for key in BACKEND_KEYS:
         if values[key]:
             raise fail(key, "storage backends are not supported yet: nydus blobs are pushed to the target "
@@ -51,9 +59,11 @@ def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 OPTIONS = OptionSchema(
-    Option("fs_version", int, 6, help="RAFS version; 6 (the default) is the only one supported, 5 is refused"),
-    Option("compressor", str, "zstd",
+    Option("fs_version", int, None, help="RAFS version; 6 (the default) is the only one supported, 5 is refused"),
+    Option("rafs_version", int, None, help="acceld's older name of fs_version (read when fs_version is absent)"),
+    Option("compressor", str, None,
            help="chunk compressor: zstd (default), lz4_block or none; gzip is refused as nydus-image does"),
+    Option("rafs_compressor", str, None, help="acceld's older name of compressor (read when compressor is absent)"),
     Option("fs_chunk_size", int, DEFAULT_CHUNK_SIZE, range=(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
            help="bytes per chunk, a power of two in 0x1000..0x1000000 (default 0x100000); \"0x...\" accepted"),
     Option("digester", str, "blake3", choices=DIGESTERS, help="chunk digest: blake3 (default, as nydus-image) or sha256"),
@@ -71,6 +81,8 @@ OPTIONS = OptionSchema(
     Option("merge_manifest", bool, False, help="not supported yet; refused when true"),
     Option("oci_ref", bool, False, help="not supported yet (zran OCI-ref images); refused when true"),
     Option("chunk_dict_ref", str, "", help="not supported yet; refused when set"),
+    Option("batch_size", str, "", help="not supported yet (batched chunks); refused when set"),
+    Option("encrypt_recipients", str, "", help="not supported yet (encrypted images); refused when set"),
     Option("workers", int, lambda o: min(2, os.cpu_count() or 1), range=(1, 64),
            help="threads compressing the chunks of one layer (default 2, 1 on a one-CPU host); speed only"),
     check=_check,

@@ -120,3 +120,16 @@ def test_fresh_layers_and_layers_read_back_from_their_blobs_merge_alike(provider
     other, _ = load_driver("nydus", {"fs_chunk_size": 0x1000}).finalize_manifest(provider, dict(manifest), {})
     provider.finish()
     assert fresh["layers"][-1] == again["layers"][-1] == other["layers"][-1]
+
+
+def test_acceld_older_and_newer_keys_are_known():
+    """rafs_version / rafs_compressor (acceld's older names) are read; batch_size and encrypt_recipients
+    (acceld's newer keys) are refused by name while unsupported, not as unknown options."""
+    driver = load_driver("nydus", {"rafs_version": "6", "rafs_compressor": "lz4_block"})
+    assert driver.options["fs_version"] == 6 and driver.build.compressor == "lz4_block"
+    assert load_driver("nydus", {"compressor": "none", "rafs_compressor": "lz4_block"}).build.compressor == "none"
+    for options, key, words in [({"rafs_version": 5}, "rafs_version", "only RAFS v6"),
+                                ({"batch_size": "0x100000"}, "batch_size", "not supported yet"),
+                                ({"encrypt_recipients": "jwe:pub.pem"}, "encrypt_recipients", "not supported yet")]:
+        with pytest.raises(DriverError, match=f"converter.driver.config.{key}: .*{words}"):
+            load_driver("nydus", options)
