@@ -22,7 +22,8 @@ converts through a real registry and mounts the result with the kernel.
 
 Not yet (issue 11): ``merge_manifest``, ``oci_ref`` (zran), ``chunk_dict_ref``, storage backends, ``batch_size``,
 ``encrypt_recipients``; refused by name at config load.
-Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); bench rows are still to be added.
+Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); figures in bench/README.md (the
+stdlib tar parser is the main remaining cost).
 """
 from .builder import BuildOptions, LayerResult, convert_layer, layer_from_blob, merge_bootstrap
 
