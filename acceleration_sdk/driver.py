@@ -51,6 +51,7 @@ class ContentProvider(Protocol):
     def open_uncompressed(self, desc: Descriptor) -> ContextManager[Any]: ...  # the layer's tar stream
     def read_blob(self, desc: Descriptor) -> bytes: ...  # a small blob (config, manifest), verified
     def blob_writer(self) -> Any: ...  # an ingest for a converted blob: write(), commit() -> digest, .size
+    def converted_path(self, desc: Descriptor) -> str: ...  # a converted blob on local disk (finalize_manifest)
     def progress(self, event: ProgressEvent) -> None: ...
 
 
@@ -102,6 +103,10 @@ class LayerDriver(Driver):
     whole images yourself, and the engine then calls it like a plain :class:`Driver`'s.
     """
 
+    #: Media types of this driver's layers that a Docker manifest may hold as they are (with ``docker2oci``
+    #: false the engine otherwise refuses a layer type that has no Docker name).
+    docker_layer_types: ClassVar[frozenset[str]] = frozenset()
+
     def convert(self, content: ContentProvider, source: str) -> Descriptor:
         raise DriverError(f"driver {self.name()} converts layers: run it through acceleration_sdk.convert, "
                           "which walks the image and calls convert_layer")
@@ -116,7 +121,13 @@ class LayerDriver(Driver):
         return f"{self.name()}/{self.version()}/{opts}"
 
     def finalize_manifest(self, content: ContentProvider, manifest: dict, config: dict) -> tuple[dict, dict]:
-        """A hook for formats that must see the whole image (extra layers); the default changes nothing."""
+        """A hook for formats that must see the whole image; the default changes nothing.
+
+        ``manifest`` is the converted manifest as a dict: its output ``mediaType`` and its converted
+        ``layers`` (``content.converted_path`` finds their blobs); ``config`` has the new ``rootfs.diff_ids``.
+        Return both, e.g. with a layer appended (nydus: the merged bootstrap) and its diff_id and history
+        entry; blobs written through ``content.blob_writer()`` are pushed with the image.
+        """
         return manifest, config
 
 

@@ -150,6 +150,15 @@ class EngineProvider:
             self._writers.append(writer)
         return writer
 
+    def converted_path(self, desc: Descriptor) -> str:
+        """A local path of a blob of the *converted* image (e.g. a layer ``convert_layer`` returned).
+
+        For ``finalize_manifest``, which may need the converted layers' bytes: after a layer-cache hit the
+        blob may only be in the target repository, and is then fetched from there into the store (verified).
+        """
+        self._session.fetch(desc, self._session.target)
+        return self._session.store.path(desc.digest)
+
     # ------------------------------------------------------------------ the engine's side
     def verify_sources(self) -> None:
         """Every source opened here read to its end and verified; raises if one cannot be."""

@@ -56,14 +56,7 @@ class ConversionSession:
         """A small blob (manifest, config), fetched into the store once; verified as it is read."""
         if desc.size > limit:
             raise ConversionError(f"blob {desc.digest} of {desc.size} bytes is too large for a manifest or config")
-        self.lease.add([desc.digest])  # before has(): a GC elsewhere may run between the two
-        if not self.store.has(desc.digest):
-            if self.client is None:
-                raise ContentError(f"blob {desc.digest} is not in the content store, and there is no registry "
-                                   "to fetch it from", digest=desc.digest)
-            with self.store.writer(expected=desc.digest) as w:
-                self.client.download_blob(self.source, desc.digest, w, size=desc.size)
-                w.commit()
+        self.fetch(desc, self.source)
         data = self.store.read_bytes(desc.digest, limit)
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != desc.digest or len(data) != desc.size:  # the store is a cache on disk: see source_stream
@@ -71,6 +64,18 @@ class ConversionSession:
                                       f"{actual} ({len(data)} bytes): the stored file is damaged",
                                       digest=desc.digest, actual=actual)
         return data
+
+    def fetch(self, desc: Descriptor, repository: Reference) -> None:
+        """``desc``'s blob leased and in the store: downloaded from ``repository`` (verified) when missing."""
+        self.lease.add([desc.digest])  # before has(): a GC elsewhere may run between the two
+        if self.store.has(desc.digest):
+            return
+        if self.client is None:
+            raise ContentError(f"blob {desc.digest} is not in the content store, and there is no registry "
+                               "to fetch it from", digest=desc.digest)
+        with self.store.writer(expected=desc.digest) as w:
+            self.client.download_blob(repository, desc.digest, w, size=desc.size)
+            w.commit()
 
     def read_manifest(self, desc: Descriptor) -> bytes:
         """A child manifest of an index: fetched by digest from /manifests/ (registries do not serve it as a blob)."""

@@ -126,7 +126,14 @@ class _Walk:
         if diff_ids != list((config.get("rootfs") or {}).get("diff_ids") or []):
             clear_docker_v1_ids(config)
         config.setdefault("rootfs", {"type": "layers"})["diff_ids"] = diff_ids
+        convert_types = self.docker2oci and not keep_docker
+        media_type = oci.docker_to_oci(manifest.media_type) if convert_types else manifest.media_type
+        config_type = oci.docker_to_oci(manifest.config.media_type) if convert_types else manifest.config.media_type
         out = copy.deepcopy(dict(manifest.raw))
+        out["mediaType"] = media_type
+        out["layers"] = [layer.to_dict() for layer in layers]
+        # the driver sees the converted manifest (its media type, the converted layers) and may add layers
+        # that need the whole image (nydus: the merged bootstrap), with their diff_ids and history
         finalizer = EngineProvider(s)
         try:
             out, config = driver.finalize_manifest(finalizer, out, config)
@@ -134,13 +141,8 @@ class _Walk:
         finally:
             finalizer.close()
         config_digest, config_size = s.put_json(config)
-        convert_types = self.docker2oci and not keep_docker
-        media_type = oci.docker_to_oci(manifest.media_type) if convert_types else manifest.media_type
-        config_type = oci.docker_to_oci(manifest.config.media_type) if convert_types else manifest.config.media_type
-        out["mediaType"] = media_type
         out["config"] = manifest.config.replace(media_type=config_type, digest=config_digest,
                                                 size=config_size).to_dict()
-        out["layers"] = [layer.to_dict() for layer in layers] + out.get("layers", [])[len(manifest.layers):]
         annotations = {**out.get("annotations", {}), **self._harbor_annotations(desc)}
         if annotations and media_type == oci.OCI_MANIFEST:
             out["annotations"] = annotations
@@ -153,7 +155,7 @@ class _Walk:
     def _layer_media_type(self, media_type: str, keep_docker: bool) -> str:
         if keep_docker:
             media_type = _TO_DOCKER_LAYER.get(media_type, media_type)
-            if not oci.is_docker(media_type):
+            if not oci.is_docker(media_type) and media_type not in self.driver.docker_layer_types:
                 raise DriverError(f"{self.driver.name()} output ({media_type}) has no Docker media type; "
                                   "set converter.driver.config.docker2oci: true")
             return media_type

@@ -110,12 +110,14 @@ def reference_run(src: str, dst: str, zstd: bool, level: int, steps: dict) -> tu
 
 
 def ours_run(src: str, work_dir: str, compression: str, level: int) -> tuple[float, int, float]:
+    if compression == "nydus":  # the nydus driver with its defaults (zstd, blake3, 1 MiB chunks)
+        driver = {"type": "nydus", "config": {}}
+    else:
+        driver = {"type": "estargz", "config": {"compression": compression, "compression_level": level}}
     cfg = os.path.join(work_dir, "config.yaml")
     with open(cfg, "w") as fh:
         json.dump({"provider": {"work_dir": os.path.join(work_dir, "work")},
-                   "converter": {"driver": {"type": "estargz", "config": {"compression": compression,
-                                                                         "compression_level": level}},
-                                 "rules": [{"tag_suffix": "-acc"}]}}, fh)
+                   "converter": {"driver": driver, "rules": [{"tag_suffix": "-acc"}]}}, fh)
     return timed([os.path.join(ROOT, ".venv", "bin", "python"), "-m", "acceleration_sdk.cli", "convert", "-q",
                   "--config", cfg, src])
 
@@ -130,6 +132,12 @@ def fresh_repo(client: RegistryClient, source: str, name: str) -> str:
         client.push_blob(dst, blob["digest"], blob["size"], _NoBytes(), mount_from=src)
     client.put_manifest(dst, fetched.raw, fetched.media_type)
     return str(dst)
+
+
+def image_size(client: RegistryClient, ref: str) -> int:
+    """Config + layer bytes of a single-manifest image, as its manifest states them."""
+    manifest = json.loads(client.get_manifest(parse(ref)).raw)
+    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
 
 
 class _NoBytes:
@@ -157,6 +165,7 @@ def main() -> int:
         client = RegistryClient()
         source = push_layer_image(client, f"{registry.host}/bench/rootfs:v1", rootfs)
         rows: dict[str, list[tuple[float, int, float]]] = {}
+        sizes = {"source": image_size(client, source)}  # bytes of config + layers, per output format
         ref_steps: dict[str, dict[str, list[float]]] = {}
 
         def record(key, value):
@@ -171,6 +180,7 @@ def main() -> int:
                 repo = fresh_repo(client, source, f"bench/ours-{n}")
                 run_dir = tempfile.mkdtemp(dir=work)
                 record(f"ours {compression}", ours_run(repo, run_dir, compression, level))
+                sizes[compression] = image_size(client, repo + "-acc")
                 if compression == "estargz":
                     record("ours estargz again", ours_run(repo, run_dir, compression, level))
                 if not args.skip_reference:
@@ -181,9 +191,15 @@ def main() -> int:
             n += 1
             repo = fresh_repo(client, source, f"bench/fast-{n}")
             record("ours estargz level 1", ours_run(repo, tempfile.mkdtemp(dir=work), "estargz", 1))
+            n += 1
+            repo = fresh_repo(client, source, f"bench/nydus-{n}")
+            record("ours nydus", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus", 0))
+            sizes["nydus"] = image_size(client, repo + "-acc")
         if big:
             big_src = push_layer_image(client, f"{registry.host}/bench/big:v1", big)
             record("ours 1 GiB layer level 1", ours_run(big_src, tempfile.mkdtemp(dir=work), "estargz", 1))
+            big_nydus = fresh_repo(client, big_src, "bench/big-nydus")
+            record("ours 1 GiB layer nydus", ours_run(big_nydus, tempfile.mkdtemp(dir=work), "nydus", 0))
 
         med = {k: {"seconds": median([v[0] for v in vs]), "cpu_seconds": median([v[2] for v in vs]),
                    "peak_rss_mb": max(v[1] for v in vs) / 1e6, "runs": [v[0] for v in vs]}
@@ -200,6 +216,8 @@ def main() -> int:
             "estargz level 1 / ctr-remote level 9 (target <= 0.10)": ratio("ours estargz level 1",
                                                                            "ctr-remote estargz"),
             "second conversion / first (target <= 0.05)": ratio("ours estargz again", "ours estargz"),
+            "nydus / ours zstdchunked (target <= 1.3)": ratio("ours nydus", "ours zstdchunked"),
+            "nydus / ctr-remote estargz (target <= 0.15)": ratio("ours nydus", "ctr-remote estargz"),
         }
         cpu_ratios = {
             "estargz ours/ctr-remote": ratio("ours estargz", "ctr-remote estargz", "cpu_seconds"),
@@ -218,10 +236,13 @@ def main() -> int:
         print("\n| ratio (CPU seconds; steadier on a shared machine) | value |\n|---|---|")
         for k, v in cpu_ratios.items():
             print(f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |")
+        print("\n| image bytes (rootfs) | value | / source |\n|---|---|---|")
+        for k, v in sizes.items():
+            print(f"| {k} | {v} | {v / sizes['source']:.3f} |")
         load = os.getloadavg()
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = {"date": stamp, "cpus": os.cpu_count(), "loadavg_at_end": load,
-               "rootfs_bytes": os.path.getsize(rootfs), "medians": med, "ratios": ratios, "cpu_ratios": cpu_ratios}
+               "rootfs_bytes": os.path.getsize(rootfs), "medians": med, "ratios": ratios, "cpu_ratios": cpu_ratios, "image_bytes": sizes}
         for name in (f"{stamp}.json", "latest.json"):
             with open(os.path.join(RESULTS, name), "w") as fh:
                 json.dump(out, fh, indent=2)

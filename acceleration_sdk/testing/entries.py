@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import tarfile
 from typing import BinaryIO, Iterable, Iterator, Mapping
 
@@ -59,6 +60,8 @@ class Allowances:
     - ``dropped``: fields (of :data:`FIELDS`) the reader cannot report, e.g. ``{"uname", "gname"}``.
     - ``mtime_precision``: seconds the stored mtime is rounded to (``1.0``: whole seconds, so a source
       mtime of ``.75`` may read back as the next second); ``0``: exact.
+    - ``mtime_truncated``: the format cuts the mtime down to ``mtime_precision`` instead of rounding it
+      (nydus keeps whole seconds, ``i_mtime_nsec`` 0): ``.75`` must read back as the same second, exactly.
     - ``internal_names``: names the format adds for itself (an eStargz TOC, landmarks), ignored in both views.
     - ``implicit_dirs``: the reader may show directories the source never listed (filesystem formats).
     - ``keeps_order``: the reader yields entries in source order (tar-like formats); ``False`` for formats that
@@ -72,6 +75,7 @@ class Allowances:
 
     dropped: frozenset[str] = frozenset()
     mtime_precision: float = 0.0
+    mtime_truncated: bool = False
     internal_names: frozenset[str] = frozenset()
     implicit_dirs: bool = False
     keeps_order: bool = True
@@ -81,6 +85,8 @@ class Allowances:
     def __post_init__(self):
         if self.diff_id not in ("decompressed", "blob"):
             raise ValueError(f"Allowances.diff_id: expected 'decompressed' or 'blob', got {self.diff_id!r}")
+        if self.mtime_truncated and self.mtime_precision <= 0:
+            raise ValueError("Allowances.mtime_truncated needs an mtime_precision to truncate to")
         unknown = set(self.dropped) - set(FIELDS)
         if unknown:
             raise ValueError(f"Allowances.dropped: unknown fields {sorted(unknown)} (known: {', '.join(FIELDS)})")
@@ -128,7 +134,12 @@ def _field_problems(want: LayerEntry, got: LayerEntry, allow: Allowances) -> lis
         if a != b:
             shown = (oct(a), oct(b)) if field == "mode" else (repr(a), repr(b))
             out.append(f"{name!r}: {field} differs: source {shown[0]}, output {shown[1]}")
-    if "mtime" not in allow.dropped and abs(want.mtime - got.mtime) > allow.mtime_precision / 2 + 1e-6:
+    if allow.mtime_truncated:
+        p = allow.mtime_precision
+        if "mtime" not in allow.dropped and abs(math.floor(want.mtime / p) * p - got.mtime) > 1e-6:
+            out.append(f"{name!r}: mtime differs: source {want.mtime!r}, output {got.mtime!r}"
+                       f" (allowed: truncated to {p} s)")
+    elif "mtime" not in allow.dropped and abs(want.mtime - got.mtime) > allow.mtime_precision / 2 + 1e-6:
         out.append(f"{name!r}: mtime differs: source {want.mtime!r}, output {got.mtime!r}"
                    f" (allowed precision {allow.mtime_precision or 'exact'})")
     if "xattrs" not in allow.dropped and dict(want.xattrs) != dict(got.xattrs):

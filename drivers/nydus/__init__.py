@@ -11,29 +11,19 @@ tree, merge), ``blob`` (blob writer), ``bootstrap`` (EROFS/RAFS writer), ``build
 Facts and their nydus source lines: /work/shared/NYDUS.md. Proven by tests/drivers/test_nydus_*.py: the kernel
 mounts every bootstrap with a loop device per blob, fsck.erofs extracts it, nydus-image's own output parses.
 
-What the driver wiring (on top of issue 8's plugin contract) still has to do:
-- options: ``fs_version`` 6 (5 refused: "only RAFS v6 is supported"); ``compressor`` zstd | lz4_block | none
-  (gzip refused by BuildOptions, as ``nydus-image create`` refuses it); ``fs_chunk_size`` -> ``chunk_size``
-  (BuildOptions checks power of two in 0x1000..0x1000000); ``digester`` blake3 | sha256; ``prefetch_patterns``
-  (newline-separated paths) -> ``prefetch``; ``fs_align_chunk`` accepted (v6 is always aligned); ``builder``
-  accepted, log once that the native builder is used; ``backend_*``, ``merge_manifest``, ``oci_ref``,
-  ``chunk_dict_ref`` refused at start-up by name; ``docker2oci``, ``with_referrer``, ``work_dir`` are engine keys.
-  Refusals raise RafsError/LayerError (acceleration_sdk ``ERR_LAYER``) or should become DriverError at start-up.
-- per source layer: decompress (gzip/zstd/none) into ``convert_layer``; the sink is the content-store writer
-  (``result.blob.digest`` is sha256 of what was written = the layer digest = the blob id). Layer descriptor:
-  ``application/vnd.oci.image.layer.nydus.blob.v1``, annotation ``containerd.io/snapshot/nydus-blob: "true"``,
-  diff_id = the blob digest. ``position`` = the layer's index in the source manifest.
-- layer cache key: source layer digest + compressor + digester + chunk size (prefetch does not enter the blob);
-  on a hit call ``layer_from_blob`` (it rebuilds the tree from the blob's own image.boot: no source needed).
-- bootstrap layer (last): tar of ``image/`` (dir 0755), ``image/image.boot`` (0444, = ``merge_bootstrap``),
-  and ``image/<hex>.blob.meta`` (= ``LayerResult.blob.blob_meta``) for each blob the bootstrap names, gzip'd;
-  OCI or Docker gzip media type by manifest type; annotations ``containerd.io/snapshot/nydus-bootstrap: "true"``
-  and ``containerd.io/snapshot/nydus-fs-version: "6"``; diff_id = sha256 of the uncompressed tar; history gets
-  ``{created_by: "Nydus Converter", comment: "Nydus Bootstrap Layer"}`` (NYDUS.md section 3).
-- conformance reader: ``Rafs(boot)`` + ``validate(rafs, {id: BlobFile(path)}, strict=True)``, and
-  ``BlobFile.write_device`` + tests/support/erofs.mounted for a kernel view of the image.
-- speed: chunks are compressed on the converting thread (~240 MiB/s zstd here); a bounded pool that keeps
-  chunk order is the next step for the issue's bench goals. pyproject needs blake3, lz4, crc32c as dependencies.
+The driver is ``driver.NydusDriver`` (entry point ``nydus``; options in ``options``: acceld's keys, refusals at
+config load). Per source layer it streams the uncompressed tar into ``convert_layer`` and the blob through the
+provider's writer (media type ``application/vnd.oci.image.layer.nydus.blob.v1``, diff_id = blob digest; the
+cache key is compressor + digester + chunk size: a blob is reusable across images). ``finalize_manifest``
+rebuilds each layer from its blob (``layer_from_blob``, also after a layer-cache hit), merges, holds the
+bootstrap to nydusd's rules and appends it as the last layer (NYDUS.md section 3). ``entries.read_layer`` reads a
+blob layer back for the conformance suite (tests/test_driver_contract.py); tests/e2e/test_nydus_convert.py
+converts through a real registry and mounts the result with the kernel.
+
+Not yet (issue 11): ``merge_manifest``, ``oci_ref`` (zran), ``chunk_dict_ref``, storage backends, ``batch_size``,
+``encrypt_recipients``; refused by name at config load.
+Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); figures in bench/README.md (the
+stdlib tar parser is the main remaining cost).
 """
 from .builder import BuildOptions, LayerResult, convert_layer, layer_from_blob, merge_bootstrap
 

@@ -81,6 +81,22 @@ def layer_from_blob(path, position: int, opts: BuildOptions, digest: str | None 
     return LayerResult(result, from_bootstrap(rafs, position))
 
 
+def at_position(layer: LayerResult, position: int) -> LayerResult:
+    """``layer`` (a :func:`convert_layer` result) with its chunks labelled with ``position``, its place in an
+    image; the tree is relabelled in place (a hard-linked file node once)."""
+    seen, stack = set(), [layer.root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.children:
+            stack.extend(node.children.values())
+        if node.chunks and node.chunks[0].blob_index != position:
+            node.chunks = [dataclasses.replace(c, blob_index=position) for c in node.chunks]
+    return layer
+
+
 def blob_order(root: Node) -> list[int]:
     """Layer positions in order of first use by a file chunk, breadth first (children by name)."""
     order, queue, seen = [], [root], set()

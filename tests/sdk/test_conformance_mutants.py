@@ -20,7 +20,8 @@ from acceleration_sdk.compression import open_decompressed
 from acceleration_sdk.content import ContentStore
 from acceleration_sdk.driver import ConvertedLayer, LayerDriver, load_driver
 from acceleration_sdk.oci import Descriptor
-from acceleration_sdk.testing import MATRIX, Allowances, Cell, ConformanceError, StoreProvider, check_cell
+from acceleration_sdk.testing import (MATRIX, Allowances, Cell, ConformanceError, LayerEntry, StoreProvider,
+                                     check_cell, compare)
 from acceleration_sdk.testing.layers import GNU, PAX
 from drivers.estargz.members import estargz_footer
 from drivers.estargz.reader import INTERNAL_NAMES, TOC_DIGEST_ANNOTATION, read_layer, read_toc
@@ -221,3 +222,14 @@ def test_source_mutants_fail_zstd_chunked_too(mutant, tmp_path):
 
 def test_matrix_covers_formats_prefixes_and_compressions():
     assert len(MATRIX) == 27 and len({c.id for c in MATRIX}) == 27
+
+
+def test_truncated_mtimes_must_read_back_as_the_same_second():
+    """``mtime_truncated`` (nydus: whole seconds, nsec dropped) is stricter than rounding, not looser."""
+    allow = Allowances(mtime_precision=1.0, mtime_truncated=True)
+    source = [LayerEntry("f", "reg", mtime=10.75)]
+    assert compare(source, [LayerEntry("f", "reg", mtime=10)], allow) == []
+    assert "mtime differs" in compare(source, [LayerEntry("f", "reg", mtime=11)], allow)[0]   # rounded: wrong
+    assert compare(source, [LayerEntry("f", "reg", mtime=11)], Allowances(mtime_precision=1.0)) == []
+    with pytest.raises(ValueError, match="mtime_precision"):
+        Allowances(mtime_truncated=True)

@@ -27,7 +27,7 @@ AUTH = "Bearer e2e-s3cret"
 
 class ServiceStack:
     def __init__(self, tmp_path: Path, registry_host: str, *, worker: int = 2, timeout: int = 300,
-                 public_list: bool = False, extra_env: dict | None = None):
+                 public_list: bool = False, extra_env: dict | None = None, converter: dict | None = None):
         self.root = Path(tmp_path) / "acceld"
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry_host = registry_host
@@ -38,7 +38,9 @@ class ServiceStack:
             "metric": {"enabled": True},
             "provider": {"work_dir": str(self.root / "work"),
                          "source": {registry_host: {"webhook": {"auth_header": AUTH}}}},
-            "converter": {"worker": worker, "timeout": timeout, "rules": [{"tag_suffix": "-esgz"}]},
+            # ``converter`` replaces keys of this section, e.g. another driver and its rules
+            "converter": {"worker": worker, "timeout": timeout, "rules": [{"tag_suffix": "-esgz"}],
+                          **(converter or {})},
         }))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELD_", "DATABASE_URL", "PYTEST_"))}
         env.update({

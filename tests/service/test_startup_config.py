@@ -12,6 +12,9 @@ BAD = [
     ("converter: {driver: {type: nydusx}}\n", "converter.driver.type: unknown driver 'nydusx' (available: "),
     ("converter: {driver: {type: estargz, config: {compression: zstdchunked, compression_level: 30}}}\n",
      "converter.driver.config.compression_level: expected 1..22, got 30"),
+    # acceld's OCI-ref nydus example: refused by name until oci_ref is implemented
+    ("converter: {driver: {type: nydus, config: {oci_ref: true, with_referrer: true}}}\n",
+     "converter.driver.config.oci_ref: oci_ref is not supported yet by the nydus driver"),
 ]
 
 

@@ -1,0 +1,163 @@
+"""The ``nydus`` driver: a RAFS v6 nydus blob per source layer, then the merged bootstrap as the last layer.
+
+The image layout is nydus-snapshotter's ``pkg/converter`` (facts and source lines: /work/shared/NYDUS.md
+section 3): each source layer becomes ``application/vnd.oci.image.layer.nydus.blob.v1`` (the blob that
+``nydus-image create --type tar-rafs --blob-inline-meta --features blob-toc`` writes; diff_id = its digest),
+and :meth:`NydusDriver.finalize_manifest` appends a gzip'd tar of ``image/image.boot`` (the merged bootstrap)
+and ``image/<blob id>.blob.meta`` files, with its diff_id and a history entry.
+
+A blob depends only on the source layer, the compressor, the digester and the chunk size, so it is reusable
+across images (the layer caches); the bootstrap is per image. ``finalize_manifest`` takes the tree of a layer
+this driver has just converted from memory (handed over once, then forgotten), and reads any other layer -- a
+layer-cache hit, local or remote -- back from its blob's own per-layer bootstrap (:func:`layer_from_blob`).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import tarfile
+import collections
+import threading
+from typing import Any, Mapping
+
+from acceleration_sdk.driver import ConvertedLayer, LayerDriver
+from acceleration_sdk.errors import DriverError
+from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_MANIFEST, OCI_LAYER_GZIP, Descriptor
+
+from .builder import BuildOptions, LayerResult, at_position, convert_layer, layer_from_blob, merge_bootstrap
+from .options import OPTIONS
+from .reader import Rafs
+from .validate import validate
+
+log = logging.getLogger("drivers.nydus")
+
+NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
+BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"
+BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
+FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
+BOOTSTRAP_DIR = "image"
+BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
+# Changes whenever the writer's output bytes for the same input and options change: part of the cache key.
+WRITER_REVISION = "1"
+# Converted layers kept for finalize_manifest (blob digest -> tree); the oldest go first when a caller never
+# finalizes (a failed image), so a driver reused for many conversions stays bounded.
+FRESH_LAYERS = 64
+
+_builder_logged = threading.Event()
+
+
+class NydusDriver(LayerDriver):
+    """nydus RAFS v6 images (nydus-snapshotter, nydusd, the kernel's EROFS), built natively in Python."""
+
+    options_schema = OPTIONS
+    default_tag_suffix = "-nydus"  # acceld's example rules for nydus
+    # nydus-snapshotter writes nydus blob layers into Docker manifests too (convert_unix.go:902-911)
+    docker_layer_types = frozenset({NYDUS_BLOB})
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)  # validated against OPTIONS: refusals happen at config load
+        o = self.options
+        self.build = BuildOptions(compressor=o["compressor"], digester=o["digester"], chunk_size=o["fs_chunk_size"],
+                                  prefetch=tuple(o["prefetch_patterns"]), workers=o["workers"])
+        self._fresh: collections.OrderedDict[str, LayerResult] = collections.OrderedDict()
+        self._fresh_lock = threading.Lock()
+        if o["builder"] and not _builder_logged.is_set():
+            _builder_logged.set()
+            log.info("nydus: converter.driver.config.builder %r is not run: this driver builds RAFS v6 natively",
+                     o["builder"])
+
+    def name(self) -> str:
+        return "nydus"
+
+    def version(self) -> str:
+        return "v6"
+
+    def docker2oci(self) -> bool:
+        return self.options["docker2oci"]
+
+    def with_referrer(self) -> bool:
+        return self.options["with_referrer"]
+
+    def cache_key(self) -> str:
+        # what enters a blob's bytes; prefetch patterns only reach the bootstrap, workers only the speed
+        b = self.build
+        return f"nydus/v6.{WRITER_REVISION}/{b.compressor}/{b.digester}/{b.chunk_size:#x}/crc{int(b.crc)}"
+
+    # ------------------------------------------------------------------ one layer
+    def convert_layer(self, content, desc: Descriptor) -> ConvertedLayer | None:
+        if desc.annotations.get(BOOTSTRAP_ANNOTATION) == "true":
+            raise DriverError(f"layer {desc.digest} is a nydus bootstrap: the source is a nydus image already",
+                              digest=desc.digest)
+        with content.open_uncompressed(desc) as tar, content.blob_writer() as out:
+            result = convert_layer(tar, out, self.build)  # position 0: the blob's bytes do not depend on it
+            digest = out.commit()  # the engine verifies the source first
+        if digest != result.blob.digest:  # the builder hashes what it wrote: a mismatch is a bug, say so
+            raise DriverError(f"layer {desc.digest}: the nydus blob was stored as {digest}, but the builder "
+                              f"wrote {result.blob.digest}", digest=desc.digest)
+        with self._fresh_lock:  # layers convert on several threads
+            self._fresh[digest] = result
+            while len(self._fresh) > FRESH_LAYERS:
+                self._fresh.popitem(last=False)
+        blob = Descriptor(media_type=NYDUS_BLOB, digest=digest, size=out.size,
+                          annotations={BLOB_ANNOTATION: "true"})
+        return ConvertedLayer(blob, digest)  # a nydus blob is not compressed: its diff_id is its digest
+
+    # ------------------------------------------------------------------ the whole image
+    def finalize_manifest(self, content, manifest: dict, config: dict) -> tuple[dict, dict]:
+        """Append the bootstrap layer: the merged bootstrap of every blob layer, its diff_id and history."""
+        layers = []
+        for position, raw in enumerate(manifest.get("layers") or []):
+            desc = Descriptor.from_dict(raw)
+            if desc.media_type != NYDUS_BLOB:
+                raise DriverError(f"layer {desc.digest} ({desc.media_type}) was not converted to a nydus blob; "
+                                  "a nydus image cannot hold it", digest=desc.digest)
+            with self._fresh_lock:
+                fresh = self._fresh.pop(desc.digest, None)  # once: merging twice must not share a relabelled tree
+            if fresh is not None:
+                layers.append(at_position(fresh, position))
+            else:
+                layers.append(layer_from_blob(content.converted_path(desc), position, self.build, desc.digest))
+        boot = merge_bootstrap(layers, self.build)
+        rafs = Rafs(boot)
+        validate(rafs, strict=True)  # nydusd's load rules: never push a bootstrap nydusd would refuse
+        metas = {r.blob.digest.split(":", 1)[1]: r.blob.blob_meta for r in layers if r.blob.entry is not None}
+        with content.blob_writer() as out:
+            diff_id = write_bootstrap_layer(out, boot, [(b.blob_id, metas[b.blob_id]) for b in rafs.blobs])
+            digest = out.commit()
+        docker = manifest.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST
+        bootstrap = Descriptor(media_type=DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP, digest=digest,
+                               size=out.size, annotations={BOOTSTRAP_ANNOTATION: "true", FS_VERSION_ANNOTATION: "6"})
+        manifest = {**manifest, "layers": list(manifest.get("layers") or []) + [bootstrap.to_dict()]}
+        rootfs = config.setdefault("rootfs", {"type": "layers"})
+        rootfs["diff_ids"] = list(rootfs.get("diff_ids") or []) + [diff_id]
+        config["history"] = list(config.get("history") or []) + [dict(BOOTSTRAP_HISTORY)]
+        return manifest, config
+
+
+class _Hashing:
+    """Hashes the uncompressed tar (the bootstrap layer's diff_id) on its way into gzip."""
+
+    def __init__(self, out):
+        self._out, self.sha = out, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self._out.write(data)
+
+
+def write_bootstrap_layer(out, boot: bytes, metas: list[tuple[str, bytes]]) -> str:
+    """``image/`` (0755), ``image/image.boot`` (0444) and ``image/<id>.blob.meta`` files as tar+gzip into
+    ``out`` (nydus-snapshotter's packToTar: zero times, root owner); returns the uncompressed tar's sha256."""
+    with gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
+        hashing = _Hashing(gz)
+        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.USTAR_FORMAT) as tf:
+            folder = tarfile.TarInfo(BOOTSTRAP_DIR)
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(folder)
+            for name, data in [("image.boot", boot)] + [(f"{blob_id}.blob.meta", meta) for blob_id, meta in metas]:
+                info = tarfile.TarInfo(f"{BOOTSTRAP_DIR}/{name}")
+                info.mode, info.size = 0o444, len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return "sha256:" + hashing.sha.hexdigest()

@@ -1,0 +1,87 @@
+"""Read a nydus blob layer back into the conformance suite's entries, the way nydusd would serve it.
+
+    for entry in read_layer(blob, descriptor): ...   # acceleration_sdk.testing.LayerEntry values, tree order
+
+The blob's tail (TOC -> blob.meta, blob.digest, the per-layer image.boot) is parsed by :class:`BlobFile`; the
+per-layer bootstrap is held to nydusd's load rules with the blob's data verified (every chunk digest and crc),
+then walked: each inode becomes an entry, a regular file's bytes come from its chunk indexes through the chunk
+table into the blob (nydusd's path, not the kernel's). An inode reached a second time is a hard link to the
+first name it was reached by. What the format does not keep is the suite's ``Allowances`` (see
+tests/test_driver_contract.py): owner names, sub-second mtimes, tar order; whiteouts stay ``.wh.*`` files in a
+layer's own bootstrap (tar-rafs), exactly as the source holds them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from typing import BinaryIO, Iterator
+
+from acceleration_sdk.oci import Descriptor
+from acceleration_sdk.testing.entries import LayerEntry
+
+from . import layout as L
+from .blobfile import BlobFile
+from .layout import RafsError
+from .reader import Rafs
+from .validate import validate
+
+_KINDS = {stat.S_IFREG: "reg", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
+          stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
+
+
+def read_layer(blob: BinaryIO, desc: Descriptor | None = None) -> Iterator[LayerEntry]:
+    """Every entry of the nydus blob layer in ``blob`` (a seekable file), file bytes included."""
+    path = getattr(blob, "name", None)
+    if isinstance(path, str) and os.path.isfile(path):
+        yield from _read(path)
+        return
+    with tempfile.NamedTemporaryFile(prefix="nydus-blob-") as copy:  # BlobFile reads from a path
+        blob.seek(0)
+        shutil.copyfileobj(blob, copy)
+        copy.flush()
+        yield from _read(copy.name)
+
+
+def _read(path: str) -> Iterator[LayerEntry]:
+    blob = BlobFile(path)
+    if blob.bootstrap is None:
+        raise RafsError("the blob carries no image.boot: not a nydus blob layer")
+    rafs = Rafs(blob.bootstrap)
+    if rafs.blobs and rafs.blobs[0].blob_id != L.INLINE_BLOB_ID:
+        raise RafsError(f"the per-layer bootstrap names blob {rafs.blobs[0].blob_id}, not the inline blob")
+    validate(rafs, {L.INLINE_BLOB_ID: blob} if rafs.blobs else None, strict=True)
+    first_name: dict[int, str] = {}
+    with open(path, "rb") as fh:
+        for name, inode in rafs.walk():
+            kind = _KINDS.get(stat.S_IFMT(inode.mode))
+            if kind is None:
+                raise RafsError(f"{name!r}: inode mode {inode.mode:o} is not a kind a layer holds")
+            common = dict(mode=stat.S_IMODE(inode.mode), uid=inode.uid, gid=inode.gid, mtime=inode.mtime,
+                          xattrs=dict(inode.xattrs))
+            if kind != "dir" and inode.nid in first_name:
+                yield LayerEntry(name, "hardlink", linkname=first_name[inode.nid], **common)
+                continue
+            first_name[inode.nid] = name
+            if kind == "reg":
+                data = _file_bytes(rafs, blob, fh, inode)
+                yield LayerEntry(name, kind, size=len(data), data=data, **common)
+            elif kind == "symlink":
+                target = rafs.symlink(inode).decode("utf-8", "surrogateescape")
+                yield LayerEntry(name, kind, linkname=target, **common)
+            elif kind in ("char", "block"):
+                major, minor = inode.rdev
+                yield LayerEntry(name, kind, devmajor=major, devminor=minor, **common)
+            else:
+                yield LayerEntry(name, kind, **common)
+
+
+def _file_bytes(rafs: Rafs, blob: BlobFile, fh: BinaryIO, inode) -> bytes:
+    out = bytearray()
+    for chunk in rafs.file_chunks(inode):
+        entry = rafs.blobs[chunk.blob_index]
+        out += blob.read_chunk(fh, chunk.index, entry.compressor)
+    if len(out) < inode.size:
+        raise RafsError(f"inode {inode.nid}: its chunks hold {len(out)} bytes of {inode.size}")
+    return bytes(out[:inode.size])
