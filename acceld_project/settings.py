@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from pathlib import Path
 
 from acceld_project import runtime, security
 from acceleration_sdk.errors import ConfigError

@@ -1,8 +1,6 @@
 """End to end: push a source image into the real registry, convert it with the engine, read back the target."""
 import dataclasses
 import glob
-import gzip
-import hashlib
 import io
 import json
 import os

@@ -18,7 +18,7 @@ from acceleration_sdk.registry import RegistryClient
 from tests.interop.conftest import Checker, build_checker
 from tests.interop.test_estargz_interop import assert_reader_sees_source
 from tests.support import tars
-from tests.support.images import compress, push_image, sha
+from tests.support.images import push_image, sha
 
 CHUNK = 64 << 10
 TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"

@@ -16,7 +16,7 @@ import pytest
 
 from acceleration_sdk import config as config_mod
 from acceleration_sdk.engine import convert
-from acceleration_sdk.errors import AccelError, RegistryError, UnreachableError
+from acceleration_sdk.errors import RegistryError, UnreachableError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from tests.support.faultproxy import FaultProxy, call, cut_request, cut_response, drop, garbage, status
