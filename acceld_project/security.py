@@ -131,3 +131,13 @@ def bad_request(request, exception=None):
     else:
         message = "bad request"
     return AcceldJsonResponse({"code": "ERR_ILLEGAL_PARAMETER", "message": message}, status=400)
+
+
+class WithoutTraceback:
+    """A logging filter: keep the one-line message, drop the traceback. Django logs a refused ``Host`` (and
+    other SuspiciousOperations) with the exception attached; the message already says what was refused."""
+
+    def filter(self, record) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True

@@ -156,9 +156,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"without_traceback": {"()": "acceld_project.security.WithoutTraceback"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"},
+                 "console_one_line": {"class": "logging.StreamHandler", "formatter": "plain",
+                                      "filters": ["without_traceback"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("ACCELD_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"},
+                # a request with a Host that is not ours (a scanner, a misrouted proxy): one line, no traceback
+                "django.security": {"handlers": ["console_one_line"], "propagate": False}},
 }
 
 # --- security (issue 12): Host names, TLS proxy, CSP, admin login throttling. Derived from the acceld YAML

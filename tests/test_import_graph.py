@@ -21,6 +21,7 @@ modules would otherwise look like a cycle with each of them.
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,10 +37,21 @@ LAYERS = {
 }
 
 
+def _python_files(root: Path) -> list[Path]:
+    """Every ``.py`` of the project: tracked or new, not git-ignored (``bench/cache`` holds a whole Debian
+    rootfs with Python files of its own); every file under ``root`` when this is not a git checkout."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.py"],
+                             cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(root.rglob("*.py"))
+    return sorted(root / line for line in out.splitlines() if (root / line).is_file())
+
+
 def module_files(root: Path) -> dict[str, tuple[Path, bool]]:
     """Dotted module name -> (file, is_package) for every ``.py`` under ``root`` (hidden and venv dirs skipped)."""
     found: dict[str, tuple[Path, bool]] = {}
-    for path in sorted(root.rglob("*.py")):
+    for path in _python_files(root):
         rel = path.relative_to(root)
         if any(part in SKIP_DIRS or part.startswith(".") or part.endswith(".egg-info") for part in rel.parts[:-1]):
             continue

@@ -16,8 +16,7 @@ from drivers.nydus.validate import validate
 from tests.drivers.nydus_oracle import compare, feature_layer, flatten, three_layers
 from tests.support import erofs, tars
 
-CAN_MOUNT = erofs.kernel_can_mount()
-needs_kernel = pytest.mark.skipif(bool(CAN_MOUNT), reason=CAN_MOUNT or "kernel mounts erofs")
+needs_kernel = erofs.requires_kernel()
 
 
 def build(tmp_path: pathlib.Path, layers: list[bytes], opts: BuildOptions):

@@ -111,7 +111,7 @@ def test_reader_refuses_what_nydusd_refuses(mutate, message):
         validate(Rafs(bytes(buf)), {BLOB_ID: BlobFile(BLOB)})
 
 
-@pytest.mark.skipif(bool(erofs.kernel_can_mount()), reason=erofs.kernel_can_mount() or "kernel mounts erofs")
+@erofs.requires_kernel()
 def test_kernel_shows_what_the_reader_reads(tmp_path):
     rafs = Rafs(BOOT.read_bytes())
     blob = BlobFile(BLOB)
@@ -142,7 +142,7 @@ def test_fsck_erofs_agrees_with_the_reader(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(erofs.kernel_can_mount()), reason=erofs.kernel_can_mount() or "kernel mounts erofs")
+@erofs.requires_kernel()
 def test_kernel_lists_the_real_image_as_the_reader_does():
     """3,517 entries of a real image's bootstrap: metadata only (its blobs are not in the fixtures), so the mount
     has no device; names, modes, owners, sizes, mtimes, link targets, inode numbers and link counts must match."""

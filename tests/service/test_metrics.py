@@ -4,6 +4,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import transaction
 from prometheus_client.parser import text_string_to_metric_families
 
 from conversions import services
@@ -37,7 +38,9 @@ def test_counters_count_finishes_and_only_go_up(acceld, api, q_sync):
     services.conversion_create(source=f"{HOST}/library/nginx:1")
     services.conversion_create(source=f"{HOST}/library/nginx:fail")
     services.conversion_create(source=f"{HOST}/library/nginx:1-esgz")  # already converted: finished at once
-    leader, follower = services.conversions_create(sources=[(f"{HOST}/library/redis:7", "")] * 2, trigger="api")
+    with transaction.atomic():  # the leader's run starts at commit, so the second task follows it
+        leader = services.conversion_create(source=f"{HOST}/library/redis:7", trigger="api")
+        follower = services.conversion_create(source=f"{HOST}/library/redis:7", trigger="api")
     assert follower.shared_with_id == leader.pk
     m = scrape(api)
     assert m["acceld_tasks"] == ("gauge", {"acceld_tasks{status=COMPLETED}": 4, "acceld_tasks{status=FAILED}": 1,

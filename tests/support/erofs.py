@@ -40,6 +40,15 @@ class Seen:
     sha256: str
 
 
+def requires_kernel():
+    """A mark for tests that mount EROFS: skipped on a developer machine that cannot (not root, no erofs),
+    never in CI (``CI`` set, as `.ci/run` does), where such a test must run and fails with the reason."""
+    import pytest
+
+    reason = kernel_can_mount()
+    return pytest.mark.skipif(bool(reason) and not os.environ.get("CI"), reason=reason or "kernel mounts erofs")
+
+
 def kernel_can_mount() -> str:
     """'' when EROFS mounts with loop devices here, else the reason it cannot."""
     if os.geteuid() != 0:
