@@ -15,8 +15,7 @@ import time
 from typing import Iterator, NamedTuple
 
 from acceleration_sdk.errors import LayerError
-
-from .tarheader import TarEntry
+from acceleration_sdk.tar import TarEntry
 
 TOC_TAR_NAME = "stargz.index.json"
 PREFETCH_LANDMARK = ".prefetch.landmark"
@@ -44,6 +43,17 @@ class _Name:
 
     def __init__(self, kind: str, target: str, first: int, count: int):
         self.kind, self.target, self.first, self.count, self.linked = kind, target, first, count, False
+
+
+def go_seconds(seconds: int, nanos: int) -> int:
+    """The whole second the Go writer records for ``seconds`` + ``nanos`` (floor form, as :class:`TarEntry`
+    keeps it): 0 when the floor is 0 (``formatModtime`` treats ``Unix() == 0`` as no time), else rounded to the
+    nearest second with halves away from zero."""
+    if not nanos or not seconds:
+        return seconds
+    if seconds > 0:
+        return seconds + (nanos >= 500_000_000)
+    return seconds + (nanos > 500_000_000)   # -1.5 is (-2, 5e8) and goes to -2; -1.4 is (-2, 6e8) and goes to -1
 
 
 @functools.lru_cache(maxsize=4096)  # layers repeat a few mtimes many times
@@ -108,7 +118,7 @@ class TocBuilder:
         out = ['{"name":', _encode_str(entry.name or "./"), ',"type":"', entry.kind, '"']
         if entry.kind == "reg" and entry.size:
             out.append(',"size":%d' % entry.size)
-        modtime = format_modtime(entry.mtime)
+        modtime = format_modtime(go_seconds(entry.mtime, entry.mtime_ns))
         if modtime:
             out.append(',"modtime":"%s"' % modtime)
         link = linkname or entry.linkname

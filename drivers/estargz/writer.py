@@ -35,10 +35,10 @@ import types
 from typing import BinaryIO, Callable, Mapping, Sequence
 
 from acceleration_sdk.errors import DriverError, LayerError
+from acceleration_sdk.tar import BLOCK, READ_SIZE, TarEntry, TarReader
 
 from .members import GzipCodec, MemberPipeline, ZstdCodec, estargz_footer, zstd_skippable, zstdchunked_footer
-from .tarheader import BLOCK, TarEntry, go_clean_name, ustar_header
-from .tarstream import READ_SIZE, TarReader
+from .tarheader import go_clean_name, ustar_header
 from .toc import (LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, RESERVED_NAMES, TOC_TAR_NAME,
                   Chunk, TocBuilder)
 
@@ -98,7 +98,7 @@ def convert_tar(src: BinaryIO, dst: BinaryIO, *, compression: str = "estargz",
                 _convert_prioritized(src, spool, layer, prioritized_files)
         else:
             layer.add_landmark(NO_PREFETCH_LANDMARK)
-            reader = TarReader(src)
+            reader = TarReader(src, errors="replace")
             while (entry := reader.next()) is not None:
                 layer.add(entry, reader.read)
         return layer.finish(codec)
@@ -209,7 +209,7 @@ class _Spooled:
 def _convert_prioritized(src: BinaryIO, spool: BinaryIO, layer: _LayerBuilder, prioritized: Sequence[str]) -> None:
     items: list[_Spooled | None] = []
     index: dict[str, int] = {}
-    reader = TarReader(src)
+    reader = TarReader(src, errors="replace")
     while (entry := reader.next()) is not None:
         if entry.kind != "global" and entry.name in RESERVED_NAMES:
             continue

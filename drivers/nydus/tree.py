@@ -17,28 +17,18 @@ Mtimes are whole seconds (tarball.rs:428 stores ``i_mtime_nsec`` 0); uid/gid mus
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import stat
-import tarfile
 from typing import BinaryIO, Callable
 
 from acceleration_sdk.errors import LayerError
+from acceleration_sdk.tar import TarEntry, TarReader
 
 from .layout import Chunk
 
 WHITEOUT = b".wh."
 OPAQUE = b".wh..wh..opq"
-META_LIMIT = 1 << 20       # PAX / GNU long-name payload cap (Go archive/tar's maxSpecialFileSize)
 NAME_MAX = 255             # a path component (Linux NAME_MAX; nydusd's RAFS_MAX_NAME)
 TARGET_MAX = 4095          # a symlink target (Linux PATH_MAX less its NUL: nothing longer can exist)
-_KINDS = {tarfile.REGTYPE: "reg", tarfile.AREGTYPE: "reg", tarfile.CONTTYPE: "reg", tarfile.DIRTYPE: "dir",
-          tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char",
-          tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
-_META_TYPES = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-               tarfile.GNUTYPE_LONGLINK}
-_PAX_NUMBERS = {"uid": re.compile(r"[0-9]+"), "gid": re.compile(r"[0-9]+"), "size": re.compile(r"[0-9]+"),
-                "mtime": re.compile(r"-?[0-9]+(\.[0-9]*)?")}
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -69,76 +59,9 @@ class Node:
                 and not self.xattrs)
 
 
-class _StrictInfo(tarfile.TarInfo):
-    """tarfile stops silently at a bad header after the first one; a layer must not (truncation is an error)."""
-
-    @classmethod
-    def fromtarfile(cls, tf):
-        try:
-            return super().fromtarfile(tf)
-        except tarfile.EOFHeaderError:
-            raise
-        except tarfile.HeaderError as exc:
-            raise LayerError(f"broken tar header at byte {tf.offset}: {exc}") from exc
-
-    def _proc_pax(self, tf):
-        # tarfile skips a malformed PAX record silently (and keeps the rest); a layer with one is refused
-        raw = tf.fileobj.read(self._block(self.size))
-        _check_pax_records(raw[:self.size], self.offset)
-        real = tf.fileobj
-        tf.fileobj = _Replay(raw, real)
-        try:
-            return super()._proc_pax(tf)
-        finally:
-            tf.fileobj = real
-
-    def _proc_member(self, tf):
-        if self.type in _META_TYPES and self.size > META_LIMIT:
-            raise LayerError(f"tar metadata header of {self.size} bytes at byte {self.offset} (limit {META_LIMIT})")
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise LayerError(f"sparse tar entry {self.name!r} is not supported")
-        return super()._proc_member(tf)
-
-
-class _Replay:
-    """Serves bytes already read from a stream, then the stream itself (tell() is the stream's)."""
-
-    def __init__(self, first: bytes, rest):
-        self._first, self._rest = first, rest
-
-    def read(self, size: int) -> bytes:
-        if self._first:
-            out, self._first = self._first[:size], self._first[size:]
-            return out + (self._rest.read(size - len(out)) if len(out) < size else b"")
-        return self._rest.read(size)
-
-    def tell(self) -> int:
-        return self._rest.tell() - len(self._first)
-
-
-_PAX_RECORD = re.compile(rb"([0-9]+) ")
-
-
-def _check_pax_records(buf: bytes, offset: int) -> None:
-    pos = 0
-    while pos < len(buf) and buf[pos:].strip(b"\0"):
-        m = _PAX_RECORD.match(buf, pos)
-        length = int(m.group(1)) if m else 0
-        record = buf[pos:pos + length]
-        if not m or length < len(m.group(0)) + 2 or len(record) != length or not record.endswith(b"\n") \
-                or b"=" not in record[len(m.group(0)):]:
-            raise LayerError(f"malformed PAX record in the header at byte {offset}")
-        pos += length
-
-
-def clean_name(name: str) -> list[bytes]:
-    """Path components of a tar name; refuses names that climb out of the layer."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if b"\0" in raw:
-        raise LayerError(f"tar entry name with a NUL byte: {name!r}")
-    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
-    if b".." in parts:
-        raise LayerError(f"tar entry name leaves the layer: {name!r}")
+def _components(name: str) -> list[bytes]:
+    """Path components of a name the SDK's tar reader already cleaned (no ``.``, ``..`` or empty parts)."""
+    parts = name.encode("utf-8", "surrogateescape").split(b"/") if name else []
     if any(len(p) > NAME_MAX for p in parts):   # nydusd refuses longer names (RAFS_MAX_NAME), Linux too
         raise LayerError(f"tar entry name has a component longer than {NAME_MAX} bytes: {name[:80]!r}...")
     return parts
@@ -157,90 +80,69 @@ def _lookup(root: Node, parts: list[bytes], create: bool) -> Node | None:
     return node
 
 
-def _check_pax(info: tarfile.TarInfo) -> None:
-    for key, value in info.pax_headers.items():
-        pattern = _PAX_NUMBERS.get(key)
-        if pattern is not None and not pattern.fullmatch(value):
-            raise LayerError(f"tar entry {info.name!r}: bad PAX {key} {value!r}")
-        if key.startswith("GNU.sparse."):
-            raise LayerError(f"sparse tar entry {info.name!r} is not supported")
-
-
 def ingest_layer(stream: BinaryIO, add_file: Callable[[BinaryIO, int], list[Chunk]]) -> Node:
     """Read one uncompressed layer tar from ``stream`` into a tree; ``add_file(reader, size)`` chunks each regular
-    file's data into the blob as it is read and returns its chunks."""
+    file's data into the blob as it is read and returns its chunks. The SDK's :class:`TarReader` refuses broken
+    and hostile tars (truncation, bad checksums or PAX records, ``..`` names, sparse files, unknown types)."""
     root = Node.implicit_dir()
-    try:
-        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictInfo) as tf:
-            for info in tf:
-                tf.members.clear()  # tarfile keeps every TarInfo in stream mode; the tree is what we keep
-                _ingest_entry(root, tf, info, add_file)
-    except tarfile.TarError as exc:
-        raise LayerError(f"broken tar: {exc}") from exc
+    reader = TarReader(stream)   # surrogateescape: a name that is not UTF-8 keeps its bytes
+    while (entry := reader.next()) is not None:
+        if entry.kind != "global":   # a PAX global header's records already apply to the entries after it
+            _ingest_entry(root, reader, entry, add_file)
     return root
 
 
-def _ingest_entry(root: Node, tf: tarfile.TarFile, info: tarfile.TarInfo, add_file) -> None:
-    kind = _KINDS.get(info.type)
-    if kind is None:
-        raise LayerError(f"tar entry {info.name!r} has unsupported type {info.type!r}")
-    _check_pax(info)
-    if info.size < 0 or info.uid < 0 or info.gid < 0:
-        raise LayerError(f"tar entry {info.name!r} has a negative size or id")
-    if info.uid > 0xFFFF_FFFF or info.gid > 0xFFFF_FFFF:  # as nydus-image refuses them (tarball.rs:481-497)
-        raise LayerError(f"tar entry {info.name!r}: uid {info.uid} or gid {info.gid} does not fit 32 bits")
-    if kind == "reg" and info.type == tarfile.AREGTYPE and info.name.endswith("/"):
-        kind = "dir"
-    parts = clean_name(info.name)
-    if not parts:
-        if kind != "dir":
-            raise LayerError(f"tar entry {info.name!r} names the root but is not a directory")
-        _set_attrs(root, info)
+def _ingest_entry(root: Node, reader: TarReader, entry: TarEntry, add_file) -> None:
+    kind = entry.kind
+    if entry.uid > 0xFFFF_FFFF or entry.gid > 0xFFFF_FFFF:  # as nydus-image refuses them (tarball.rs:481-497)
+        raise LayerError(f"tar entry {entry.name!r}: uid {entry.uid} or gid {entry.gid} does not fit 32 bits")
+    parts = _components(entry.name)
+    if not parts:   # the layer root ("./"); the reader refuses a root that is not a directory
+        _set_attrs(root, entry)
         return
     parent = _lookup(root, parts[:-1], create=True)
     name = parts[-1]
     if kind == "hardlink":
-        target_parts = clean_name(info.linkname)
-        target_parent = _lookup(root, target_parts[:-1], create=False) if target_parts else None
+        target_parts = _components(entry.linkname)
+        target_parent = _lookup(root, target_parts[:-1], create=False)
         target = target_parent.children.get(target_parts[-1]) if target_parent else None
         if target is None:
-            raise LayerError(f"hard link {info.name!r} names {info.linkname!r}, which the layer has not written")
+            raise LayerError(f"hard link {entry.name!r} names {entry.linkname!r}, which the layer has not written")
         if target.kind == "dir":
-            raise LayerError(f"hard link {info.name!r} names a directory")
+            raise LayerError(f"hard link {entry.name!r} names a directory")
         if parent.children.get(name) is target:
-            raise LayerError(f"hard link {info.name!r} links a name to itself (a cycle)")
+            raise LayerError(f"hard link {entry.name!r} links a name to itself (a cycle)")
         parent.children[name] = target
         return
     old = parent.children.get(name)
     if kind == "dir" and old is not None and old.kind == "dir":
-        _set_attrs(old, info)   # a directory listed again keeps its children
+        _set_attrs(old, entry)   # a directory listed again keeps its children
         return
     node = Node(kind, 0)
-    _set_attrs(node, info)
+    _set_attrs(node, entry)
     if kind == "dir":
         node.children = {}
     elif kind == "symlink":
-        node.target = info.linkname.encode("utf-8", "surrogateescape")
+        node.target = entry.linkname.encode("utf-8", "surrogateescape")
         if not node.target or len(node.target) > TARGET_MAX:
-            raise LayerError(f"symlink {info.name!r} has an empty target or one longer than {TARGET_MAX} bytes")
+            raise LayerError(f"symlink {entry.name!r} has an empty target or one longer than {TARGET_MAX} bytes")
     elif kind in ("char", "block"):
-        node.rdev = (info.devmajor, info.devminor)
+        node.rdev = (entry.devmajor, entry.devminor)
     elif kind == "reg":
-        node.size = info.size
-        node.chunks = add_file(tf.extractfile(info), info.size) if info.size else []
+        node.size = entry.size
+        node.chunks = add_file(reader, entry.size) if entry.size else []
     parent.children[name] = node
 
 
-def _set_attrs(node: Node, info: tarfile.TarInfo) -> None:
-    node.mode = info.mode & 0o7777
-    node.uid, node.gid = info.uid, info.gid
-    # whole seconds (nydus stores i_mtime_nsec 0). nydus-image reads only the ustar field (tarball.rs:276): for
-    # tars whose writer put the time only in a PAX record (Python does, for sub-second or pre-1970 times) it
-    # shows 0; we keep the real second, which is what it shows for Go-written layers (both fields set).
-    node.mtime = math.floor(info.mtime)
-    node.xattrs = {k[len("SCHILY.xattr."):].encode("utf-8", "surrogateescape"):
-                   v.encode("utf-8", "surrogateescape")
-                   for k, v in info.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+def _set_attrs(node: Node, entry: TarEntry) -> None:
+    node.mode = entry.mode   # permission bits only (the reader keeps & 0o7777)
+    node.uid, node.gid = entry.uid, entry.gid
+    # whole seconds (nydus stores i_mtime_nsec 0): the floor, entry.mtime_ns is dropped. nydus-image reads only the
+    # ustar field (tarball.rs:276): for tars whose writer put the time only in a PAX record (Python does, for
+    # sub-second or pre-1970 times) it shows 0; we keep the real second, which is what it shows for Go-written
+    # layers (both fields set).
+    node.mtime = entry.mtime
+    node.xattrs = {k.encode("utf-8", "surrogateescape"): v for k, v in entry.xattrs.items()}
 
 
 def merge(layers: list[Node]) -> Node:

@@ -150,6 +150,29 @@ def test_hostile_layers_are_refused(name):
         convert_layer(io.BytesIO(tars.hostile_tars()[name]), io.BytesIO(), OPTS)
 
 
+def test_a_layer_tree_keeps_what_the_tar_says_as_nydus_keeps_it():
+    """Through the SDK's tar reader: name bytes that are not UTF-8, PAX times cut to their floor second, the
+    layer root's own attributes, ``/`` and ``./`` prefixes, PAX global xattrs, GNU long names, hard links."""
+    glob_rec = tars.pax_record("SCHILY.xattr.user.g", b"\xff\x00bin")
+    layer = b"".join([
+        tars.directory("./", mode=0o700, uid=7, mtime=1_600_000_000).to_bytes(),
+        tars.raw_header(b"caf\xe9", size=0),
+        tars.reg("/abs/f", b"x", mtime=1_700_000_000.75).to_bytes(),
+        tars.reg("./old", b"y", mtime=-1.25).to_bytes(),
+        tars.raw_header("././@GlobalHead", b"g", len(glob_rec)), glob_rec, bytes(-len(glob_rec) % tars.BLOCK),
+        tars.reg("g/" + "L" * 200, b"long", format=tars.GNU).to_bytes(),
+        tars.hardlink("abs/link", "/abs/f").to_bytes(),
+    ]) + tars.END_OF_ARCHIVE
+    root = convert_layer(io.BytesIO(layer), io.BytesIO(), OPTS).root
+    assert (root.mode, root.uid, root.mtime) == (0o700, 7, 1_600_000_000)
+    assert b"caf\xe9" in root.children
+    f = root.children[b"abs"].children[b"f"]
+    assert f.mtime == 1_700_000_000 and root.children[b"old"].mtime == -2
+    assert root.children[b"abs"].children[b"link"] is f and not f.xattrs
+    long = root.children[b"g"].children[b"L" * 200]
+    assert long.size == 4 and long.xattrs == {b"user.g": b"\xff\x00bin"}
+
+
 @pytest.mark.parametrize("entry", [tars.reg("d/" + "n" * 256, b"x"), tars.symlink("l", "t" * 4096)],
                          ids=["name-256", "target-4096"])
 def test_names_linux_cannot_hold_are_refused(entry):

@@ -1,12 +1,16 @@
 """A streaming, validating tar reader that keeps each entry's raw header bytes.
 
-The eStargz writer passes every input header through byte for byte (so PAX records, GNU long names,
-base-256 numbers and anything else a tool put there survive) and only needs the *meaning* of each header
-for the TOC. :class:`TarReader` therefore yields :class:`TarEntry` values that carry both: ``header`` is the
-exact bytes of the entry's header blocks (PAX ``x`` / GNU ``L``/``K`` blocks included) and the other fields
-are the resolved attributes, normalised the way the reference eStargz reader normalises them.
+    reader = TarReader(stream)                      # stream: anything with read(); short reads are fine
+    while (entry := reader.next()) is not None:     # TarEntry values; payloads not read are skipped
+        data = reader.read(entry.size)
 
-What one header means (names, numbers, PAX records) is :mod:`drivers.estargz.tarheader`; this module is the
+A writer that copies the tar (the eStargz driver) passes every input header through byte for byte -- PAX
+records, GNU long names, base-256 numbers and anything else a tool put there survive -- and needs the *meaning*
+of each header beside it; a builder of another format (nydus) needs only the meaning. :class:`TarEntry`
+carries both: ``header`` is the exact bytes of the entry's header blocks (PAX ``x`` / GNU ``L``/``K`` blocks
+included) and the other fields are the resolved attributes.
+
+What one header means (names, numbers, PAX records) is :mod:`acceleration_sdk.tar.header`; this module is the
 reading: buffering, skipping payloads, folding extended headers into the entry they precede. Nothing here
 touches the file system; entry names are data. Hostile input raises
 :class:`acceleration_sdk.errors.LayerError` with a one-line message naming the byte offset.
@@ -19,7 +23,7 @@ from typing import BinaryIO
 
 from acceleration_sdk.errors import AccelError, LayerError
 
-from .tarheader import (BLOCK, TarEntry, entry_from_header, header_number, nul_terminated, pax_records,
+from .header import (BLOCK, TarEntry, entry_from_header, header_number, nul_terminated, pax_records,
                         refuse_sparse, verify_checksum)
 
 ZERO_BLOCK = bytes(BLOCK)
@@ -39,11 +43,15 @@ class TarReader:
     """Reads a tar stream entry by entry; ``src`` only needs ``read`` (short reads are fine, like a pipe's).
 
     Usage: ``while (e := r.next()) is not None: data = r.read(n) ...``. ``next`` skips whatever payload the
-    caller did not read. PAX global records (``globals``) apply to every later entry.
+    caller did not read. PAX global records (``globals``) apply to every later entry. ``errors`` says how
+    names, owner names and xattr keys that are not UTF-8 become ``str``: ``"surrogateescape"`` (lossless:
+    ``.encode("utf-8", "surrogateescape")`` gives the tar's bytes back) or ``"replace"`` (U+FFFD, what Go's
+    JSON encoder shows for them). After the end-of-archive marker the rest of ``src`` is read and ignored.
     """
 
-    def __init__(self, src: BinaryIO):
+    def __init__(self, src: BinaryIO, *, errors: str = "surrogateescape"):
         self._src = src
+        self._errors = errors
         self._buf = b""
         self._off = 0
         self.pos = 0  # input bytes consumed
@@ -89,7 +97,7 @@ class TarReader:
     def _read_exact(self, n: int, what: str) -> bytes:
         data = self._read(n)
         if len(data) != n:
-            raise LayerError(f"truncated tar: unexpected end of stream in {what} at byte {self.pos}")
+            raise LayerError(f"truncated tar: the stream ends early, in {what} at byte {self.pos}")
         return data
 
     def _skip(self, n: int, what: str) -> None:
@@ -133,7 +141,7 @@ class TarReader:
                 self._done = True
                 return None
             if len(block) != BLOCK:
-                raise LayerError(f"truncated tar: unexpected end of stream in a header at byte {self.pos}")
+                raise LayerError(f"truncated tar: the stream ends early, in a header at byte {self.pos}")
             if block == ZERO_BLOCK:
                 if raw:
                     raise LayerError(f"invalid tar: end-of-archive marker after an extended header at byte {at}")
@@ -149,7 +157,7 @@ class TarReader:
                 payload = self._read_exact(size, "an extended header")
                 pad = self._read_exact(-size % BLOCK, "an extended header")
                 if flag == ord("g"):  # (extended headers before it, as Python's tarfile can write, ride along)
-                    records = pax_records(payload, at)
+                    records = pax_records(payload, at, self._errors)
                     refuse_sparse(records, at)
                     for key, value in records.items():
                         if value:
@@ -160,18 +168,18 @@ class TarReader:
                                     offset=start)
                 raw += (block, payload, pad)
                 if flag == ord("x"):
-                    pax.update(pax_records(payload, at))
+                    pax.update(pax_records(payload, at, self._errors))
                 elif flag == ord("L"):
-                    long_name = nul_terminated(payload)
+                    long_name = nul_terminated(payload, self._errors)
                 else:
-                    long_link = nul_terminated(payload)
+                    long_link = nul_terminated(payload, self._errors)
                 continue
             raw.append(block)
             records = pax
             if self.globals:
                 records = {k: v for k, v in self.globals.items() if k not in ("path", "linkpath", "size")}
                 records.update(pax)
-            entry = entry_from_header(block, b"".join(raw), records, long_name, long_link, start, at)
+            entry = entry_from_header(block, b"".join(raw), records, long_name, long_link, start, at, self._errors)
             self._payload_left = entry.size
             self._padding_left = entry.padding
             return entry
