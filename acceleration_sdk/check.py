@@ -123,7 +123,10 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
     manifest = oci.Manifest.from_json(raw, desc.media_type, str(ref))
     if not manifest.layers:
         raise _Failed(f"{where}: the manifest has no layers")
-    name, checker = _checker(manifest, driver, fallback)
+    try:
+        name, checker = _checker(manifest, driver, fallback)
+    except _Failed as exc:
+        raise _Failed(f"{where}: {exc}") from None
     config = json.loads(_small_blob(client, ref, manifest.config))
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(manifest.layers):

@@ -22,7 +22,7 @@ from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from drivers.estargz.driver import EStargzDriver
 from drivers.estargz.reader import read_toc
-from tests.support.images import push_image, sha, simple_tar
+from tests.support.images import push_image, push_index, sha, simple_tar
 
 TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 BIG = os.urandom(40_000)  # several 4 KiB chunks
@@ -200,3 +200,36 @@ def test_verify_config_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         config_mod.from_dict({"converter": {"verify": "yes"}})
     assert info.value.path == "converter.verify"
+
+
+def test_index_every_platform_checked_against_the_same_platform_of_the_source(tmp_path, registry, client):
+    repo = f"{registry.host}/library/multi"
+    images = [push_image(client, f"{repo}:{arch}", [simple_tar({"arch": arch.encode()})], tag=False,
+                         platform=("linux", arch)) for arch in ("amd64", "arm64")]
+    push_index(client, f"{repo}:v1", images)
+    result = convert(config_mod.from_dict(cfg_dict(tmp_path / "work")), f"{repo}:v1")
+    checked = check_image(client, parse(result.target), tmp_dir=str(tmp_path), source=parse(f"{repo}:v1"))
+    assert checked.ok, checked.lines
+    assert [line.split(" (")[-1] for line in checked.lines if line.startswith("check ")] == \
+        ["linux/amd64): estargz, 1 layer(s)", "linux/arm64): estargz, 1 layer(s)"]
+    assert checked.verdict == f"PASS {result.target}: 2 layer(s) verified"
+
+
+def test_check_and_its_readers_never_load_pytest_and_help_is_true():
+    code = ("import sys, acceleration_sdk.cli, acceleration_sdk.check, drivers.estargz.check, drivers.nydus.check; "
+            "assert 'pytest' not in sys.modules, 'pytest loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "acceleration_sdk.cli", "check", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: accelctl check [-h] [--config FILE] [--source REF] REF")
+
+
+def test_an_unconverted_image_fails_recognition_or_the_configured_format(tmp_path, registry, client):
+    repo = f"{registry.host}/library/plain"
+    src = source_image(client, repo)
+    alone = check_image(client, parse(f"{repo}:v1"), tmp_dir=str(tmp_path))
+    assert alone.verdict == f"FAIL {repo}:v1@{src.digest}: no installed driver recognises the image's layers"
+    forced = check_image(client, parse(f"{repo}:v1"), tmp_dir=str(tmp_path), fallback="estargz")
+    first = src.manifest["layers"][0]["digest"]
+    assert forced.verdict == f"FAIL {first}: missing annotation {TOC_DIGEST}, " \
+                             "io.containers.estargz.uncompressed-size (and 1 more)"
