@@ -149,9 +149,13 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
 
 def _spool(client: RegistryClient, ref: Reference, desc: oci.Descriptor, work: str) -> str:
     path = os.path.join(work, desc.digest.replace(":", "-"))
-    if not os.path.exists(path):
-        with open(path, "wb") as fh:
-            client.download_blob(ref, desc.digest, fh, desc.size)  # verifies the digest and the size
+    if not os.path.exists(path):  # a layer listed twice is fetched once
+        try:
+            with open(path, "wb") as fh:
+                client.download_blob(ref, desc.digest, fh, desc.size)  # verifies the digest and the size
+        except BaseException:
+            os.unlink(path)  # never reused half-written
+            raise
     return path
 
 
