@@ -147,20 +147,27 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
     return len(manifest.layers)
 
 
-def _spool(client: RegistryClient, ref: Reference, desc: oci.Descriptor, work: str) -> str:
-    path = os.path.join(work, desc.digest.replace(":", "-"))
-    if not os.path.exists(path):  # a layer listed twice is fetched once
-        try:
-            with open(path, "wb") as fh:
-                client.download_blob(ref, desc.digest, fh, desc.size)  # verifies the digest and the size
-        except BaseException:
-            os.unlink(path)  # never reused half-written
-            raise
+def _spool(client: RegistryClient, ref: Reference, desc: oci.Descriptor, work: str, prefix: str = "") -> str:
+    path = os.path.join(work, prefix + desc.digest.replace(":", "-"))
+    try:
+        with open(path, "wb") as fh:
+            client.download_blob(ref, desc.digest, fh, desc.size)  # verifies the digest and the size
+    except BaseException:
+        os.unlink(path)  # never left half-written
+        raise
     return path
 
 
 def _check_layer(client, ref, i, layer, diff_id, checker, work, source, source_layers) -> str:
+    """One layer, spooled and removed again: the disk holds at most a layer and its source at a time."""
     path = _spool(client, ref, layer, work)
+    try:
+        return _check_spooled(client, path, i, layer, diff_id, checker, work, source, source_layers)
+    finally:
+        os.unlink(path)
+
+
+def _check_spooled(client, path, i, layer, diff_id, checker, work, source, source_layers) -> str:
     entries = checker.check_layer(i, layer, path)
     # metadata and a file digest per entry (never file bytes); every chunk is read and verified here
     seen = list(entries) if entries is not None else None
@@ -178,10 +185,12 @@ def _check_layer(client, ref, i, layer, diff_id, checker, work, source, source_l
         return detail
     if i >= len(source_layers):
         raise LayerError(f"the source {source} has only {len(source_layers)} layer(s)")
-    src_path = _spool(client, source, source_layers[i], work)
-    with open(src_path, "rb") as fh:
-        want = list(tar_entries(open_decompressed(fh), keep_data=False))
-    os.unlink(src_path)
+    src_path = _spool(client, source, source_layers[i], work, prefix="source-")  # may be the same blob
+    try:
+        with open(src_path, "rb") as fh:
+            want = list(tar_entries(open_decompressed(fh), keep_data=False))
+    finally:
+        os.unlink(src_path)
     problems = compare(want, seen, checker.allowances)
     if problems:
         more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""

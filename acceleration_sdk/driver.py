@@ -61,7 +61,7 @@ class ImageChecker(Protocol):
     """Verifies one image manifest of a driver's format, layer by layer (``acceleration_sdk.check`` drives it).
 
     The check spools each layer blob to ``path`` (digest verified) and calls :meth:`check_layer` in manifest
-    order; it computes the diff_ids itself (sha256 of the sniffed, decompressed blob).
+    order; it computes the diff_ids itself (sha256 of the blob with its media type's compression taken off).
     """
 
     #: What the format does not keep, for the comparison with the source layer (``--source``).
@@ -70,8 +70,8 @@ class ImageChecker(Protocol):
     def check_layer(self, index: int, desc: Descriptor, path: str) -> Iterable[Any] | None:
         """Check media type and annotations now; return the layer's entries (``LayerEntry`` with ``digest``,
         ``data`` empty), verified as they are read -- or ``None`` for a layer with no source counterpart (a
-        nydus bootstrap). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` stays on
-        disk until the whole image is checked."""
+        nydus bootstrap). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` is removed
+        once the entries are read: keep what later layers need (parsed), not the path."""
 
 
 class Driver(abc.ABC):

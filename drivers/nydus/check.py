@@ -39,13 +39,17 @@ class NydusChecker:
 
     def __init__(self, layer_count: int):
         self._last = layer_count - 1
-        self._blobs: dict[str, str] = {}  # blob id (digest hex) -> spooled blob path
+        # blob id (digest hex) -> the blob's parsed tail (its metadata only: the spooled file goes after each
+        # layer); None when the blob layer failed its own check
+        self._blobs: dict[str, BlobFile | None] = {}
 
     def check_layer(self, index: int, desc: Descriptor, path: str) -> Iterator[LayerEntry] | None:
         if index == self._last:
             self._check_bootstrap(desc, path)
             return None
-        self._blobs[desc.digest.split(":", 1)[1]] = path  # first: a bad annotation must not fail the bootstrap too
+        blob_id = desc.digest.split(":", 1)[1]
+        self._blobs[blob_id] = None
+        self._blobs[blob_id] = BlobFile(path)  # first: a bad annotation must not fail the bootstrap too
         if desc.media_type != NYDUS_BLOB:
             raise LayerError(f"media type {desc.media_type} is not {NYDUS_BLOB}", digest=desc.digest)
         if desc.annotations.get(BLOB_ANNOTATION) != "true":
@@ -66,13 +70,15 @@ class NydusChecker:
                 raise LayerError(f"annotation {key} is {desc.annotations.get(key)!r}, expected {value!r}",
                                  digest=desc.digest)
         rafs = Rafs(_bootstrap(path))
-        missing = [b.blob_id for b in rafs.blobs if b.blob_id not in self._blobs]
-        if missing:
-            raise LayerError(f"the bootstrap names blob sha256:{missing[0]}, which is no layer of the image",
-                             digest=desc.digest)
+        for b in rafs.blobs:
+            if b.blob_id not in self._blobs:
+                raise LayerError(f"the bootstrap names blob sha256:{b.blob_id}, which is no layer of the image",
+                                 digest=desc.digest)
+            if self._blobs[b.blob_id] is None:
+                raise LayerError(f"the bootstrap names blob sha256:{b.blob_id}, which is unreadable (see its line)",
+                                 digest=desc.digest)
         # the blob layers' data was verified as they were read: here the tables must agree
-        validate(rafs, {b.blob_id: BlobFile(self._blobs[b.blob_id]) for b in rafs.blobs}, strict=True,
-                 verify_data=False)
+        validate(rafs, {b.blob_id: self._blobs[b.blob_id] for b in rafs.blobs}, strict=True, verify_data=False)
 
 
 def _bootstrap(path: str) -> bytes:

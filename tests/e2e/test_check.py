@@ -167,6 +167,19 @@ def test_nydus_output_passes_and_a_stripped_blob_annotation_fails(tmp_path, regi
     layer = json.loads(client.get_manifest(parse(bad)).raw)["layers"][0]["digest"]
     assert result.verdict == f'FAIL {layer}: missing annotation containerd.io/snapshot/nydus-blob: "true"'
 
+    def corrupt(manifest, client, r):
+        layer = manifest["layers"][1]
+        data = bytearray(blob(client, r, layer["digest"]))
+        data[100] ^= 0xFF  # in the first chunk's compressed data (a blob starts with its chunks)
+        client.push_blob(r, sha(bytes(data)), len(data), io.BytesIO(bytes(data)))
+        layer["digest"], layer["size"] = sha(bytes(data)), len(data)
+
+    bad = repush(client, target, "v1-nydus-chunk", corrupt)
+    result = check_image(client, parse(bad), tmp_dir=str(tmp_path))
+    layer = json.loads(client.get_manifest(parse(bad)).raw)["layers"][1]["digest"]
+    assert result.lines[2].startswith(f"FAIL {layer}: ")
+    assert result.verdict.startswith(f"FAIL {layer}: ") and result.verdict.endswith("(and 1 more)")
+
 
 class FakeCorruptingDriver(EStargzDriver):
     """A fake: eStargz layers whose TOC digest annotation is wrong, as a buggy driver would write them."""
