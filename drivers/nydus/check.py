@@ -8,6 +8,8 @@ and cross-checked against every blob it names (blob.meta, blob.digest: :func:`.v
 """
 from __future__ import annotations
 
+import re
+import stat
 import tarfile
 from typing import Iterator
 
@@ -19,6 +21,7 @@ from acceleration_sdk.testing.entries import Allowances, LayerEntry
 from .blobfile import BlobFile
 from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .entries import read_layer
+from .layout import RafsError
 from .reader import Rafs
 from .validate import validate
 
@@ -58,8 +61,17 @@ class NydusChecker:
 
     @staticmethod
     def _entries(desc: Descriptor, path: str) -> Iterator[LayerEntry]:
-        with open(path, "rb") as fh:
-            yield from read_layer(fh, desc, keep_data=False)
+        try:
+            with open(path, "rb") as fh:
+                yield from read_layer(fh, desc, keep_data=False)
+        except RafsError as exc:
+            found = re.match(r"chunk (\d+):", str(exc))
+            if not found:
+                raise
+            # the blob is verified chunk by chunk before its tree is read: say which files the bad chunk holds
+            names = _files_with_chunk(path, int(found.group(1)))
+            shown = f"{names[0]!r}" + (f" (and {len(names) - 1} more files)" if len(names) > 1 else "")
+            raise RafsError(f"{shown}: {exc}" if names else str(exc)) from exc
 
     def _check_bootstrap(self, desc: Descriptor, path: str) -> None:
         if desc.media_type not in (OCI_LAYER_GZIP, DOCKER_LAYER_GZIP):
@@ -79,6 +91,16 @@ class NydusChecker:
                                  digest=desc.digest)
         # the blob layers' data was verified as they were read: here the tables must agree
         validate(rafs, {b.blob_id: self._blobs[b.blob_id] for b in rafs.blobs}, strict=True, verify_data=False)
+
+
+def _files_with_chunk(path: str, index: int) -> list[str]:
+    """The regular files of a blob layer's own bootstrap whose data lies in chunk ``index``."""
+    try:
+        rafs = Rafs(BlobFile(path).bootstrap)
+        return [name for name, inode in rafs.walk() if stat.S_ISREG(inode.mode)
+                and any(chunk.index == index for chunk in rafs.file_chunks(inode))]
+    except RafsError:  # the tree is broken too: the chunk's own message has to do
+        return []
 
 
 def _bootstrap(path: str) -> bytes:

@@ -177,7 +177,7 @@ def test_nydus_output_passes_and_a_stripped_blob_annotation_fails(tmp_path, regi
     bad = repush(client, target, "v1-nydus-chunk", corrupt)
     result = check_image(client, parse(bad), tmp_dir=str(tmp_path))
     layer = json.loads(client.get_manifest(parse(bad)).raw)["layers"][1]["digest"]
-    assert result.lines[2].startswith(f"FAIL {layer}: ")
+    assert result.lines[2] == f"FAIL {layer}: 'big': chunk 0: blake3 digest does not match blob.digest"
     assert result.verdict.startswith(f"FAIL {layer}: ") and result.verdict.endswith("(and 1 more)")
 
 
