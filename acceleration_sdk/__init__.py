@@ -24,6 +24,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "convert": "acceleration_sdk.engine",
     "ConversionResult": "acceleration_sdk.engine",
+    "check_image": "acceleration_sdk.check",
+    "CheckResult": "acceleration_sdk.check",
+    "ImageChecker": "acceleration_sdk.driver",
     "RegistryClient": "acceleration_sdk.registry",
     "ContentStore": "acceleration_sdk.content",
     "Driver": "acceleration_sdk.driver",
@@ -36,11 +39,12 @@ _LAZY = {
 }
 
 __all__ = sorted([
-    "AccelError", "AuthError", "Config", "ConfigError", "ContentError", "ContentStore", "ConversionError",
-    "ConversionResult", "ConvertedLayer", "DigestMismatchError", "Driver", "DriverError", "LayerDriver",
+    "AccelError", "AuthError", "CheckResult", "Config", "ConfigError", "ContentError", "ContentStore",
+    "ConversionError", "ConversionResult", "ConvertedLayer", "DigestMismatchError", "Driver", "DriverError",
+    "ImageChecker", "LayerDriver",
     "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent", "Reference", "ReferenceError_",
     "RegistryClient", "RegistryError", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
-    "__version__", "convert", "load_config", "load_driver", "loads_config", "parse_reference",
+    "__version__", "check_image", "convert", "load_config", "load_driver", "loads_config", "parse_reference",
 ])
 
 

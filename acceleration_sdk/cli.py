@@ -1,4 +1,4 @@
-"""accelctl: one-time conversions (``accelctl convert``) and the service's tasks (``accelctl task``).
+"""accelctl: one-time conversions (``accelctl convert``), checks (``accelctl check``), the service's tasks.
 
 Exit codes: 0 success, 1 conversion failed, 2 bad usage or config. Failures print one line
 (``accelctl: error: <reason>``); ``--debug`` adds the traceback and debug logs.
@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   accelctl convert --config config.yaml --platform linux/amd64 localhost:5000/app:v1
   accelctl convert localhost:5000/app:v1          # reads ./config.yaml, else ./config.example.yaml
   accelctl drivers estargz                         # the driver's options, defaults and allowed values
+  accelctl check --source localhost:5000/app:v1 localhost:5000/app:v1-esgz   # PASS, or FAIL <layer>: <why>
   accelctl task create --addr 127.0.0.1:2077 --auth 'Bearer s3cret' --sync harbor.example.com/library/nginx:latest
   accelctl task list --addr 127.0.0.1:2077
 """
@@ -202,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "its default tag suffix and its converter.driver.config options.")
     drv.add_argument("names", nargs="*", metavar="NAME", help="only these drivers")
     drv.set_defaults(func=_cmd_drivers)
+
+    from .cli_check import add_parser as add_check_parser
+
+    add_check_parser(sub, _config_file)
 
     try:
         from .cli_task import add_parser as add_task_parser

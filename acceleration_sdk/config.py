@@ -139,6 +139,7 @@ class ConverterConfig:
     driver: DriverConfig = DriverConfig()
     rules: tuple[Rule, ...] = ()
     timeout: int = DEFAULT_TIMEOUT  # ours: seconds; the queue's retry is set longer than this
+    verify: bool = False  # ours: check the pushed image (acceleration_sdk.check) before the tag is written
 
     @property
     def tag_suffix(self) -> str:
@@ -282,6 +283,7 @@ def from_dict(data: Any) -> Config:
         driver=driver_cfg,
         rules=tuple(rules),
         timeout=timeout,
+        verify=read_field(conv, ConverterConfig, "verify", bool, "converter"),
     )
     return Config(server=server_cfg, metric=metric_cfg, provider=provider_cfg, converter=converter_cfg)
 

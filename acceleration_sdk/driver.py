@@ -9,14 +9,16 @@ and imports a driver's module only when that driver is asked for. A driver class
 
 - ``options_schema``: an :class:`~acceleration_sdk.options.OptionSchema` of its ``converter.driver.config``
   keys (validated when the config is loaded and again when the driver is built);
-- ``default_tag_suffix``: the target tag's suffix when ``converter.rules`` sets none (else ``-<name>``).
+- ``default_tag_suffix``: the target tag's suffix when ``converter.rules`` sets none (else ``-<name>``);
+- ``image_checker(manifest)``: an :class:`ImageChecker` that verifies an image in its format with the
+  driver's own reader (``accelctl check``, ``converter.verify``); ``None`` when the image is not its format.
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, ContextManager, Mapping, Protocol
+from typing import Any, Callable, ClassVar, ContextManager, Iterable, Mapping, Protocol
 
 from .errors import DriverError
 from .oci import Descriptor
@@ -55,6 +57,23 @@ class ContentProvider(Protocol):
     def progress(self, event: ProgressEvent) -> None: ...
 
 
+class ImageChecker(Protocol):
+    """Verifies one image manifest of a driver's format, layer by layer (``acceleration_sdk.check`` drives it).
+
+    The check spools each layer blob to ``path`` (digest verified) and calls :meth:`check_layer` in manifest
+    order; it computes the diff_ids itself (sha256 of the blob with its media type's compression taken off).
+    """
+
+    #: What the format does not keep, for the comparison with the source layer (``--source``).
+    allowances: Any  # acceleration_sdk.testing.Allowances
+
+    def check_layer(self, index: int, desc: Descriptor, path: str) -> Iterable[Any] | None:
+        """Check media type and annotations now; return the layer's entries (``LayerEntry`` with ``digest``,
+        ``data`` empty), verified as they are read -- or ``None`` for a layer with no source counterpart (a
+        nydus bootstrap). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` is removed
+        once the entries are read: keep what later layers need (parsed), not the path."""
+
+
 class Driver(abc.ABC):
     """The seed's interface: convert the source image, return the converted image's manifest/index."""
 
@@ -86,6 +105,16 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def version(self) -> str:
         """The version of the output format; changes when the output bytes would change."""
+
+    @classmethod
+    def image_checker(cls, manifest: Any, claim: bool = True) -> ImageChecker | None:
+        """A checker for ``manifest`` (an ``oci.Manifest``) when it is this driver's output, else ``None``.
+
+        ``claim=True``: recognise the format from media types and annotations (``accelctl check`` asks every
+        driver); ``claim=False``: the caller knows the format (the driver that converted it, or the config's),
+        so return a checker whenever the driver has one and let it report what is missing. The default: none.
+        """
+        return None
 
     def docker2oci(self) -> bool:
         """Whether Docker media types become OCI ones in the output."""

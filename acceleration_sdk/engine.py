@@ -3,7 +3,8 @@
 ``convert(config, source)`` is the one-call API. The engine, not the driver, filters platforms, maps Docker
 media types to OCI, rewrites ``rootfs.diff_ids``, sets ``subject`` and the Harbor annotations, sums sizes and
 pushes: blobs, then configs, then manifests, then the index, each by digest; the tag is written last, so a
-failed conversion never leaves a tag pointing at a half-pushed image.
+failed conversion never leaves a tag pointing at a half-pushed image. With ``converter.verify`` the pushed image
+is checked by digest (``check``) before the tag: an image that fails never gets it.
 
 The parts: ``session`` (one conversion's shared state), ``walk`` (what a LayerDriver gets), ``provider``
 (the ContentProvider a driver sees; it verifies sources before a converted blob is committed),
@@ -128,11 +129,25 @@ def _convert(cfg: Config, src: reference.Reference, target: reference.Reference,
         durations["convert"] = time.monotonic() - t
 
         t = time.monotonic()
-        push_image(session, converted)
+        push_image(session, converted, before_tag=(lambda: _verify(session, converted, driver))
+                   if cfg.converter.verify else None)
         if remote_cache is not None:
             remote_cache.save()
         durations["push"] = time.monotonic() - t
     return session, converted, durations
+
+
+def _verify(session: ConversionSession, converted: Descriptor, driver: Driver) -> None:
+    """``converter.verify``: check the image pushed by digest with the driver's reader; FAIL -> no tag."""
+    from .check import check_image
+
+    result = check_image(session.client, session.target.with_digest(converted.digest),
+                         tmp_dir=session.store.tmp_dir, driver=driver)
+    if not result.ok:
+        for line in result.lines:
+            log.info("verify %s: %s", session.target, line)
+        raise ConversionError(f"verification of the pushed image failed, tag {session.target.tag!r} not written: "
+                              f"{result.verdict}", reference=str(session.source))
 
 
 def _run_driver(session: ConversionSession, driver: Driver) -> Descriptor:

@@ -17,8 +17,12 @@ from .session import ConversionSession
 PUSH_CONCURRENCY = 4  # blobs uploaded at once
 
 
-def push_image(session: ConversionSession, root: Descriptor) -> None:
-    """Push everything ``root`` points at, children before parents, then the tag."""
+def push_image(session: ConversionSession, root: Descriptor, before_tag: Callable[[], None] | None = None) -> None:
+    """Push everything ``root`` points at, children before parents, then the tag.
+
+    ``before_tag`` runs once everything is pushed by digest (the engine's ``converter.verify`` check); if it
+    raises, the tag is never written.
+    """
     pushed: set[str] = set()
     client, store, target = session.client, session.store, session.target
 
@@ -42,6 +46,8 @@ def push_image(session: ConversionSession, root: Descriptor) -> None:
             pushed.add(desc.digest)
 
     push_manifest(root)
+    if before_tag is not None:
+        before_tag()
     client.put_manifest(target, store.read_bytes(root.digest), root.media_type)  # the tag, last
 
 

@@ -3,13 +3,17 @@ import pytest
 
 from acceleration_sdk.driver import available, load_driver
 from acceleration_sdk.errors import DriverError
-from acceleration_sdk.testing import Allowances, DriverContract
-from drivers.estargz.reader import INTERNAL_NAMES, read_layer
+from acceleration_sdk.testing import DriverContract
+from drivers.estargz.check import ALLOWANCES as ESTARGZ_CHECK_ALLOWANCES
+from drivers.estargz.reader import read_layer
+from drivers.nydus.check import ALLOWANCES as NYDUS_CHECK_ALLOWANCES
 from drivers.nydus.entries import read_layer as read_nydus_layer
 
 # The TOC stores modtime as RFC 3339 whole seconds (the writer rounds half-up, like Go's time.Round); the tar
 # headers in the same blob are copied byte for byte, so the plain tar view keeps everything (exact default).
-ESTARGZ_ALLOWANCES = Allowances(mtime_precision=1.0, internal_names=INTERNAL_NAMES)
+# The same allowances `accelctl check --source` uses (drivers/estargz/check.py): what the suite proves is
+# what the check holds real images to.
+ESTARGZ_ALLOWANCES = ESTARGZ_CHECK_ALLOWANCES
 SMALL_CHUNK = 4096  # the smallest chunk_size the driver accepts: multi-chunk files stay small and fast
 
 
@@ -36,8 +40,7 @@ class TestZstdChunkedContract(DriverContract):
 # (nydus-snapshotter: blobs are not compressed). Whiteouts are kept as the source's .wh.* files: tar-rafs
 # keeps them per layer, only the merged bootstrap applies them (tests/e2e/test_nydus_convert.py).
 # Every matrix cell passes; ids above 32 bits, which nydus-image refuses, are not in the matrix (3,000,000).
-NYDUS_ALLOWANCES = Allowances(dropped=frozenset({"uname", "gname"}), mtime_precision=1.0, mtime_truncated=True,
-                              implicit_dirs=True, keeps_order=False, tar_view=False, diff_id="blob")
+NYDUS_ALLOWANCES = NYDUS_CHECK_ALLOWANCES  # also accelctl check's (drivers/nydus/check.py)
 
 
 class TestNydusContract(DriverContract):

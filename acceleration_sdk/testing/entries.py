@@ -3,7 +3,9 @@
 A driver's reader (see :mod:`acceleration_sdk.testing.suite`) yields :class:`LayerEntry` values for its own
 output; :func:`tar_entries` yields them for any tar stream (the source, and the plain tar view of an output);
 :func:`compare` lists every difference between two such views, honouring the driver's :class:`Allowances`.
-Entries carry their file bytes: the suite's layers are small (a few hundred KiB), never real images.
+Entries carry their file bytes: the suite's layers are small (a few hundred KiB), never real images. For real
+images (``accelctl check``) readers stream instead: ``keep_data=False`` fills ``digest`` (sha256 of the bytes,
+hashed piece by piece) and leaves ``data`` empty, and :func:`compare` compares digests then.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class LayerEntry:
     devminor: int = 0
     xattrs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
     data: bytes = b""
+    digest: str = ""  # "sha256:..." of the file bytes when the reader streamed them instead of keeping ``data``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,23 +95,52 @@ class Allowances:
             raise ValueError(f"Allowances.dropped: unknown fields {sorted(unknown)} (known: {', '.join(FIELDS)})")
 
 
-def tar_entries(stream: BinaryIO) -> Iterator[LayerEntry]:
-    """The entries of an uncompressed tar ``stream``, read in one pass with the stdlib ``tarfile``."""
+class Sha256:
+    """Hashes file bytes piece by piece (a streaming reader's ``LayerEntry.digest``)."""
+
+    def __init__(self) -> None:
+        self._h, self.size = hashlib.sha256(), 0
+
+    def update(self, data: bytes) -> None:
+        self._h.update(data)
+        self.size += len(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
+
+
+READ_SIZE = 1 << 20  # bytes of a file read at a time when streaming
+
+
+def tar_entries(stream: BinaryIO, keep_data: bool = True) -> Iterator[LayerEntry]:
+    """The entries of an uncompressed tar ``stream``, read in one pass with the stdlib ``tarfile``.
+
+    ``keep_data=False``: file bytes are hashed into ``digest`` as they stream past, never held.
+    """
     with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tf:
         for info in tf:
             kind = _TAR_KINDS.get(info.type)
             if kind is None:
                 raise ValueError(f"tar entry {info.name!r} has a type the suite does not know: {info.type!r}")
-            data = tf.extractfile(info).read() if kind == "reg" else b""
+            data, digest, size = b"", "", info.size if kind == "reg" else 0
+            if kind == "reg" and keep_data:
+                data = tf.extractfile(info).read()
+                size = len(data)
+            elif kind == "reg":
+                h, member = Sha256(), tf.extractfile(info)
+                while piece := member.read(READ_SIZE):
+                    h.update(piece)
+                digest, size = h.digest, h.size
             xattrs = {k[len(XATTR_PREFIX):]: v.encode("utf-8", "surrogateescape")
                       for k, v in info.pax_headers.items() if k.startswith(XATTR_PREFIX)}
             device = kind in ("char", "block")
             yield LayerEntry(
                 name=clean_name(info.name), kind=kind, mode=info.mode & 0o7777, uid=info.uid, gid=info.gid,
-                uname=info.uname, gname=info.gname, size=len(data), mtime=info.mtime,
+                uname=info.uname, gname=info.gname, size=size, mtime=info.mtime,
                 linkname=clean_name(info.linkname) if kind == "hardlink" else info.linkname,
                 devmajor=info.devmajor if device else 0, devminor=info.devminor if device else 0,
-                xattrs=xattrs, data=data)
+                xattrs=xattrs, data=data, digest=digest)
 
 
 def _first_difference(a: bytes, b: bytes) -> int:
@@ -122,6 +154,12 @@ def _first_difference(a: bytes, b: bytes) -> int:
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()[:16] + "..."
+
+
+def _full_digest(entry: LayerEntry) -> str:
+    if entry.digest:
+        return entry.digest
+    return "sha256:" + hashlib.sha256(entry.data).hexdigest()
 
 
 def _field_problems(want: LayerEntry, got: LayerEntry, allow: Allowances) -> list[str]:
@@ -151,7 +189,11 @@ def _field_problems(want: LayerEntry, got: LayerEntry, allow: Allowances) -> lis
             elif want.xattrs[key] != got.xattrs[key]:
                 out.append(f"{name!r}: xattr {key!r} differs: source {want.xattrs[key]!r}, "
                            f"output {got.xattrs[key]!r}")
-    if "data" not in allow.dropped and want.data != got.data:
+    if "data" not in allow.dropped and (want.digest or got.digest):
+        a, b = _full_digest(want), _full_digest(got)
+        if a != b:
+            out.append(f"{name!r}: file bytes differ (source {want.size} bytes {a}, output {got.size} bytes {b})")
+    elif "data" not in allow.dropped and want.data != got.data:
         at = _first_difference(want.data, got.data)
         out.append(f"{name!r}: file bytes differ from byte {at} (source {len(want.data)} bytes "
                    f"{_digest(want.data)}, output {len(got.data)} bytes {_digest(got.data)})")

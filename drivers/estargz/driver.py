@@ -53,6 +53,13 @@ class EStargzDriver(LayerDriver):
         self.workers = self.options["workers"]
         self.prioritized_files = self.options["prioritized_files"]
 
+    @classmethod
+    def image_checker(cls, manifest, claim: bool = True):
+        """eStargz/zstd:chunked output: recognised by a TOC annotation on any layer (``.check``)."""
+        from .check import EStargzChecker, claims
+
+        return EStargzChecker() if not claim or claims(manifest.layers) else None
+
     def name(self) -> str:
         return "estargz"
 

@@ -28,7 +28,7 @@ import zstandard
 
 from acceleration_sdk.errors import LayerError
 from acceleration_sdk.oci import Descriptor
-from acceleration_sdk.testing.entries import LayerEntry, clean_name
+from acceleration_sdk.testing.entries import LayerEntry, Sha256, clean_name
 
 TOC_NAME = "stargz.index.json"
 INTERNAL_NAMES = frozenset({TOC_NAME, ".prefetch.landmark", ".no.prefetch.landmark"})
@@ -136,28 +136,31 @@ def _modtime(value: str) -> int:
     return calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ"))
 
 
-def _file_bytes(blob: BinaryIO, entry: dict, chunks: list[dict], zstd: bool) -> bytes:
+def _file_chunks(blob: BinaryIO, entry: dict, chunks: list[dict], zstd: bool) -> Iterator[bytes]:
+    """The file's bytes chunk by chunk, each checked against its ``chunkDigest`` (one chunk in memory at a time)."""
     name, size = entry["name"], entry.get("size", 0)
-    parts: list[bytes] = []
     at = 0
+    whole = Sha256()
     for chunk in chunks:
         if chunk.get("chunkOffset", 0) != at:
             raise LayerError(f"{name!r}: chunk at {chunk.get('chunkOffset', 0)} does not follow byte {at}")
         length = chunk.get("chunkSize") or size - at  # omitted (0) on the last chunk: to the end of the file
         blob.seek(chunk["offset"])
-        data = _unzstd(blob, length) if zstd else _inflate(blob, length)
+        try:
+            data = _unzstd(blob, length) if zstd else _inflate(blob, length)
+        except LayerError as exc:
+            raise LayerError(f"{name!r}: chunk at {at}: {exc}") from exc
         if len(data) != length:
             raise LayerError(f"{name!r}: chunk at {at} holds {len(data)} bytes, the TOC says {length}")
         if chunk.get("chunkDigest") and chunk["chunkDigest"] != _sha256(data):
             raise LayerError(f"{name!r}: chunk at {at} does not match its chunkDigest")
-        parts.append(data)
+        whole.update(data)
+        yield data
         at += length
     if at != size:
         raise LayerError(f"{name!r}: chunks cover {at} bytes, the TOC says {size}")
-    data = b"".join(parts)
-    if entry.get("digest") and entry["digest"] != _sha256(data):
+    if entry.get("digest") and entry["digest"] != whole.digest:
         raise LayerError(f"{name!r}: file bytes do not match the TOC digest")
-    return data
 
 
 def _toc_json(blob: BinaryIO, desc: Descriptor) -> tuple[bytes, bool]:
@@ -176,8 +179,12 @@ def read_toc(blob: BinaryIO, desc: Descriptor) -> dict:
     return json.loads(_toc_json(blob, desc)[0])
 
 
-def read_layer(blob: BinaryIO, desc: Descriptor) -> Iterator[LayerEntry]:
-    """Every TOC entry of the blob as a :class:`LayerEntry`, file bytes read chunk by chunk from their members."""
+def read_layer(blob: BinaryIO, desc: Descriptor, keep_data: bool = True) -> Iterator[LayerEntry]:
+    """Every TOC entry of the blob as a :class:`LayerEntry`, file bytes read chunk by chunk from their members.
+
+    ``keep_data=False`` (``accelctl check`` on real images): every chunk is still read and verified, but the
+    file's bytes are only hashed into ``LayerEntry.digest``.
+    """
     raw_toc, zstd = _toc_json(blob, desc)
     toc = json.loads(raw_toc)
     if toc.get("version") != 1:
@@ -199,7 +206,14 @@ def read_layer(blob: BinaryIO, desc: Descriptor) -> Iterator[LayerEntry]:
         entries.append(raw)
     for i, raw in enumerate(entries):
         kind = raw["type"]
-        data = _file_bytes(blob, raw, chunks[i], zstd) if kind == "reg" else b""
+        data, digest = b"", ""
+        if kind == "reg" and keep_data:
+            data = b"".join(_file_chunks(blob, raw, chunks[i], zstd))
+        elif kind == "reg":
+            h = Sha256()
+            for piece in _file_chunks(blob, raw, chunks[i], zstd):
+                h.update(piece)
+            digest = h.digest
         link = raw.get("linkName", "")
         yield LayerEntry(
             name=clean_name(raw["name"]), kind=kind, mode=raw.get("mode", 0) & 0o7777, uid=raw.get("uid", 0),
@@ -207,4 +221,4 @@ def read_layer(blob: BinaryIO, desc: Descriptor) -> Iterator[LayerEntry]:
             size=raw.get("size", 0), mtime=_modtime(raw.get("modtime", "")),
             linkname=clean_name(link) if kind == "hardlink" else link,
             devmajor=raw.get("devMajor", 0), devminor=raw.get("devMinor", 0),
-            xattrs={k: base64.b64decode(v) for k, v in raw.get("xattrs", {}).items()}, data=data)
+            xattrs={k: base64.b64decode(v) for k, v in raw.get("xattrs", {}).items()}, data=data, digest=digest)

@@ -27,17 +27,13 @@ from acceleration_sdk.errors import DriverError
 from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_MANIFEST, OCI_LAYER_GZIP, Descriptor
 
 from .builder import BuildOptions, LayerResult, at_position, convert_layer, layer_from_blob, merge_bootstrap
+from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .options import OPTIONS
 from .reader import Rafs
 from .validate import validate
 
 log = logging.getLogger("drivers.nydus")
 
-NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
-BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"
-BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
-FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
-BOOTSTRAP_DIR = "image"
 BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
 # Changes whenever the writer's output bytes for the same input and options change: part of the cache key.
 WRITER_REVISION = "1"
@@ -67,6 +63,13 @@ class NydusDriver(LayerDriver):
             _builder_logged.set()
             log.info("nydus: converter.driver.config.builder %r is not run: this driver builds RAFS v6 natively",
                      o["builder"])
+
+    @classmethod
+    def image_checker(cls, manifest, claim: bool = True):
+        """nydus output: recognised by the bootstrap annotation on the last layer (``.check``)."""
+        from .check import NydusChecker, claims
+
+        return NydusChecker(len(manifest.layers)) if not claim or claims(manifest.layers) else None
 
     def name(self) -> str:
         return "nydus"

@@ -19,7 +19,7 @@ import tempfile
 from typing import BinaryIO, Iterator
 
 from acceleration_sdk.oci import Descriptor
-from acceleration_sdk.testing.entries import LayerEntry
+from acceleration_sdk.testing.entries import LayerEntry, Sha256
 
 from . import layout as L
 from .blobfile import BlobFile
@@ -31,20 +31,23 @@ _KINDS = {stat.S_IFREG: "reg", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", sta
           stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
 
 
-def read_layer(blob: BinaryIO, desc: Descriptor | None = None) -> Iterator[LayerEntry]:
-    """Every entry of the nydus blob layer in ``blob`` (a seekable file), file bytes included."""
+def read_layer(blob: BinaryIO, desc: Descriptor | None = None, keep_data: bool = True) -> Iterator[LayerEntry]:
+    """Every entry of the nydus blob layer in ``blob`` (a seekable file), file bytes included.
+
+    ``keep_data=False`` (``accelctl check``): file bytes are hashed chunk by chunk into ``LayerEntry.digest``.
+    """
     path = getattr(blob, "name", None)
     if isinstance(path, str) and os.path.isfile(path):
-        yield from _read(path)
+        yield from _read(path, keep_data)
         return
     with tempfile.NamedTemporaryFile(prefix="nydus-blob-") as copy:  # BlobFile reads from a path
         blob.seek(0)
         shutil.copyfileobj(blob, copy)
         copy.flush()
-        yield from _read(copy.name)
+        yield from _read(copy.name, keep_data)
 
 
-def _read(path: str) -> Iterator[LayerEntry]:
+def _read(path: str, keep_data: bool = True) -> Iterator[LayerEntry]:
     blob = BlobFile(path)
     if blob.bootstrap is None:
         raise RafsError("the blob carries no image.boot: not a nydus blob layer")
@@ -65,8 +68,14 @@ def _read(path: str) -> Iterator[LayerEntry]:
                 continue
             first_name[inode.nid] = name
             if kind == "reg":
-                data = _file_bytes(rafs, blob, fh, inode)
-                yield LayerEntry(name, kind, size=len(data), data=data, **common)
+                if keep_data:
+                    data = b"".join(_file_chunks(rafs, blob, fh, inode))
+                    yield LayerEntry(name, kind, size=len(data), data=data, **common)
+                else:
+                    h = Sha256()
+                    for piece in _file_chunks(rafs, blob, fh, inode):
+                        h.update(piece)
+                    yield LayerEntry(name, kind, size=h.size, digest=h.digest, **common)
             elif kind == "symlink":
                 target = rafs.symlink(inode).decode("utf-8", "surrogateescape")
                 yield LayerEntry(name, kind, linkname=target, **common)
@@ -77,11 +86,15 @@ def _read(path: str) -> Iterator[LayerEntry]:
                 yield LayerEntry(name, kind, **common)
 
 
-def _file_bytes(rafs: Rafs, blob: BlobFile, fh: BinaryIO, inode) -> bytes:
-    out = bytearray()
+def _file_chunks(rafs: Rafs, blob: BlobFile, fh: BinaryIO, inode) -> Iterator[bytes]:
+    """The file's bytes chunk by chunk (a chunk is at most 16 MiB), cut to the inode's size."""
+    left = inode.size
     for chunk in rafs.file_chunks(inode):
+        if left <= 0:
+            break
         entry = rafs.blobs[chunk.blob_index]
-        out += blob.read_chunk(fh, chunk.index, entry.compressor)
-    if len(out) < inode.size:
-        raise RafsError(f"inode {inode.nid}: its chunks hold {len(out)} bytes of {inode.size}")
-    return bytes(out[:inode.size])
+        data = blob.read_chunk(fh, chunk.index, entry.compressor)[:left]
+        left -= len(data)
+        yield data
+    if left > 0:
+        raise RafsError(f"inode {inode.nid}: its chunks hold {inode.size - left} bytes of {inode.size}")

@@ -1,0 +1,222 @@
+"""Is this image really accelerated? Fetch a converted image and verify it with its driver's own reader.
+
+    result = check_image(client, parse("host/app:v1-esgz"), tmp_dir="/tmp", source=parse("host/app:v1"))
+    result.ok, result.lines   # one line per layer, then the verdict ("PASS ..." or "FAIL <layer>: <why>")
+
+``accelctl check`` prints the lines; the engine runs it on the pushed manifest (by digest) before it writes the
+tag when ``converter.verify`` is on. Per image manifest (each platform of an index; attestations skipped):
+
+- the format: the driver that converted it (the engine), else the first installed driver whose
+  ``Driver.image_checker(manifest)`` recognises it, else the configured driver (which then says what is missing);
+- per layer, blob spooled to a temp file (digest verified by the download, never held in memory): the
+  driver's :class:`~acceleration_sdk.driver.ImageChecker` (media type, annotations, every chunk), then the
+  diff_id: the sha256 of the decompressed blob against the config's ``rootfs.diff_ids``;
+- with ``source``: the same platform's source layer, read as a tar, against the layer's entries (metadata
+  and file digests, the format's ``Allowances``: :func:`acceleration_sdk.testing.entries.compare`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from typing import Callable
+
+from . import oci
+from .compression import open_decompressed
+from .driver import Driver, ImageChecker, available, driver_class
+from .errors import AccelError, LayerError
+from .reference import Reference
+from .registry import RegistryClient
+from .testing.entries import Sha256, compare, tar_entries
+
+READ_SIZE = 1 << 20
+COMPRESSED_SUFFIXES = ("+gzip", "+zstd", ".gzip", ".zstd")  # OCI "+gzip"; Docker's rootfs.diff.tar.gzip
+MAX_CONFIG = 16 << 20  # an image config is JSON metadata; bigger is refused, not read into memory
+SHOWN_PROBLEMS = 3  # differences from the source named on a FAIL line; the count says how many more
+
+
+@dataclasses.dataclass
+class CheckResult:
+    ok: bool
+    lines: list[str]
+
+    @property
+    def verdict(self) -> str:
+        return self.lines[-1] if self.lines else ""
+
+
+class _Failed(Exception):
+    """One image-level problem: ends the check of a manifest with ``FAIL <what>: <why>``."""
+
+
+def check_image(client: RegistryClient, ref: Reference, *, tmp_dir: str | None = None,
+                source: Reference | None = None, driver: Driver | str | None = None,
+                fallback: str = "", emit: Callable[[str], None] | None = None) -> CheckResult:
+    """Check ``ref`` (tag or digest); ``driver`` forces the format, ``fallback`` names one when none claims it.
+
+    ``emit`` gets each line as soon as it is known (accelctl prints them while big layers download).
+    """
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if emit is not None:
+            emit(line)
+
+    failures: list[str] = []
+    checked = 0
+    try:
+        fetched = client.get_manifest(ref)
+        if fetched.media_type in oci.INDEX_TYPES:
+            index = oci.Index.from_json(fetched.raw, fetched.media_type, str(ref))
+            children = [d for d in index.manifests if not d.is_attestation]
+            if not children:
+                raise _Failed(f"{ref}: the index lists no image manifest")
+        else:
+            children = [fetched.descriptor]
+        with tempfile.TemporaryDirectory(prefix="check-", dir=tmp_dir) as work:
+            for child in children:
+                raw = fetched.raw if child.digest == fetched.digest else \
+                    client.get_manifest(ref.with_digest(child.digest)).raw
+                label = "/".join(p for p in child.platform_tuple if p) if len(children) > 1 else ""
+                checked += _check_manifest(client, ref, raw, child, label, work, source, driver, fallback,
+                                           say, failures)
+    except _Failed as exc:
+        failures.append(str(exc))
+    except (AccelError, ValueError) as exc:  # the registry said no, a manifest or config does not parse
+        failures.append(f"{ref}: {exc}")
+    if failures:
+        verdict = failures[0] if failures[0].startswith("FAIL ") else f"FAIL {failures[0]}"
+        say(verdict + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+        return CheckResult(False, lines)
+    say(f"PASS {ref}: {checked} layer(s) verified")
+    return CheckResult(True, lines)
+
+
+def _checker(manifest: oci.Manifest, driver: Driver | str | None, fallback: str) -> tuple[str, ImageChecker]:
+    if isinstance(driver, Driver):
+        found = type(driver).image_checker(manifest, claim=False)
+        name = driver.name()
+    elif driver:
+        found, name = driver_class(driver).image_checker(manifest, claim=False), driver
+    else:
+        for name in available():
+            try:
+                found = driver_class(name).image_checker(manifest)
+            except AccelError:  # a broken plugin must not stop the others from recognising the image
+                continue
+            if found is not None:
+                return name, found
+        name = fallback
+        found = driver_class(fallback).image_checker(manifest, claim=False) if fallback else None
+        if found is None and not fallback:
+            raise _Failed("no installed driver recognises the image's layers")
+    if found is None:
+        raise _Failed(f"driver {name} cannot check images (it declares no image_checker)")
+    return name, found
+
+
+def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallback, say, failures) -> int:
+    where = f"{ref}@{desc.digest}" + (f" ({label})" if label else "")
+    manifest = oci.Manifest.from_json(raw, desc.media_type, str(ref))
+    if not manifest.layers:
+        raise _Failed(f"{where}: the manifest has no layers")
+    try:
+        name, checker = _checker(manifest, driver, fallback)
+    except _Failed as exc:
+        raise _Failed(f"{where}: {exc}") from None
+    config = json.loads(_small_blob(client, ref, manifest.config))
+    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+    if len(diff_ids) != len(manifest.layers):
+        raise _Failed(f"{where}: the config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
+    source_layers = _source_layers(client, source, desc) if source is not None else None
+    say(f"check {where}: {name}, {len(manifest.layers)} layer(s)")
+    for i, layer in enumerate(manifest.layers):
+        head = layer.digest
+        try:
+            detail = _check_layer(client, ref, i, layer, diff_ids[i], checker, work, source, source_layers)
+        except Exception as exc:  # a hostile blob may break a parser anywhere: a FAIL line, not a traceback
+            why = str(exc) if isinstance(exc, AccelError) else f"unreadable ({type(exc).__name__}: {exc})"
+            line = f"FAIL {head}: {why}"
+            failures.append(line)
+            say(line)
+            continue
+        say(f"ok   {head}: {layer.media_type}, {detail}")
+    return len(manifest.layers)
+
+
+def _spool(client: RegistryClient, ref: Reference, desc: oci.Descriptor, work: str, prefix: str = "") -> str:
+    path = os.path.join(work, prefix + desc.digest.replace(":", "-"))
+    try:
+        with open(path, "wb") as fh:
+            client.download_blob(ref, desc.digest, fh, desc.size)  # verifies the digest and the size
+    except BaseException:
+        os.unlink(path)  # never left half-written
+        raise
+    return path
+
+
+def _check_layer(client, ref, i, layer, diff_id, checker, work, source, source_layers) -> str:
+    """One layer, spooled and removed again: the disk holds at most a layer and its source at a time."""
+    path = _spool(client, ref, layer, work)
+    try:
+        return _check_spooled(client, path, i, layer, diff_id, checker, work, source, source_layers)
+    finally:
+        os.unlink(path)
+
+
+def _check_spooled(client, path, i, layer, diff_id, checker, work, source, source_layers) -> str:
+    entries = checker.check_layer(i, layer, path)
+    # metadata and a file digest per entry (never file bytes); every chunk is read and verified here
+    seen = list(entries) if entries is not None else None
+    h = Sha256()
+    with open(path, "rb") as fh:
+        # the OCI rule: a diff_id hashes the layer with its declared compression taken off; a type that
+        # declares none (a plain tar, a nydus blob) is its own diff_id
+        stream = open_decompressed(fh) if layer.media_type.endswith(COMPRESSED_SUFFIXES) else fh
+        while piece := stream.read(READ_SIZE):
+            h.update(piece)
+    if h.digest != diff_id:
+        raise LayerError(f"diff_id {diff_id} in the config, but the uncompressed layer is {h.digest}")
+    detail = f"{len(seen)} entries, chunks verified" if seen is not None else "verified against the blob layers"
+    if seen is None or source_layers is None:
+        return detail
+    if i >= len(source_layers):
+        raise LayerError(f"the source {source} has only {len(source_layers)} layer(s)")
+    src_path = _spool(client, source, source_layers[i], work, prefix="source-")  # may be the same blob
+    try:
+        with open(src_path, "rb") as fh:
+            want = list(tar_entries(open_decompressed(fh), keep_data=False))
+    finally:
+        os.unlink(src_path)
+    problems = compare(want, seen, checker.allowances)
+    if problems:
+        more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
+        raise LayerError(f"differs from source layer {source_layers[i].digest}: "
+                         + "; ".join(problems[:SHOWN_PROBLEMS]) + more)
+    return detail + f", same as source layer {source_layers[i].digest[:19]}"
+
+
+def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor) -> bytes:
+    if desc.size > MAX_CONFIG:
+        raise _Failed(f"{ref}: config {desc.digest} is {desc.size} bytes, more than {MAX_CONFIG}")
+    buf = io.BytesIO()
+    client.download_blob(ref, desc.digest, buf, desc.size)
+    return buf.getvalue()
+
+
+def _source_layers(client: RegistryClient, source: Reference, converted: oci.Descriptor) -> list[oci.Descriptor]:
+    """The source image's layers for the converted manifest's platform."""
+    fetched = client.get_manifest(source)
+    raw, media_type = fetched.raw, fetched.media_type
+    if media_type in oci.INDEX_TYPES:
+        index = oci.Index.from_json(raw, media_type, str(source))
+        want = converted.platform_tuple
+        match = [d for d in index.manifests if not d.is_attestation and (d.platform_tuple == want or not any(want))]
+        if not match:
+            raise _Failed(f"the source {source} has no manifest for platform {'/'.join(p for p in want if p)}")
+        child = client.get_manifest(source.with_digest(match[0].digest))
+        raw, media_type = child.raw, child.media_type
+    return list(oci.Manifest.from_json(raw, media_type, str(source)).layers)
