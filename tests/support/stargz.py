@@ -8,7 +8,9 @@ stargz-snapshotter 0.12 library, golang-github-containerd-stargz-snapshotter-dev
 the loopback registry, ``no_background_fetch`` so what is fetched is what was asked for) and a private
 containerd (own root, state and socket; the snapshotter as proxy plugin ``stargz``) and drives them with
 Debian's ``ctr-remote``/``ctr``. ``stop()`` kills leftover tasks, stops both daemons by PID and lazily unmounts
-anything still mounted under the stack's directory -- called from fixture teardown, also after a failure.
+anything still mounted under the stack's directory -- called from fixture teardown, also after a failure. A
+session killed outright leaves its directory with a ``pids`` file; the next ``start()`` sweeps it
+(:func:`sweep_stale`: kills those daemons by PID, unmounts, removes).
 """
 from __future__ import annotations
 
@@ -33,6 +35,33 @@ LIBRARY = f"{GOPATH}/src/github.com/containerd/stargz-snapshotter"
 HIDDEN = [f"{LIBRARY}/service/resolver/cri.go"]
 REMOTE_LABEL = "containerd.io/snapshot/remote"  # set by stargz-snapshotter on a lazily mounted layer
 NAMESPACE = "default"
+PREFIX = "acceld-lazy-"  # the stack's temp directory; a killed session's is swept by the next start
+
+
+def _alive(pid: int, name: str) -> bool:
+    """``pid`` runs a program called ``name`` (not a reused PID)."""
+    try:
+        return os.path.basename(open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0]).decode() == name
+    except OSError:
+        return False
+
+
+def sweep_stale() -> None:
+    """A session killed outright (SIGKILL, OOM) never ran its teardown: stop its daemons, unmount, remove."""
+    for stale in pathlib.Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            owner, *daemons = (line.split() for line in (stale / "pids").read_text().splitlines())
+        except (OSError, ValueError):
+            continue  # still starting, or not ours
+        if _alive(int(owner[0]), owner[1]):
+            continue
+        for pid, name in daemons:
+            if _alive(int(pid), name):
+                os.kill(int(pid), signal.SIGKILL)
+        for point, _ in mounts_under(str(stale)):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        if not mounts_under(str(stale)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def build_snapshotter() -> pathlib.Path:
@@ -94,7 +123,7 @@ class LazyPullStack:
         self.binary = binary or build_snapshotter()
         self.no_background_fetch = no_background_fetch
         # short: unix socket paths must stay under 108 bytes
-        self.dir = tempfile.mkdtemp(prefix="acceld-lazy-")
+        self.dir = tempfile.mkdtemp(prefix=PREFIX)
         self.stargz_sock = os.path.join(self.dir, "stargz.sock")
         self.containerd_sock = os.path.join(self.dir, "containerd.sock")
         self.stargz_root = os.path.join(self.dir, "stargz")
@@ -104,6 +133,8 @@ class LazyPullStack:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> "LazyPullStack":
+        sweep_stale()
+        self._record()
         try:
             self._start_snapshotter()
             self._start_containerd()
@@ -111,6 +142,14 @@ class LazyPullStack:
             self.stop()
             raise
         return self
+
+    def _record(self) -> None:
+        """Who owns this directory and which daemons it started, for :func:`sweep_stale`."""
+        owner = os.path.basename(open("/proc/self/cmdline", "rb").read().split(b"\0")[0]).decode()
+        lines = [f"{os.getpid()} {owner}"] + [f"{p.pid} {os.path.basename(p.args[0])}" for p in self.procs]
+        with open(os.path.join(self.dir, "pids.tmp"), "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.replace(os.path.join(self.dir, "pids.tmp"), os.path.join(self.dir, "pids"))
 
     def _start_snapshotter(self) -> None:
         config = os.path.join(self.dir, "stargz.toml")
@@ -123,6 +162,7 @@ class LazyPullStack:
             [str(self.binary), "-address", self.stargz_sock, "-root", self.stargz_root, "-config", config],
             stdout=log, stderr=subprocess.STDOUT))
         log.close()
+        self._record()
         _wait_for(self.stargz_sock, self.procs[-1], self.stargz_log, "containerd-stargz-grpc")
 
     def _start_containerd(self) -> None:
@@ -137,6 +177,7 @@ class LazyPullStack:
         self.procs.append(subprocess.Popen(["containerd", "--config", config], stdout=log,
                                            stderr=subprocess.STDOUT))
         log.close()
+        self._record()
         _wait_for(self.containerd_sock, self.procs[-1], self.containerd_log, "containerd")
         deadline = time.monotonic() + 30
         while self.ctr("version", check=False).returncode != 0:
