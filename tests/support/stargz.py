@@ -71,7 +71,7 @@ def build_snapshotter() -> pathlib.Path:
     if binary.exists():
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
-    overlay_path = CACHE / f"overlay-{tag}.json"
+    overlay_path = CACHE / f"overlay-{tag}.{os.getpid()}.json"  # per process: parallel sessions build at once
     overlay_path.write_text(overlay)
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": GOPATH, "GOCACHE": str(CACHE / "gocache"),
            "GOFLAGS": "", "CGO_ENABLED": "0"}
@@ -80,6 +80,7 @@ def build_snapshotter() -> pathlib.Path:
                           cwd=SOURCE.parent, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"building containerd-stargz-grpc failed:\n{proc.stderr}"
     os.replace(tmp, binary)  # atomic: a parallel session never runs a half-written binary
+    overlay_path.unlink()
     for stale in CACHE.glob("containerd-stargz-grpc-*"):
         if stale != binary and ".tmp" not in stale.name:
             stale.unlink(missing_ok=True)
