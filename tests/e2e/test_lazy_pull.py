@@ -7,8 +7,9 @@ and no layer blob may have been downloaded whole (not in containerd's content st
 in the registry's access log). A container (runc) then hashes /etc and /usr/bin on the lazy layers and the
 output must equal the same command on the source image unpacked by the overlayfs snapshotter, and the
 hashes of a few files computed here from the source tar. ``prioritized_files`` must be prefetched at mount:
-the snapshotter reports a prefetch of exactly the bytes before the TOC's prefetch landmark, and the
-prioritized file's chunks lie in that range. The negative: with the TOC digest annotation stripped, the
+the snapshotter reports a prefetch of exactly the bytes before the TOC's prefetch landmark, the prioritized
+file's chunks lie in that range, and with the registry stopped it still reads whole from the mounted layer
+while a file nobody asked for does not. The negative: with the TOC digest annotation stripped, the
 snapshotter cannot mount lazily and the checker must say so.
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ WHITED_OUT = "etc/issue.net"  # a rootfs file the top layer deletes (overlay whi
 HASH_CMD = ("sh", "-c", "find /etc /usr/bin /acceld -type f | sort | xargs sha256sum; "
             f"test ! -e /{WHITED_OUT} && echo whiteout-ok")
 LAYER_LABEL = "containerd.io/snapshot/remote/stargz.digest"  # the layer a remote snapshot mounts
+COLD = "usr/lib/x86_64-linux-gnu/libc.so.6"  # mid-layer, 1.9 MB: neither prefetched nor in the TOC's range
 FETCH_CHUNK = 50000  # stargz-snapshotter's default blob chunk_size: it fetches ranges in these units
 SAMPLES = ["usr/bin/sha256sum", "usr/bin/dpkg", "etc/debian_version", TOP_FILE]
 
@@ -166,6 +168,14 @@ def prefetched(stack: LazyPullStack, digest: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def layer_mount(stack: LazyPullStack, digest: str) -> str:
+    """Where the snapshotter mounted the layer ``digest`` (its snapshot's mountpoint, from the snapshotter's log)."""
+    name = next(key for key, info in stack.snapshots().items() if info.get("Labels", {}).get(LAYER_LABEL) == digest)
+    found = re.findall(rf'preparing filesystem mount at mountpoint=(\S+)" key="[^"]* {name}"', stack.snapshotter_log())
+    assert found, f"no mountpoint for {digest} in the snapshotter's log"
+    return found[-1]
+
+
 def wait_prefetched(stack: LazyPullStack, digest: str, timeout: float = 60) -> int:
     """The mount starts the prefetch in the background; wait for its report."""
     deadline = time.monotonic() + timeout
@@ -188,6 +198,18 @@ def test_a_debian_image_lazy_pulls_and_runs_as_its_source(tmp_path, registry, st
     assert lazy_problems(stack, registry, layers, log_start) == []
     prefetch_size = wait_prefetched(stack, layers[0])
     after_pull = served_bytes(registry, layers[0], log_start)
+
+    # The landmark works, seen from the file system: with the registry down, the prioritized file reads whole
+    # from the mounted layer (its chunks were prefetched at mount), a file nobody asked for cannot be read.
+    mount = layer_mount(stack, layers[0])
+    registry.stop()
+    try:
+        with open(os.path.join(mount, PRIORITIZED), "rb") as fh:
+            assert hashlib.file_digest(fh, "sha256").hexdigest() == source_hashes()[f"/{PRIORITIZED}"]
+        with pytest.raises(OSError), open(os.path.join(mount, COLD), "rb") as fh:
+            fh.read()
+    finally:
+        registry.start()  # same port, same storage, same access log
 
     out = stack.run(target, f"lazy-{compression}", *HASH_CMD)
     assert out == witness and out.endswith("whiteout-ok\n")
