@@ -3,9 +3,11 @@
 set -euo pipefail
 pkgs=(docker-registry skopeo golang-go golang-github-containerd-stargz-snapshotter-dev apache2-utils zstd debootstrap
       chromium chromium-driver git make postgresql redis-server libdeflate0
-      erofs-utils)  # erofs-utils: fsck.erofs --extract checks every nydus bootstrap; debootstrap: the Debian rootfs
-# `system-deps.sh bench`: what `make bench` needs on top (the reference converter)
-[ "${1:-}" = "bench" ] && pkgs+=(stargz-snapshotter containerd)
+      erofs-utils containerd runc stargz-snapshotter)
+# erofs-utils: fsck.erofs --extract checks every nydus bootstrap; debootstrap: the Debian rootfs.
+# containerd, runc, stargz-snapshotter (ctr-remote): the real lazy pull (tests/e2e/test_lazy_pull.py), which also
+# builds its snapshotter daemon from golang-github-containerd-stargz-snapshotter-dev; `make bench` uses ctr-remote
+# as the reference converter. (`system-deps.sh bench` is accepted and needs nothing more.)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
