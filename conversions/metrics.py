@@ -38,6 +38,8 @@ class TaskCollector:
             ("acceld_tasks_skipped", "Tasks for images already converted.", counters.SKIPPED),
             ("acceld_source_bytes", "Bytes of source images converted.", counters.SOURCE_BYTES),
             ("acceld_target_bytes", "Bytes of converted images pushed.", counters.TARGET_BYTES),
+            ("acceld_pushes_ignored", "Pushed images no route converts (converter.routes), their outputs included.",
+             counters.IGNORED),
         ):
             yield CounterMetricFamily(name, help_text, value=total[key])  # exposed with the _total suffix
         yield SummaryMetricFamily("acceld_conversion_duration_seconds", "Time taken by completed conversions.",
