@@ -29,6 +29,15 @@ class TaskCollector:
         for status, n in sorted(now["by_status"].items()):
             tasks.add_metric([status], n)
         yield tasks
+        routes = get_config().converter.routes
+        if routes:  # every configured route appears, with 0 for the statuses it has no task in
+            by_route = selectors.conversion_route_gauges()
+            family = GaugeMetricFamily("acceld_route_tasks", "Tasks of each converter.routes entry by status now.",
+                                       labels=["route", "status"])
+            for route in routes:
+                for status in ("PROCESSING", "COMPLETED", "FAILED"):
+                    family.add_metric([route.name, status], by_route.get((route.name, status), 0))
+            yield family
         yield GaugeMetricFamily("acceld_conversions_running", "Conversions a worker is running now.",
                                 value=now["running"])
         for name, help_text, key in (

@@ -105,6 +105,16 @@ def test_run_hands_the_route_target_and_driver_to_the_converter(routed, q_sync):
     assert done["releases-nydus"].status == Status.COMPLETED and done["releases-nydus"].driver == "nydus"
 
 
+def test_metrics_show_tasks_per_route(routed, api, q_sync):
+    services.conversion_create(source=f"{HOST}/library/redis:v1", route="releases-nydus")
+    services.conversion_create(source=f"{HOST}/library/redis:fail", route="all-esgz")
+    kind, samples = scrape(api)["acceld_route_tasks"]
+    assert kind == "gauge"
+    assert samples["acceld_route_tasks{route=releases-nydus}{status=COMPLETED}"] == 1
+    assert samples["acceld_route_tasks{route=all-esgz}{status=FAILED}"] == 1
+    assert samples["acceld_route_tasks{route=mirror}{status=COMPLETED}"] == 0
+
+
 def test_one_route_failing_leaves_the_other_and_retry_keeps_the_route(routed, q_sync):
     with transaction.atomic():
         services.conversions_create(sources=[(f"{HOST}/library/redis:fail", "")], trigger="api")
