@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 
 import pytest
 import requests
+import yaml
 
 from acceleration_sdk import config as config_mod
 from acceleration_sdk import oci
@@ -100,6 +103,30 @@ def test_engine_writes_each_route_target_with_its_driver(hosts, tmp_path):
     # nothing was pushed to the source repository, and host B never saw host A's user (nor the reverse)
     assert '"PUT /v2/library/app/manifests/v1-' not in a.log()
     assert CREDS_A[0] not in b.log() and CREDS_B[0] not in a.log()
+
+
+def test_accelctl_convert_route(hosts, tmp_path):
+    a, b = hosts
+    data = {"provider": {"work_dir": str(tmp_path / "work"), "source": sources(a, b)},
+            "converter": {"routes": routes_for(a, b)}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    cfg = config_mod.from_dict(data)
+    with RegistryClient(cfg) as client:
+        push_image(client, f"{a.host}/library/cli:v2", [simple_tar({"f": b"x" * 5000})])
+
+    def accelctl(*args):
+        return subprocess.run([sys.executable, "-m", "acceleration_sdk.cli", "convert", "-q", *args],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    out = accelctl("--route", "mirror-zc", f"{a.host}/library/cli:v2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{b.host}/library/cli:v2-zc"
+    with RegistryClient(cfg) as client:
+        layer = json.loads(client.get_manifest(parse(f"{b.host}/library/cli:v2-zc")).raw)["layers"][0]
+    assert layer["mediaType"] == oci.OCI_LAYER_ZSTD
+    out = accelctl("--route", "nope", f"{a.host}/library/cli:v2")
+    assert out.returncode == 2 and "--route: unknown route 'nope' (converter.routes: accel-project, mirror-zc)" \
+        in out.stderr
 
 
 @pytest.fixture(scope="module")
