@@ -14,7 +14,7 @@ pushes to it with its own credentials, so nobody may point it at another one (:f
 
 With ``converter.routes`` a push makes one task per matching route (``task.route``, ``task.target``), each
 with its own dedup, retry and status; a push no route matches, or a push of some route's output, makes none
-and is counted as ignored (:func:`routes_for`).
+and is counted as ignored (:func:`conversions.routing.routes_for`).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from acceleration_sdk.config import Config
 from acceleration_sdk.engine import skip_reason
 from acceleration_sdk.errors import AccelError, ReferenceError_
 
-from . import counters
+from . import counters, routing
 from .conf import get_config
 from .errors import IllegalParameter, InvalidState, SourceNotAllowed
 from .models import ConversionTask, Status, Trigger
@@ -58,30 +58,6 @@ def allowed_source(cfg: Config, source: str | reference.Reference) -> reference.
     if len(str(ref)) > SOURCE_COLUMN:
         raise IllegalParameter(f"image reference longer than {SOURCE_COLUMN} characters")
     return ref
-
-
-def routes_for(cfg: Config, ref: reference.Reference, route: str = "") -> list[routes.Route | None]:
-    """The routes a push of ``ref`` goes through: ``[None]`` without ``converter.routes`` (acceld's way),
-    else the one named ``route`` or every matching one; ``[]`` when none matches or ``ref`` is a route's
-    output (the loop). Raises :class:`IllegalParameter` for a ``route`` that is not configured."""
-    configured = cfg.converter.routes
-    if not configured:
-        if route:
-            raise IllegalParameter(f"route {route!r} given, but converter.routes is not configured")
-        return [None]
-    chosen = None
-    if route:
-        chosen = routes.find(configured, route)
-        if chosen is None:
-            raise IllegalParameter(f"unknown route {route!r} (converter.routes: "
-                                   f"{', '.join(r.name for r in configured)})")
-    why = routes.output_reason(configured, ref)
-    if why:
-        if route:  # asked for explicitly: say why nothing happens
-            raise IllegalParameter(f"not converting: {why}")
-        log.info("ignoring push of %s: %s", ref, why)
-        return []
-    return [chosen] if chosen is not None else routes.matching(configured, ref)
 
 
 def _running_leader(source: str, target: str, exclude=None) -> ConversionTask | None:
@@ -144,9 +120,10 @@ def conversion_create(*, source: str, trigger: str = Trigger.API, digest: str = 
     cfg = cfg or get_config()
     ref = allowed_source(cfg, source)
     _check_digest(digest)
-    chosen = routes_for(cfg, ref, route)
+    chosen = routing.routes_for(cfg, ref, route)
     if not chosen:
-        raise IllegalParameter(f"no route in converter.routes converts {ref}")
+        why = routes.output_reason(cfg.converter.routes, ref) or "no route's match selects it"
+        raise IllegalParameter(f"not converting {ref}: {why}")
     return _create_atomic(cfg, ref, chosen[0], trigger=trigger, digest=digest, event_id=event_id)
 
 
@@ -227,7 +204,8 @@ def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, even
         _check_digest(digest)
         ref = allowed_source(cfg, url)
         distinct.setdefault(str(ref), (ref, digest))
-    plans = [(ref, digest, routes_for(cfg, ref, route)) for ref, digest in distinct.values()]
+    plans = [(ref, digest, routing.distinct_targets(ref, routing.routes_for(cfg, ref, route)))
+             for ref, digest in distinct.values()]
     ignored = sum(1 for _, _, chosen in plans if not chosen)
     if ignored:
         counters.count_ignored(ignored)

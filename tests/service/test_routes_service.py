@@ -163,3 +163,23 @@ def test_accelctl_task_create_route(routed, live_server, capsys):
     assert [t.route for t in ConversionTask.objects.all()] == ["releases-nydus"]
     assert cli_task.main(["create", "--addr", addr, "--auth", AUTH, "--route", "nope", f"{HOST}/library/x:v1"]) == 1
     assert "unknown route 'nope'" in capsys.readouterr().err
+
+
+def test_create_without_a_matching_route_says_why(routed):
+    with pytest.raises(IllegalParameter, match="no route's match selects it"):
+        services.conversion_create(source=f"{HOST}/other/app:dev")
+    with pytest.raises(IllegalParameter, match="output of route 'releases-nydus'"):
+        services.conversion_create(source=f"{HOST}/library-accel/app:v1-nydus")
+    # an explicit route converts even what its match does not select
+    task = services.conversion_create(source=f"{HOST}/other/app:dev", route="releases-nydus")
+    assert task.target == f"{HOST}/other-accel/app:dev-nydus"
+
+
+def test_two_routes_meeting_on_one_target_make_one_task(acceld, api):
+    # different targets in general (accepted at start-up), the same one for the tag v2
+    acceld(converter={"routes": [{"name": "by-tag", "target": "{host}/{path}:{tag}-x"},
+                                 {"name": "pinned", "target": "{host}/{path}:v2-x"}]})
+    post_webhook(api, push_payload(f"{OPEN_HOST}/team/app:v2"), auth=None)
+    assert [(t.route, t.target) for t in ConversionTask.objects.all()] == [("by-tag", f"{OPEN_HOST}/team/app:v2-x")]
+    post_webhook(api, push_payload(f"{OPEN_HOST}/team/app:v3"), auth=None)
+    assert ConversionTask.objects.filter(source=f"{OPEN_HOST}/team/app:v3").count() == 2
