@@ -127,7 +127,8 @@ def _convert(cfg: Config, src: reference.Reference, target: reference.Reference,
         lease.add([fetched.digest])
         remote_cache = None
         if cfg.converter.cache_tag:
-            remote_cache = RemoteCache(client, src, cfg.converter.cache_tag, cfg.provider.cache_size,
+            # next to the converted blobs it names: the target repository (the source's, unless a route says)
+            remote_cache = RemoteCache(client, target, cfg.converter.cache_tag, cfg.provider.cache_size,
                                        cfg.provider.cache_version).load()
         session = ConversionSession(cfg=cfg, source=src, target=target, client=client, store=store, lease=lease,
                                     root=root, on_progress=progress, remote_cache=remote_cache)

@@ -174,3 +174,26 @@ def test_service_one_task_per_route_and_outputs_never_trigger(hosts, stack, tmp_
     assert resp.status_code == 200
     assert len(stack.tasks()) == count
     assert ignored(stack) == before + 4
+
+
+def test_remote_cache_lives_in_the_route_target_repository(hosts, tmp_path):
+    a, b = hosts
+    data = {"provider": {"source": sources(a, b)},
+            "converter": {"driver": {"type": "estargz", "config": {"compression_level": 1}},
+                          "rules": [{"cache_tag": "accel-cache"}], "routes": routes_for(a, b)[:1]}}
+    src = f"{a.host}/library/cached:v1"
+    events = []
+    for n in (1, 2):  # the second run: an empty work_dir, as another acceld host would have
+        data["provider"]["work_dir"] = str(tmp_path / f"work{n}")
+        cfg = config_mod.from_dict(data)
+        route = cfg.converter.routes[0]
+        with RegistryClient(cfg) as client:
+            if n == 1:
+                push_image(client, src, [simple_tar({"big": b"y" * 50000})])
+            convert(cfg, src, target=route.render(parse(src)), client=client, progress=events.append)
+            if n == 1:
+                # the cache names converted blobs, so it sits where they are: the target repository
+                assert client.head_manifest(parse(f"{a.host}/library-accel/cached:accel-cache")) is not None
+                assert client.head_manifest(parse(f"{a.host}/library/cached:accel-cache")) is None
+    assert [e.message for e in events if e.phase == "convert" and e.message in ("converted", "cached")] == [
+        "converted", "cached"]
