@@ -31,7 +31,7 @@ class ConvertForm(forms.Form):
     source = forms.CharField(label="Image reference", max_length=512,
                              widget=forms.TextInput(attrs={"size": 80, "placeholder": "harbor.example.com/library/nginx:latest"}),
                              help_text="Converted to the same repository, tag + the configured suffix; "
-                                       "with converter.routes, through the first route that matches.")
+                                       "with converter.routes, through every route that matches.")
 
 
 def _progress_text(task: ConversionTask) -> str:
@@ -172,11 +172,16 @@ class ConversionTaskAdmin(admin.ModelAdmin):
         form = ConvertForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                task = services.conversion_create(source=form.cleaned_data["source"], trigger=Trigger.ADMIN)
+                # as a push would: one task per matching route (with converter.routes), refused if none
+                tasks = services.conversions_create(sources=[(form.cleaned_data["source"], "")],
+                                                    trigger=Trigger.ADMIN, strict=True)
             except (ServiceError, AccelError) as exc:
                 form.add_error("source", str(exc))
             else:
+                task = tasks[0]
                 note = " (already converted)" if task.skipped else ""
+                routed = ", ".join(t.route for t in tasks if t.route)
+                note += f" (routes: {routed})" if routed else ""
                 self.message_user(request, f"Started the conversion of {task.source}{note}.", messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:conversions_conversiontask_changelist"))
         context = {

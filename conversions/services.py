@@ -185,10 +185,10 @@ def _check_digest(digest: str) -> None:
 
 
 def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, event_id: str = "",
-                       cfg: Config | None = None, route: str = "") -> list[ConversionTask]:
+                       cfg: Config | None = None, route: str = "", strict: bool = False) -> list[ConversionTask]:
     """A webhook's resources ``(resource_url, digest)``: one task per distinct source (and per matching
     route, or only through ``route``), in the order given. A source no route takes makes no task and is
-    counted as ignored.
+    counted as ignored; with ``strict`` (someone asked for this image by hand) it is refused instead.
 
     Every source is checked before any task is made (a bad one refuses the whole event). Each task is
     then written in a transaction of its own: a long event must not hold the database's write lock
@@ -207,6 +207,10 @@ def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, even
     plans = [(ref, digest, routing.distinct_targets(ref, routing.routes_for(cfg, ref, route)))
              for ref, digest in distinct.values()]
     ignored = sum(1 for _, _, chosen in plans if not chosen)
+    if ignored and strict:
+        ref = next(ref for ref, _, chosen in plans if not chosen)
+        why = routes.output_reason(cfg.converter.routes, ref) or "no route's match selects it"
+        raise IllegalParameter(f"not converting {ref}: {why}")
     if ignored:
         counters.count_ignored(ignored)
     return [_create_atomic(cfg, ref, r, trigger=trigger, digest=digest, event_id=event_id)
