@@ -48,8 +48,8 @@ def _progress_text(task: ConversionTask) -> str:
 
 @admin.register(ConversionTask)
 class ConversionTaskAdmin(admin.ModelAdmin):
-    list_display = ("source", "route", "target", "status", "created", "finished", "source_size_display", "target_size_display",
-                    "progress_display", "attempts", "trigger", "reason_display")
+    list_display = ("source", "route", "target", "status", "created", "finished", "source_size_display",
+                    "target_size_display", "progress_display", "attempts", "trigger", "reason_display")
     list_filter = ("status", "route", "trigger", "skipped")
     search_fields = ("source",)
     date_hierarchy = "created"

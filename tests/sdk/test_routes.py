@@ -31,7 +31,8 @@ def test_issue_example_parses_with_route_driver():
                  "driver": {"type": "estargz", "config": {"compression": "zstdchunked"}}},
                 {"name": "all-esgz", "target": "{host}/{path}:{tag}-esgz"}])
     first, second = cfg.converter.routes
-    assert first.name == "releases-zstd" and first.driver.config["compression"] == "zstdchunked" and second.driver is None
+    assert first.name == "releases-zstd" and first.driver.config["compression"] == "zstdchunked"
+    assert second.driver is None
     assert first.match.tag == ("v*", "latest") and first.match.exclude_tag == ("*-debug",)
 
 
