@@ -136,11 +136,11 @@ class Rule:
 class ConverterConfig:
     worker: int = 5
     harbor_annotation: bool = True
+    routes: tuple[Route, ...] = ()  # empty: acceld's behaviour (driver + rules); see acceleration_sdk.routes
     platforms: tuple[Platform, ...] = ()
     driver: DriverConfig = DriverConfig()
     rules: tuple[Rule, ...] = ()
     timeout: int = DEFAULT_TIMEOUT  # ours: seconds; the queue's retry is set longer than this
-    routes: tuple[Route, ...] = ()  # empty: acceld's behaviour (driver + rules); see acceleration_sdk.routes
 
     @property
     def tag_suffix(self) -> str:
