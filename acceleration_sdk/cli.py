@@ -108,8 +108,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         # the config's driver options must suit the other driver too: checked like the config file
         driver = config_mod.validate_driver(dataclasses.replace(cfg.converter.driver, type=args.driver))
         cfg = dataclasses.replace(cfg, converter=dataclasses.replace(cfg.converter, driver=driver))
+    routed = {}
+    if args.route:  # the route's target and driver instead of the tag suffix and converter.driver
+        from . import reference, routes
+
+        route = routes.find(cfg.converter.routes, args.route)
+        if route is None:
+            known = ", ".join(r.name for r in cfg.converter.routes) or "none configured"
+            raise ConfigError(f"unknown route {args.route!r} (converter.routes: {known})", "--route")
+        routed = {"target": route.render(reference.parse(args.source)),
+                  "driver_config": route.driver or cfg.converter.driver}
     printer = ProgressPrinter(sys.stderr, quiet=args.quiet)
-    result = convert(cfg, args.source, progress=printer)
+    result = convert(cfg, args.source, progress=printer, **routed)
     if result.skipped:
         print(f"skipped {result.source}: {result.reason}", file=sys.stderr)
         print(result.source)
@@ -185,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           description="Pull SOURCE, convert its layers with the configured driver and push\n"
                                       "SOURCE's tag + the rule's tag_suffix (else the driver's default suffix) next\n"
-                                      "to it. Prints the target reference on stdout; progress goes to stderr.")
+                                      "to it (--route NAME: that converter.routes entry's target and driver).\n"
+                                      "Prints the target reference on stdout; progress goes to stderr.")
     conv.lazy_epilog = lambda: "drivers (converter.driver.type) and their options (converter.driver.config):\n" + (
         drivers_help() or "  none installed")
     conv.add_argument("--config", "-c", metavar="FILE",
@@ -193,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "config.yaml, else config.example.yaml in the working directory, as `make run` does")
     conv.add_argument("--platform", metavar="OS/ARCH[,...]", help="override converter.platforms")
     conv.add_argument("--driver", metavar="NAME", help="override converter.driver.type")
+    conv.add_argument("--route", metavar="NAME",
+                      help="convert through this converter.routes entry: its target and driver (README \"Rules\")")
     conv.add_argument("--digest", action="store_true", help="print TARGET@DIGEST instead of TARGET")
     conv.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     conv.add_argument("source", metavar="SOURCE", help="image reference, e.g. registry.example.com/library/nginx:latest")

@@ -55,16 +55,20 @@ def _request(method: str, url: str, *, timeout: float, **kwargs) -> requests.Res
     return resp
 
 
-def create(addr: str, source: str, *, sync: bool = False, auth: str | None = None) -> None:
+def create(addr: str, source: str, *, sync: bool = False, auth: str | None = None, route: str = "") -> None:
     """Ask acceld to convert ``source``; with ``sync`` return only when the conversion finished.
 
     ``source`` is checked here first (a ``ReferenceError_`` names what is wrong without a round trip);
-    the service refuses a source whose host is not one of its configured registries.
+    the service refuses a source whose host is not one of its configured registries. ``route`` converts
+    through that ``converter.routes`` entry only (default: every route that matches).
     """
     reference.parse(source)
     payload = {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": source}]}}
     try:
-        _request("POST", f"{_base(addr)}/api/v1/conversions", params={"sync": "true" if sync else "false"},
+        params = {"sync": "true" if sync else "false"}
+        if route:
+            params["route"] = route
+        _request("POST", f"{_base(addr)}/api/v1/conversions", params=params,
                  json=payload, headers=_headers(auth), timeout=SYNC_TIMEOUT if sync else 60)
     except AccelError as exc:
         if getattr(exc, "status", None) == 401:
@@ -120,7 +124,7 @@ def _cmd_create(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
     err = err or sys.stderr
     if args.sync:
         print("Waiting for the task to complete...", file=err, flush=True)
-    create(args.addr, args.source, sync=args.sync, auth=args.auth)
+    create(args.addr, args.source, sync=args.sync, auth=args.auth, route=args.route)
     if args.sync:
         print("Task has been completed.", file=err)
     else:
@@ -158,6 +162,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="Queue a conversion of SOURCE, as Harbor's webhook would.")
     _common(create_p, defaults=False)
     create_p.add_argument("--sync", action="store_true", help="wait until the conversion has finished")
+    create_p.add_argument("--route", default="", metavar="NAME",
+                          help="convert through this converter.routes entry only (default: every matching route)")
     create_p.add_argument("source", metavar="SOURCE", help="e.g. harbor.example.com/library/nginx:latest")
     create_p.set_defaults(func=_cmd_create)
 

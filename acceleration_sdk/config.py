@@ -19,6 +19,7 @@ import yaml
 from .config_fields import (as_mapping, check_keys, field_default, field_names, host_list, parse_size,
                             read_field, realm_hosts)
 from .errors import ConfigError, DriverError
+from .routes import Route, load_routes
 
 DEFAULT_PORT = 2077  # acceld's default
 DEFAULT_CACHE_SIZE = 200  # acceld documents 200 remote cache records
@@ -135,6 +136,7 @@ class Rule:
 class ConverterConfig:
     worker: int = 5
     harbor_annotation: bool = True
+    routes: tuple[Route, ...] = ()  # empty: acceld's behaviour (driver + rules); see acceleration_sdk.routes
     platforms: tuple[Platform, ...] = ()
     driver: DriverConfig = DriverConfig()
     rules: tuple[Rule, ...] = ()
@@ -172,9 +174,10 @@ class Config:
 def validate_driver(driver: DriverConfig, path: str = "converter.driver") -> DriverConfig:
     """Check ``type`` names a registered driver and ``config`` suits it (the driver's own option schema);
     ConfigError with the key's path otherwise. Builds the driver once, which imports only that driver."""
-    from .driver import load_driver  # the driver registry: config stays importable without it
+    from .driver import load_driver, validate_options  # the driver registry: config stays importable without it
 
     try:
+        validate_options(driver.type, driver.config, f"{path}.config")  # first: errors name this key path
         load_driver(driver.type, driver.config)
     except DriverError as exc:
         where = getattr(exc, "path", "")
@@ -184,6 +187,15 @@ def validate_driver(driver: DriverConfig, path: str = "converter.driver") -> Dri
             raise ConfigError(str(exc)) from None
         raise ConfigError(str(exc), f"{path}.type") from None
     return driver
+
+
+def _route_driver(data: Any, path: str) -> DriverConfig:
+    """A route's own ``driver``: read and checked like ``converter.driver``."""
+    data = as_mapping(data, path)
+    check_keys(data, field_names(DriverConfig), path)
+    opts = as_mapping(data.get("config"), f"{path}.config")
+    return validate_driver(DriverConfig(type=read_field(data, DriverConfig, "type", str, path),
+                                        config=types.MappingProxyType(dict(opts))), path)
 
 
 def _load_source(host: str, data: Any, path: str) -> SourceConfig:
@@ -277,6 +289,8 @@ def from_dict(data: Any) -> Config:
     driver_cfg = validate_driver(DriverConfig(type=read_field(driver, DriverConfig, "type", str, "converter.driver"),
                                               config=types.MappingProxyType(dict(driver_opts))))
     converter_cfg = ConverterConfig(
+        routes=load_routes(conv.get("routes"), "converter.routes", hosts=provider_cfg.source.keys(),
+                           load_driver=_route_driver),
         worker=worker,
         harbor_annotation=read_field(conv, ConverterConfig, "harbor_annotation", bool, "converter"),
         platforms=parse_platforms(conv.get("platforms")),

@@ -19,8 +19,8 @@ import os
 import time
 from typing import Callable
 
-from . import reference
-from .config import Config
+from . import reference, routes
+from .config import Config, DriverConfig
 from .content import ContentStore
 from .driver import Driver, LayerDriver, ProgressEvent, load_driver
 from .errors import AccelError, ConversionError
@@ -63,18 +63,35 @@ def skip_reason(cfg: Config, source: reference.Reference) -> str:
     return ""
 
 
+def route_skip_reason(cfg: Config, source: reference.Reference, target: reference.Reference) -> str:
+    """Why ``source`` must not be converted to an explicit ``target`` ("" when it may)."""
+    if source.name == target.name and (source.tag or reference.DEFAULT_TAG) == target.tag:
+        return f"the target {target} is the source itself"
+    if cfg.converter.cache_tag and source.tag == cfg.converter.cache_tag:
+        return f"tag {source.tag!r} is the remote cache tag"
+    return routes.output_reason(cfg.converter.routes, source)
+
+
 def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], None] | None = None,
             client: RegistryClient | None = None, store: ContentStore | None = None,
-            driver: Driver | None = None) -> ConversionResult:
-    """Convert ``source`` with the configured driver and push ``<tag><suffix>`` next to it.
+            driver: Driver | None = None, target: str | reference.Reference | None = None,
+            driver_config: DriverConfig | None = None) -> ConversionResult:
+    """Convert ``source`` and push the result.
 
+    By default with ``converter.driver`` to ``<tag><suffix>`` next to it; a caller that routes conversions
+    (``converter.routes``) passes the ``target`` reference and the route's ``driver_config`` instead.
     A ``client`` or ``store`` you pass stays open; the ones the engine makes are closed on every path.
     """
     started = time.monotonic()
     src = reference.parse(source)
-    driver = driver or load_driver(cfg.converter.driver.type, cfg.converter.driver.config)
-    target = reference.target_for(src, cfg.converter.tag_suffix)
-    reason = skip_reason(cfg, src)
+    dcfg = driver_config or cfg.converter.driver
+    driver = driver or load_driver(dcfg.type, dcfg.config)
+    if target is None:
+        target = reference.target_for(src, cfg.converter.tag_suffix)
+        reason = skip_reason(cfg, src)
+    else:
+        target = reference.parse(target) if isinstance(target, str) else target
+        reason = route_skip_reason(cfg, src, target)
     if reason:
         return ConversionResult(source=str(src), target=str(target), digest="", source_size=0, target_size=0,
                                 skipped=True, durations={"total": time.monotonic() - started},
@@ -111,7 +128,8 @@ def _convert(cfg: Config, src: reference.Reference, target: reference.Reference,
         lease.add([fetched.digest])
         remote_cache = None
         if cfg.converter.cache_tag:
-            remote_cache = RemoteCache(client, src, cfg.converter.cache_tag, cfg.provider.cache_size,
+            # next to the converted blobs it names: the target repository (the source's, unless a route says)
+            remote_cache = RemoteCache(client, target, cfg.converter.cache_tag, cfg.provider.cache_size,
                                        cfg.provider.cache_version).load()
         session = ConversionSession(cfg=cfg, source=src, target=target, client=client, store=store, lease=lease,
                                     root=root, on_progress=progress, remote_cache=remote_cache)

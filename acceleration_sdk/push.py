@@ -2,7 +2,7 @@
 
 A converted layer usually reaches the registry while the driver writes it (:class:`UploadingIngest`); the
 push phase then finds it present. Blobs that only the store has are uploaded from there; unchanged source
-blobs we never pulled are mounted from the source repository.
+blobs we never pulled are mounted from the source repository (on another host: copied through the store).
 """
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def push_blobs(session: ConversionSession, blobs: list[Descriptor]) -> None:
                                    mount_from=None, progress=on_bytes)
         elif client.blob_exists(session.target, desc.digest):
             how = "exists"
+        elif session.source.api_host != session.target.api_host:
+            # another registry (a route's target host): no mount across hosts, so copy through the store
+            session.fetch(desc, session.source)
+            how = client.push_blob(session.target, desc.digest, desc.size, store.path(desc.digest),
+                                   mount_from=None, progress=on_bytes)
         else:  # unchanged source blob we never pulled: mount it from the source repository
             how = client.push_blob(session.target, desc.digest, desc.size, _Missing(desc.digest),
                                    mount_from=session.source, progress=on_bytes)

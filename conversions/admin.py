@@ -30,7 +30,8 @@ CONVERT_PERMISSION = "conversions.convert_image"
 class ConvertForm(forms.Form):
     source = forms.CharField(label="Image reference", max_length=512,
                              widget=forms.TextInput(attrs={"size": 80, "placeholder": "harbor.example.com/library/nginx:latest"}),
-                             help_text="Converted to the same repository, tag + the configured suffix.")
+                             help_text="Converted to the same repository, tag + the configured suffix; "
+                                       "with converter.routes, through every route that matches.")
 
 
 def _progress_text(task: ConversionTask) -> str:
@@ -47,9 +48,9 @@ def _progress_text(task: ConversionTask) -> str:
 
 @admin.register(ConversionTask)
 class ConversionTaskAdmin(admin.ModelAdmin):
-    list_display = ("source", "status", "created", "finished", "source_size_display", "target_size_display",
-                    "progress_display", "attempts", "trigger", "reason_display")
-    list_filter = ("status", "trigger", "skipped")
+    list_display = ("source", "route", "target", "status", "created", "finished", "source_size_display",
+                    "target_size_display", "progress_display", "attempts", "trigger", "reason_display")
+    list_filter = ("status", "route", "trigger", "skipped")
     search_fields = ("source",)
     date_hierarchy = "created"
     ordering = ("-created",)
@@ -57,13 +58,13 @@ class ConversionTaskAdmin(admin.ModelAdmin):
     actions = ["retry", "convert_again"]
     change_list_template = "admin/conversions/conversiontask/change_list.html"
     fieldsets = (
-        (None, {"fields": ("id", "status", "source", "target", "target_digest", "reason_display", "skipped")}),
+        (None, {"fields": ("id", "status", "source", "route", "target", "target_digest", "reason_display", "skipped")}),
         ("Sizes and timing", {"fields": ("source_size_display", "target_size_display", "created", "started",
                                          "finished", "durations", "attempts")}),
         ("Progress", {"fields": ("progress_display", "layers_display")}),
         ("Origin", {"fields": ("trigger", "digest", "event_id", "shared_with", "driver", "driver_version")}),
     )
-    readonly_fields = ("id", "status", "source", "target", "target_digest", "reason_display", "skipped",
+    readonly_fields = ("id", "status", "source", "route", "target", "target_digest", "reason_display", "skipped",
                        "source_size_display", "target_size_display", "created", "started", "finished",
                        "durations", "attempts", "progress_display", "layers_display", "trigger", "digest",
                        "event_id", "shared_with", "driver", "driver_version")
@@ -149,9 +150,9 @@ class ConversionTaskAdmin(admin.ModelAdmin):
     @admin.action(description="Convert again (a new task for the same source)", permissions=["convert"])
     def convert_again(self, request, queryset):
         created = 0
-        for source in sorted({task.source for task in queryset}):
-            try:
-                services.conversion_create(source=source, trigger=Trigger.ADMIN)
+        for source, route in sorted({(task.source, task.route) for task in queryset}):
+            try:  # the same route again (a route removed from the config is refused by the service)
+                services.conversion_create(source=source, trigger=Trigger.ADMIN, route=route)
             except (ServiceError, AccelError) as exc:
                 self.message_user(request, f"Not converted: {source}: {exc}", messages.ERROR)
             else:
@@ -171,11 +172,16 @@ class ConversionTaskAdmin(admin.ModelAdmin):
         form = ConvertForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                task = services.conversion_create(source=form.cleaned_data["source"], trigger=Trigger.ADMIN)
+                # as a push would: one task per matching route (with converter.routes), refused if none
+                tasks = services.conversions_create(sources=[(form.cleaned_data["source"], "")],
+                                                    trigger=Trigger.ADMIN, strict=True)
             except (ServiceError, AccelError) as exc:
                 form.add_error("source", str(exc))
             else:
+                task = tasks[0]
                 note = " (already converted)" if task.skipped else ""
+                routed = ", ".join(t.route for t in tasks if t.route)
+                note += f" (routes: {routed})" if routed else ""
                 self.message_user(request, f"Started the conversion of {task.source}{note}.", messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:conversions_conversiontask_changelist"))
         context = {

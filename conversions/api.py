@@ -48,7 +48,9 @@ class ConversionsView(APIView):
 
     @extend_schema(
         summary="Harbor webhook: convert the pushed artifacts",
-        parameters=[OpenApiParameter("sync", OpenApiTypes.BOOL, description="wait for the conversion to finish")],
+        parameters=[OpenApiParameter("sync", OpenApiTypes.BOOL, description="wait for the conversion to finish"),
+                    OpenApiParameter("route", OpenApiTypes.STR,
+                                     description="convert through this converter.routes entry only")],
         request=OpenApiTypes.OBJECT,
         responses={200: OpenApiResponse(OpenApiTypes.STR, description='"Ok"'),
                    400: _ERROR, 401: _ERROR, 500: _ERROR},
@@ -59,6 +61,7 @@ class ConversionsView(APIView):
             return Response(OK)  # Harbor's endpoint test posts nothing; acceld answers "Ok" (nothing to do)
         check_webhook_caller(cfg, request.headers.get("Authorization"))  # before any work on the body
         sync = go_bool(request.query_params.get("sync", ""))
+        route = request.query_params.get("route", "")
         event = webhook.parse(request.body, request.headers)
         if not event.is_push:
             return Response(OK)
@@ -70,7 +73,8 @@ class ConversionsView(APIView):
                 raise IllegalParameter(f"failed to parse resource url: {exc}") from None
         check_webhook_auth(cfg, hosts, request.headers.get("Authorization"))
         tasks = services.conversions_create(sources=[(r.resource_url, r.digest) for r in event.resources],
-                                            trigger=trigger_of(request, event), event_id=event.event_id)
+                                            trigger=trigger_of(request, event), event_id=event.event_id,
+                                            route=route)
         if sync and tasks:
             done = selectors.conversion_wait(task_ids=[t.pk for t in tasks],
                                              timeout=cfg.converter.timeout + settings.ACCELD_RETRY_MARGIN,

@@ -22,6 +22,7 @@ SOURCE_BYTES = "source_bytes"  # of completed conversions
 TARGET_BYTES = "target_bytes"
 DURATION_MS = "conversion_duration_ms"  # summed over completed conversions that reported a total time
 DURATION_COUNT = "conversion_duration_count"
+IGNORED = "pushes_ignored"  # pushed images no route converts (converter.routes), route outputs among them
 
 
 def add(**deltas: int) -> None:
@@ -63,8 +64,13 @@ def count_skipped() -> None:
     add(**{SKIPPED: 1})
 
 
+def count_ignored(n: int = 1) -> None:
+    """Pushes that made no task: no route matched them, or they were a route's output."""
+    add(**{IGNORED: n})
+
+
 def totals() -> dict[str, int]:
     """Every total by name; 0 for the ones nothing has added to yet."""
-    names = (COMPLETED, FAILED, SHARED, SKIPPED, SOURCE_BYTES, TARGET_BYTES, DURATION_MS, DURATION_COUNT)
+    names = (COMPLETED, FAILED, SHARED, SKIPPED, SOURCE_BYTES, TARGET_BYTES, DURATION_MS, DURATION_COUNT, IGNORED)
     found = dict(FinishedCount.objects.values_list("name", "value"))
     return {name: found.get(name, 0) for name in names}

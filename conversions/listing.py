@@ -31,8 +31,8 @@ from .serializers import GO_ZERO_TIME, rfc3339
 
 # TaskSerializer's fields in its order; status and strings escaped as JSON, sizes are integers.
 _ROW = ('{"id":"%s","created":"%s","finished":"%s","source":%s,"source_size":%d,"target_size":%d,'
-        '"status":%s,"reason":%s}')
-_VALUES = ("source", "source_size", "target_size", "status", "reason")
+        '"status":%s,"reason":%s,"target":%s,"route":%s}')
+_VALUES = ("source", "source_size", "target_size", "status", "reason", "target", "route")
 
 
 class TaskPagination(LimitOffsetPagination):
@@ -77,11 +77,11 @@ def render(qs) -> bytes:
         rows = qs.values_list(Cast("id", TextField()), Cast("created", TextField()), Cast("finished", TextField()),
                               *_VALUES)
         parts = [_ROW % (_sqlite_id(i), _sqlite_time(c), _sqlite_time(f), _json_str(s), ss, ts, _json_str(st),
-                         _json_str(r)) for i, c, f, s, ss, ts, st, r in rows]
+                         _json_str(r), _json_str(t), _json_str(ro)) for i, c, f, s, ss, ts, st, r, t, ro in rows]
     else:
         rows = qs.values_list("id", "created", "finished", *_VALUES)
-        parts = [_ROW % (i, rfc3339(c), rfc3339(f), _json_str(s), ss, ts, _json_str(st), _json_str(r))
-                 for i, c, f, s, ss, ts, st, r in rows]
+        parts = [_ROW % (i, rfc3339(c), rfc3339(f), _json_str(s), ss, ts, _json_str(st), _json_str(r),
+                         _json_str(t), _json_str(ro)) for i, c, f, s, ss, ts, st, r, t, ro in rows]
     return ("[" + ",".join(parts) + "]\n").encode()
 
 

@@ -29,6 +29,15 @@ class TaskCollector:
         for status, n in sorted(now["by_status"].items()):
             tasks.add_metric([status], n)
         yield tasks
+        routes = get_config().converter.routes
+        if routes:  # every configured route appears, with 0 for the statuses it has no task in
+            by_route = selectors.conversion_route_gauges()
+            family = GaugeMetricFamily("acceld_route_tasks", "Tasks of each converter.routes entry by status now.",
+                                       labels=["route", "status"])
+            for route in routes:
+                for status in ("PROCESSING", "COMPLETED", "FAILED"):
+                    family.add_metric([route.name, status], by_route.get((route.name, status), 0))
+            yield family
         yield GaugeMetricFamily("acceld_conversions_running", "Conversions a worker is running now.",
                                 value=now["running"])
         for name, help_text, key in (
@@ -38,6 +47,8 @@ class TaskCollector:
             ("acceld_tasks_skipped", "Tasks for images already converted.", counters.SKIPPED),
             ("acceld_source_bytes", "Bytes of source images converted.", counters.SOURCE_BYTES),
             ("acceld_target_bytes", "Bytes of converted images pushed.", counters.TARGET_BYTES),
+            ("acceld_pushes_ignored", "Pushed images no route converts (converter.routes), their outputs included.",
+             counters.IGNORED),
         ):
             yield CounterMetricFamily(name, help_text, value=total[key])  # exposed with the _total suffix
         yield SummaryMetricFamily("acceld_conversion_duration_seconds", "Time taken by completed conversions.",

@@ -32,6 +32,8 @@ class ConversionTask(models.Model):
     # The normalised reference (nginx -> docker.io/library/nginx:latest); Harbor's resource_url is already so.
     source = models.CharField(max_length=512, db_index=True)
     target = models.CharField(max_length=512, blank=True)
+    # The converter.routes entry that made this task ("" without routes: converter.driver + rules).
+    route = models.CharField(max_length=64, blank=True, db_index=True)
     target_digest = models.CharField(max_length=100, blank=True)
     driver = models.CharField(max_length=64, blank=True)
     driver_version = models.CharField(max_length=64, blank=True)
@@ -65,12 +67,14 @@ class ConversionTask(models.Model):
         # seeing tasks ("view"), so it has a permission of its own (admin Retry, Convert again, the form).
         permissions = [("convert_image", "Can start conversions (retry, convert again, convert an image)")]
         constraints = [
-            # At most one conversion does the work for a source at a time; others share it.
-            models.UniqueConstraint(fields=["source"], condition=Q(status="PROCESSING", shared_with__isnull=True),
-                                    name="one_running_conversion_per_source"),
-            # A redelivered webhook finds its task instead of making a second one.
-            models.UniqueConstraint(fields=["event_id", "source"], condition=~Q(event_id=""),
-                                    name="one_task_per_event_and_source"),
+            # At most one conversion does the work for a source and target at a time; others share it
+            # (two routes of one push write two targets: two conversions).
+            models.UniqueConstraint(fields=["source", "target"],
+                                    condition=Q(status="PROCESSING", shared_with__isnull=True),
+                                    name="one_running_conversion_per_target"),
+            # A redelivered webhook finds its tasks (one per route) instead of making more.
+            models.UniqueConstraint(fields=["event_id", "source", "route"], condition=~Q(event_id=""),
+                                    name="one_task_per_event_source_route"),
         ]
         indexes = [models.Index(fields=["status", "heartbeat"], name="task_status_heartbeat")]
 

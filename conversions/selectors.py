@@ -48,3 +48,9 @@ def conversion_gauges() -> dict:
         "running": ConversionTask.objects.filter(status=Status.PROCESSING, shared_with__isnull=True,
                                                  started__isnull=False).count(),
     }
+
+
+def conversion_route_gauges() -> dict[tuple[str, str], int]:
+    """Tasks now by ``(route, status)``, for /metrics when ``converter.routes`` is configured (one query)."""
+    rows = ConversionTask.objects.exclude(route="").values_list("route", "status").annotate(n=Count("pk"))
+    return {(route, status): n for route, status, n in rows}

@@ -52,7 +52,9 @@ class TaskSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ConversionTask
-        fields = ["id", "created", "finished", "source", "source_size", "target_size", "status", "reason"]
+        # acceld's fields, then where the conversion goes (converter.routes: which route made it)
+        fields = ["id", "created", "finished", "source", "source_size", "target_size", "status", "reason",
+                  "target", "route"]
 
 
 class TaskDetailSerializer(TaskSerializer):
@@ -64,7 +66,7 @@ class TaskDetailSerializer(TaskSerializer):
 
     class Meta(TaskSerializer.Meta):
         fields = TaskSerializer.Meta.fields + [
-            "target", "target_digest", "driver", "driver_version", "skipped", "trigger", "digest", "event_id",
+            "target_digest", "driver", "driver_version", "skipped", "trigger", "digest", "event_id",
             "attempts", "started", "shared_with", "progress", "durations",
         ]
 

@@ -11,6 +11,10 @@ to its followers in the same transaction that records it.
 Every way a task starts (webhook, API, ``accelctl task``, the admin's actions and form, a retry, a queued
 run) converts only images of a host in ``provider.source``: the service pulls from that host and
 pushes to it with its own credentials, so nobody may point it at another one (:func:`allowed_source`).
+
+With ``converter.routes`` a push makes one task per matching route (``task.route``, ``task.target``), each
+with its own dedup, retry and status; a push no route matches, or a push of some route's output, makes none
+and is counted as ignored (:func:`conversions.routing.routes_for`).
 """
 from __future__ import annotations
 
@@ -23,12 +27,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from acceleration_sdk import reference
+from acceleration_sdk import reference, routes
 from acceleration_sdk.config import Config
 from acceleration_sdk.engine import skip_reason
 from acceleration_sdk.errors import AccelError, ReferenceError_
 
-from . import counters
+from . import counters, routing
 from .conf import get_config
 from .errors import IllegalParameter, InvalidState, SourceNotAllowed
 from .models import ConversionTask, Status, Trigger
@@ -56,8 +60,8 @@ def allowed_source(cfg: Config, source: str | reference.Reference) -> reference.
     return ref
 
 
-def _running_leader(source: str, exclude=None) -> ConversionTask | None:
-    qs = ConversionTask.objects.select_for_update().filter(source=source, status=Status.PROCESSING,
+def _running_leader(source: str, target: str, exclude=None) -> ConversionTask | None:
+    qs = ConversionTask.objects.select_for_update().filter(source=source, target=target, status=Status.PROCESSING,
                                                             shared_with__isnull=True)
     if exclude is not None:
         qs = qs.exclude(pk=exclude)
@@ -91,7 +95,7 @@ def _lead_or_follow(task: ConversionTask) -> None:
         with transaction.atomic():
             task.save()
     except IntegrityError:
-        leader = _running_leader(task.source, exclude=task.pk)
+        leader = _running_leader(task.source, task.target, exclude=task.pk)
         if leader is None:
             raise
     else:
@@ -104,37 +108,63 @@ def _lead_or_follow(task: ConversionTask) -> None:
 
 
 def conversion_create(*, source: str, trigger: str = Trigger.API, digest: str = "", event_id: str = "",
-                      cfg: Config | None = None) -> ConversionTask:
+                      cfg: Config | None = None, route: str = "") -> ConversionTask:
     """Record a conversion of ``source`` and queue it (or share a running one, or finish it at once).
 
-    A redelivered webhook (same ``event_id``, same source) returns the task of the first delivery.
-    Raises ``ReferenceError_`` for a reference (or ``digest``) that does not parse, and
-    :class:`SourceNotAllowed` for an image of a host that is not configured.
+    With ``converter.routes``: through the route named ``route``, or else the first matching one
+    (:func:`conversions_create` makes one task per matching route). A redelivered webhook (same
+    ``event_id``, source and route) returns the task of the first delivery. Raises ``ReferenceError_``
+    for a reference (or ``digest``) that does not parse, :class:`SourceNotAllowed` for an image of a
+    host that is not configured, :class:`IllegalParameter` when no route takes it.
     """
     cfg = cfg or get_config()
     ref = allowed_source(cfg, source)
     _check_digest(digest)
+    chosen = routing.routes_for(cfg, ref, route)
+    if not chosen:
+        why = routes.output_reason(cfg.converter.routes, ref) or "no route's match selects it"
+        raise IllegalParameter(f"not converting {ref}: {why}")
+    return _create_atomic(cfg, ref, chosen[0], trigger=trigger, digest=digest, event_id=event_id)
+
+
+def _create_atomic(cfg: Config, ref: reference.Reference, route: routes.Route | None, *, trigger: str,
+                   digest: str, event_id: str) -> ConversionTask:
+    name = route.name if route is not None else ""
     try:
         with transaction.atomic():
-            return _create(cfg, ref, trigger=trigger, digest=digest, event_id=event_id)
+            return _create(cfg, ref, route, trigger=trigger, digest=digest, event_id=event_id)
     except IntegrityError:
         # Two deliveries of one event at the same instant (possible off SQLite): the first one's task wins.
-        existing = ConversionTask.objects.filter(event_id=event_id, source=str(ref)).first() if event_id else None
+        existing = (ConversionTask.objects.filter(event_id=event_id, source=str(ref), route=name).first()
+                    if event_id else None)
         if existing is None:
             raise
         return existing
 
 
-def _create(cfg: Config, ref: reference.Reference, *, trigger: str, digest: str, event_id: str) -> ConversionTask:
+def _create(cfg: Config, ref: reference.Reference, route: routes.Route | None, *, trigger: str, digest: str,
+            event_id: str) -> ConversionTask:
     """conversion_create's body, inside its transaction."""
     key = str(ref)
+    name = route.name if route is not None else ""
     if event_id:
-        existing = ConversionTask.objects.filter(event_id=event_id, source=key).first()
+        existing = ConversionTask.objects.filter(event_id=event_id, source=key, route=name).first()
         if existing is not None:
             log.info("redelivered event %s for %s: task %s", event_id, key, existing.pk)
             return existing
-    task = ConversionTask(source=key, trigger=trigger, digest=digest, event_id=event_id,
+    task = ConversionTask(source=key, trigger=trigger, digest=digest, event_id=event_id, route=name,
                           driver=cfg.converter.driver.type)
+    if route is not None:
+        task.driver = (route.driver or cfg.converter.driver).type
+        try:
+            task.target = str(route.render(ref))
+        except ReferenceError_ as exc:  # e.g. {rest} of a one-component repository: visible, not a 400
+            task.status, task.finished, task.reason = Status.FAILED, timezone.now(), str(exc)
+            task.progress = {"phase": "failed", "message": str(exc)}
+            task.save()
+            return task
+        _lead_or_follow(task)
+        return task
     why = skip_reason(cfg, ref)  # pushing the converted tag fires the webhook again: the loop
     if why:
         now = timezone.now()
@@ -155,8 +185,10 @@ def _check_digest(digest: str) -> None:
 
 
 def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, event_id: str = "",
-                       cfg: Config | None = None) -> list[ConversionTask]:
-    """A webhook's resources ``(resource_url, digest)``: one task per distinct source, in the order given.
+                       cfg: Config | None = None, route: str = "", strict: bool = False) -> list[ConversionTask]:
+    """A webhook's resources ``(resource_url, digest)``: one task per distinct source (and per matching
+    route, or only through ``route``), in the order given. A source no route takes makes no task and is
+    counted as ignored; with ``strict`` (someone asked for this image by hand) it is refused instead.
 
     Every source is checked before any task is made (a bad one refuses the whole event). Each task is
     then written in a transaction of its own: a long event must not hold the database's write lock
@@ -167,12 +199,22 @@ def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, even
     sources = list(sources)
     if len(sources) > MAX_RESOURCES:
         raise IllegalParameter(f"{len(sources)} images in one event; at most {MAX_RESOURCES} are accepted")
-    distinct: dict[str, str] = {}
+    distinct: dict[str, tuple[reference.Reference, str]] = {}
     for url, digest in sources:
         _check_digest(digest)
-        distinct.setdefault(str(allowed_source(cfg, url)), digest)
-    return [conversion_create(source=key, digest=digest, trigger=trigger, event_id=event_id, cfg=cfg)
-            for key, digest in distinct.items()]
+        ref = allowed_source(cfg, url)
+        distinct.setdefault(str(ref), (ref, digest))
+    plans = [(ref, digest, routing.distinct_targets(ref, routing.routes_for(cfg, ref, route)))
+             for ref, digest in distinct.values()]
+    ignored = sum(1 for _, _, chosen in plans if not chosen)
+    if ignored and strict:
+        ref = next(ref for ref, _, chosen in plans if not chosen)
+        why = routes.output_reason(cfg.converter.routes, ref) or "no route's match selects it"
+        raise IllegalParameter(f"not converting {ref}: {why}")
+    if ignored:
+        counters.count_ignored(ignored)
+    return [_create_atomic(cfg, ref, r, trigger=trigger, digest=digest, event_id=event_id)
+            for ref, digest, chosen in plans for r in chosen]
 
 
 def conversion_retry(*, task_id, cfg: Config | None = None) -> ConversionTask:
@@ -249,11 +291,19 @@ def conversion_run(*, task_id, token, cfg: Config | None = None) -> ConversionTa
         log.info("task %s: not converting %r: %s", task.pk, task.source, exc)
         return _finish(task.pk, token, status=Status.FAILED, reason=str(exc),
                        progress={"phase": "failed", "message": str(exc)})
+    extra = {}
+    if task.route:  # the route's own target and driver
+        route = routes.find(cfg.converter.routes, task.route)
+        if route is None:
+            reason = f"route {task.route!r} is no longer in converter.routes"
+            return _finish(task.pk, token, status=Status.FAILED, reason=reason,
+                           progress={"phase": "failed", "message": reason})
+        extra = {"target": task.target, "driver_config": route.driver or cfg.converter.driver}
     log.info("task %s: converting %s (attempt %d)", task.pk, task.source, task.attempts)
     reporter = ProgressReporter(task.pk, token)
     reporter.start()
     try:
-        result = _converter()(cfg, task.source, progress=reporter.on_event)
+        result = _converter()(cfg, task.source, progress=reporter.on_event, **extra)
     except AccelError as exc:
         reporter.stop()
         reason = encodable(str(exc) or exc.code)  # a registry's words: a lone surrogate must not crash the worker

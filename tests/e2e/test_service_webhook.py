@@ -113,7 +113,7 @@ def test_list_health_metrics_over_http(stack):
     assert requests.get(stack.url + "/api/v1/conversions", timeout=10).status_code == 401
     listed = requests.get(stack.url + "/api/v1/conversions", headers={"Authorization": AUTH}, timeout=10).json()
     assert isinstance(listed, list) and list(listed[0]) == [
-        "id", "created", "finished", "source", "source_size", "target_size", "status", "reason"]
+        "id", "created", "finished", "source", "source_size", "target_size", "status", "reason", "target", "route"]
     health = requests.get(stack.url + "/api/v1/health", timeout=10)
     assert (health.status_code, health.text) == (200, "Ok")
     assert 'acceld_tasks{status="COMPLETED"}' in requests.get(stack.url + "/metrics", timeout=10).text

@@ -18,7 +18,9 @@ def test_convert_finds_config_yaml_then_the_example(tmp_path):
     (tmp_path / "config.example.yaml").write_text("converter: {from_example: 1}\n")
     out = accelctl("convert", "127.0.0.1:1/x:y", cwd=tmp_path)
     assert (out.returncode, out.stderr) == (2, "accelctl: error: converter.from_example: unknown key "
-                                               "(allowed: driver, harbor_annotation, platforms, rules, timeout, verify, worker)\n")
+                                               "(allowed: driver, harbor_annotation, platforms, routes, rules, "
+                                               "timeout, verify, worker)
+")
     (tmp_path / "config.yaml").write_text("converter: {driver: {type: nope}}\n")
     out = accelctl("convert", "127.0.0.1:1/x:y", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("accelctl: error: converter.driver.type: unknown driver 'nope'")

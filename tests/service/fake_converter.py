@@ -45,13 +45,15 @@ class FakeConverter:
 
     def reset(self):
         self.calls: list[str] = []
+        self.routed: list[tuple] = []  # (source, target, driver type) of every call; target None without routes
         self.delay = 0.5
         self.gate: threading.Event | None = None  # when set, conversions wait for it
         self.started = threading.Event()
 
-    def __call__(self, cfg, source, *, progress=None):
+    def __call__(self, cfg, source, *, progress=None, target=None, driver_config=None):
         with self.lock:
             self.calls.append(source)
+            self.routed.append((source, target, driver_config.type if driver_config else ""))
         self.started.set()
         ref = reference.parse(source)
         if self.gate is not None:
@@ -66,14 +68,16 @@ class FakeConverter:
             raise ConversionError(f"fake failure converting {source}", reference=source)
         if ref.tag.startswith("boom"):
             raise RuntimeError("secret-token-in-a-bug")
-        target = reference.target_for(ref, cfg.converter.tag_suffix)
+        if target is None:
+            target = reference.target_for(ref, cfg.converter.tag_suffix)
         return FakeResult(source=str(ref), target=str(target), digest="sha256:" + "b" * 64, source_size=1000,
-                          target_size=1200, skipped=False, durations={"total": 0.01}, driver="estargz",
+                          target_size=1200, skipped=False, durations={"total": 0.01},
+                          driver=driver_config.type if driver_config else "estargz",
                           driver_version="fake-1")
 
 
 FAKE = FakeConverter()
 
 
-def convert(cfg, source, *, progress=None):
-    return FAKE(cfg, source, progress=progress)
+def convert(cfg, source, *, progress=None, **routed):
+    return FAKE(cfg, source, progress=progress, **routed)

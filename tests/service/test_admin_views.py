@@ -96,3 +96,32 @@ def test_running_tasks_cannot_be_deleted(staff):
 def test_admin_needs_login(acceld):
     resp = Client().get(LIST)
     assert resp.status_code == 302 and "/admin/login/" in resp["Location"]
+
+
+def test_routes_show_route_and_target_and_convert_again_keeps_the_route(staff, acceld):
+    acceld(converter={"routes": [
+        {"name": "esgz-route", "target": "{host}/{path}:{tag}-esgz"},
+        {"name": "accel-route", "target": "{host}/{project}-accel/{rest}:{tag}"}]})
+    task = services.conversion_create(source=f"{HOST}/library/redis:7", route="accel-route")
+    page = staff.get(LIST).content.decode()
+    assert "accel-route" in page and f"{HOST}/library-accel/redis:7" in page
+    only = staff.get(LIST + "?route=esgz-route").content.decode()  # the route filter
+    assert "library/redis" not in only
+    detail = staff.get(reverse("admin:conversions_conversiontask_change", args=[task.pk])).content.decode()
+    assert "accel-route" in detail and f"{HOST}/library-accel/redis:7" in detail
+    ConversionTask.objects.filter(pk=task.pk).update(status=Status.FAILED)
+    staff.post(LIST, {"action": "convert_again", "_selected_action": [str(task.pk)]}, follow=True)
+    new = ConversionTask.objects.exclude(pk=task.pk).get()
+    assert (new.route, new.target) == ("accel-route", f"{HOST}/library-accel/redis:7")
+
+
+def test_convert_form_with_routes_makes_a_task_per_matching_route(staff, acceld):
+    acceld(converter={"routes": [
+        {"name": "esgz-route", "target": "{host}/{path}:{tag}-esgz"},
+        {"name": "releases", "match": {"tag": ["v*"]}, "target": "{host}/{project}-accel/{rest}:{tag}"}]})
+    url = reverse("admin:conversions_conversiontask_convert")
+    ok = staff.post(url, {"source": f"{HOST}/library/nginx:v1"}, follow=True)
+    assert f"Started the conversion of {HOST}/library/nginx:v1 (routes: esgz-route, releases)." in ok.content.decode()
+    assert sorted(ConversionTask.objects.values_list("route", flat=True)) == ["esgz-route", "releases"]
+    out = staff.post(url, {"source": f"{HOST}/library/nginx:v1-esgz"})  # an output: refused, says why
+    assert out.status_code == 200 and "output of route &#x27;esgz-route&#x27;" in out.content.decode()

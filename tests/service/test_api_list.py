@@ -57,7 +57,9 @@ def test_list_shape_is_acceld(acceld, api):
     running = make(f"{HOST}/library/httpd:2", Status.PROCESSING, minutes_ago=1)
     body = json.loads(api.get("/api/v1/conversions").content)
     assert [t["id"] for t in body] == [str(running.pk), str(failed.pk), str(done.pk)]  # newest first
-    assert list(body[2]) == ["id", "created", "finished", "source", "source_size", "target_size", "status", "reason"]
+    # acceld's fields in acceld's order; then ours: where it goes and which converter.routes entry made it
+    assert list(body[2]) == ["id", "created", "finished", "source", "source_size", "target_size", "status", "reason",
+                             "target", "route"]
     assert body[2]["source_size"] == 70254592 and isinstance(body[2]["target_size"], int)
     assert all(RFC3339.match(t["created"]) and RFC3339.match(t["finished"]) for t in body)
     assert body[0]["finished"] == "0001-01-01T00:00:00Z"  # Go's zero time until it finishes

@@ -1,4 +1,5 @@
-"""A config naming an unknown driver or a bad driver option stops the service at start-up, in one line:
+"""A config naming an unknown driver, a bad driver option or routes that cannot be satisfied stops the service
+at start-up, in one line:
 `make run` (acceld_project.run) and every Django entry point (manage.py, gunicorn, qcluster load settings)."""
 import os
 import subprocess
@@ -15,6 +16,15 @@ BAD = [
     # acceld's OCI-ref nydus example: refused by name until oci_ref is implemented
     ("converter: {driver: {type: nydus, config: {oci_ref: true, with_referrer: true}}}\n",
      "converter.driver.config.oci_ref: oci_ref is not supported yet by the nydus driver"),
+    # converter.routes that cannot be satisfied
+    ("converter: {routes: [{name: a, target: '{host}/{path}:{tag}-x'}, {name: b, target: '{host}/{path}:{tag}-x'}]}\n",
+     "converter.routes[1].target: writes the same target as route 'a'"),
+    ("converter: {routes: [{name: a, target: 'elsewhere.example.com/{path}:{tag}'}]}\n",
+     "converter.routes[0].target: host 'elsewhere.example.com' is not a configured registry (provider.source)"),
+    ("converter: {routes: [{name: a, target: '{host}/{path}:{tag}-{flavor}'}]}\n",
+     "converter.routes[0].target: unknown placeholder {flavor}"),
+    ("converter: {routes: [{name: a, target: '{host}/{path}:{tag}-x', match: {tag: ['v[1']}}]}\n",
+     "converter.routes[0].match.tag[0]: unbalanced [ ] in glob 'v[1'"),
 ]
 
 
