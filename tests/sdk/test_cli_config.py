@@ -19,8 +19,7 @@ def test_convert_finds_config_yaml_then_the_example(tmp_path):
     out = accelctl("convert", "127.0.0.1:1/x:y", cwd=tmp_path)
     assert (out.returncode, out.stderr) == (2, "accelctl: error: converter.from_example: unknown key "
                                                "(allowed: driver, harbor_annotation, platforms, routes, rules, "
-                                               "timeout, verify, worker)
-")
+                                               "timeout, verify, worker)\n")
     (tmp_path / "config.yaml").write_text("converter: {driver: {type: nope}}\n")
     out = accelctl("convert", "127.0.0.1:1/x:y", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("accelctl: error: converter.driver.type: unknown driver 'nope'")
