@@ -1,0 +1,162 @@
+"""The admin dashboard's reads (selectors, HackSoftware style): one aggregate query per panel.
+
+Every panel is computed by the database, so the page costs the same with 100 or 100,000 tasks in the
+window: the timeline groups by hour and status, the percentiles pick two rows by rank with window
+functions, the bytes are sums per driver, the lists are LIMITed. Everything here runs unchanged on
+SQLite (>= 3.25, for window functions) and PostgreSQL.
+
+A conversion's *duration* is ``finished - created``: what the person who pushed waits for, queue wait
+and retries included. Only COMPLETED leaders count (not ``skipped`` ones, which did no work, nor
+followers, which shared another task's conversion), as for ``/metrics``' counters.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Count, DurationField, ExpressionWrapper, F, IntegerField, Q, QuerySet, Sum
+from django.db.models.functions import RowNumber, TruncHour
+from django.db.models.expressions import Window
+from django.utils import timezone
+
+from .models import ConversionTask, Status
+from .recovery import interrupted
+
+WINDOW_DAYS = 7
+LIST_LENGTH = 10  # rows in "slowest" and "recent failures": enough to spot a pattern, short enough to read
+DURATION = ExpressionWrapper(F("finished") - F("created"), output_field=DurationField())
+
+
+def window_start(now: datetime.datetime, days: int = WINDOW_DAYS) -> datetime.datetime:
+    """The first hour shown: ``days`` whole days of hours ending with the current (partial) hour."""
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    return hour - datetime.timedelta(hours=24 * days - 1)
+
+
+def _conversions(since: datetime.datetime) -> QuerySet[ConversionTask]:
+    """Completed conversions that did work, finished since ``since``."""
+    return ConversionTask.objects.filter(status=Status.COMPLETED, skipped=False, shared_with__isnull=True,
+                                         finished__gte=since)
+
+
+def timeline(since: datetime.datetime) -> dict[tuple[datetime.datetime, str], int]:
+    """Tasks created since ``since`` by (hour, status now). One GROUP BY query."""
+    rows = (ConversionTask.objects.filter(created__gte=since)
+            .annotate(hour=TruncHour("created")).values("hour", "status")
+            .annotate(n=Count("pk")).order_by())
+    return {(row["hour"], row["status"]): row["n"] for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Durations:
+    count: int
+    median: datetime.timedelta | None
+    p95: datetime.timedelta | None
+
+
+def durations(since: datetime.datetime) -> Durations:
+    """Median and p95 (nearest rank: the ceil(n * p)-th shortest) of conversions finished since ``since``.
+
+    One query: each row numbered by duration beside the row count, and only the two ranked rows returned
+    (Django filters window functions in an outer query), so no duration list crosses the wire.
+    """
+    ranked = (_conversions(since)
+              .annotate(duration=DURATION,
+                        rank=Window(RowNumber(), order_by=[DURATION.asc(), F("pk").asc()]),
+                        total=Window(Count("pk")))
+              .filter(Q(rank=_rank_sql(50)) | Q(rank=_rank_sql(95)))
+              .values_list("rank", "total", "duration"))
+    rows = list(ranked)
+    if not rows:
+        return Durations(0, None, None)
+    total = rows[0][1]
+    by_rank = {rank: duration for rank, _, duration in rows}
+    return Durations(total, by_rank[_rank(total, 50)], by_rank[_rank(total, 95)])
+
+
+# Nearest rank ceil(n * p / 100) in integer arithmetic (SQLite and PostgreSQL divide integers exactly so),
+# the same in SQL and Python: a float product could round differently in each and miss the row.
+def _rank(n: int, percent: int) -> int:
+    return (n * percent + 99) // 100
+
+
+def _rank_sql(percent: int):
+    return ExpressionWrapper((F("total") * percent + 99) / 100, output_field=IntegerField())
+
+
+def bytes_by_driver(since: datetime.datetime) -> list[dict]:
+    """Source bytes pulled and target bytes pushed per driver (format), biggest first. One query."""
+    rows = (_conversions(since).values("driver")
+            .annotate(n=Count("pk"), source=Sum("source_size"), target=Sum("target_size"))
+            .order_by("-source", "driver"))
+    return [{"driver": r["driver"] or "(unknown)", "n": r["n"], "source": r["source"] or 0,
+             "target": r["target"] or 0} for r in rows]
+
+
+def slowest(since: datetime.datetime, limit: int = LIST_LENGTH) -> list[ConversionTask]:
+    return list(_conversions(since).annotate(duration=DURATION).order_by("-duration", "pk")[:limit])
+
+
+def recent_failures(limit: int = LIST_LENGTH) -> list[ConversionTask]:
+    """The newest FAILED tasks, whenever they failed (an old failure nobody retried is still news)."""
+    return list(ConversionTask.objects.filter(status=Status.FAILED)
+                .order_by(F("finished").desc(nulls_last=True), "-created", "pk")[:limit])
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    waiting: int        # PROCESSING leaders no worker has started yet
+    running: int        # started leaders whose worker wrote a heartbeat within ACCELD_STALE_AFTER
+    stale: int          # leaders the reaper will re-queue or fail (conversions.recovery.interrupted)
+    followers: int      # tasks waiting on another task's conversion
+    broker_ready: int | None    # messages in the queue no worker holds (None: the broker cannot say)
+    broker_taken: int | None    # messages a worker holds and has not acknowledged
+    clusters: list[dict] | None  # django-q2's cluster reports (None: not visible from this process)
+
+
+def queue(now: datetime.datetime | None = None) -> Queue:
+    """Queue depth and live workers, from the task table (one query) and the broker.
+
+    A worker is alive while it writes its conversion's heartbeat; a PROCESSING leader without a fresh one
+    is what the reaper picks up (``conversions.recovery``). django-q2's own cluster reports (``Stat``)
+    live in the broker's cache: Redis, or the Django cache, which is per process unless configured shared.
+    """
+    now = now or timezone.now()
+    fresh_after = now - datetime.timedelta(seconds=settings.ACCELD_STALE_AFTER)
+    leaders = Q(status=Status.PROCESSING, shared_with__isnull=True)
+    stale_ids = interrupted(now).values("pk")
+    counts = ConversionTask.objects.aggregate(
+        waiting=Count("pk", filter=leaders & Q(started__isnull=True) & ~Q(pk__in=stale_ids)),
+        running=Count("pk", filter=leaders & Q(started__isnull=False, heartbeat__gte=fresh_after)),
+        stale=Count("pk", filter=Q(pk__in=stale_ids)),
+        followers=Count("pk", filter=Q(status=Status.PROCESSING, shared_with__isnull=False)),
+    )
+    ready, taken, clusters = _broker_state()
+    return Queue(broker_ready=ready, broker_taken=taken, clusters=clusters, **counts)
+
+
+def _broker_state() -> tuple[int | None, int | None, list[dict] | None]:
+    from django.core.cache.backends.locmem import LocMemCache
+    from django_q.brokers import get_broker
+    from django_q.status import Stat
+
+    broker = get_broker()
+    try:
+        ready = broker.queue_size()
+    except Exception:  # a broker that is down: the page still shows what the task table knows
+        ready = None
+    try:
+        taken = broker.lock_size()
+    except Exception:
+        taken = None
+    # The ORM broker keeps cluster reports in the Django cache; the default one is per process, where the
+    # web server never sees the qcluster's report. Say "not visible" rather than "no workers".
+    if isinstance(getattr(broker, "cache", None), LocMemCache) or getattr(broker, "cache", None) is None:
+        return ready, taken, None
+    try:
+        stats = Stat.get_all(broker)
+    except Exception:
+        return ready, taken, None
+    return ready, taken, [{"host": s.host, "cluster": str(s.cluster_id), "status": s.status,
+                           "workers": len(s.workers)} for s in stats]
