@@ -293,19 +293,15 @@ def get_latency(svc: Service, query: str, n: int, seconds: float, warmup: int = 
 
 def dashboard_latency(svc: Service, n: int, seconds: float, warmup: int = 2) -> dict:
     """Log in to the admin as a fresh superuser, then ``n`` sequential GETs of the dashboard."""
-    import re
+    import types
 
-    import requests
     from django.contrib.auth.models import User
+
+    from tests.support.stackctl import admin_session
 
     User.objects.filter(username="bench").delete()
     User.objects.create_superuser("bench", password="bench-dashboard-pass-1")
-    login = requests.Session()
-    url = f"http://127.0.0.1:{svc.port}/admin/login/"
-    page = login.get(url, timeout=60).text
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    login.post(url, data={"username": "bench", "password": "bench-dashboard-pass-1", "csrfmiddlewaretoken": token,
-                          "next": "/admin/"}, headers={"Referer": url}, timeout=60)
+    login = admin_session(types.SimpleNamespace(url=f"http://127.0.0.1:{svc.port}"), "bench", "bench-dashboard-pass-1")
     cookie = "; ".join(f"{c.name}={c.value}" for c in login.cookies)
     conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=120)
     samples: list[float] = []

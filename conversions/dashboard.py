@@ -120,7 +120,7 @@ def durations(since: datetime.datetime) -> Durations:
     """
     ranked = (_conversions(since).order_by()
               .annotate(duration=DURATION,
-                        rank=Window(RowNumber(), order_by=[DURATION.asc(), F("pk").asc()]),
+                        rank=Window(RowNumber(), order_by=[DURATION.asc()]),  # ties: the same value either way
                         total=Window(Count("pk")))
               .filter(Q(rank=_rank_sql(50)) | Q(rank=_rank_sql(95)))
               .values_list("rank", "total", "duration"))
@@ -202,7 +202,7 @@ def queue(now: datetime.datetime | None = None) -> Queue:
 
 def _broker_state() -> tuple[int | None, int | None, list[dict] | None]:
     from django.core.cache.backends.locmem import LocMemCache
-    from django_q.brokers import get_broker
+    from django_q.brokers import Broker, get_broker
     from django_q.status import Stat
 
     broker = get_broker()
@@ -214,9 +214,12 @@ def _broker_state() -> tuple[int | None, int | None, list[dict] | None]:
         taken = broker.lock_size()
     except Exception:
         taken = None
-    # The ORM broker keeps cluster reports in the Django cache; the default one is per process, where the
-    # web server never sees the qcluster's report. Say "not visible" rather than "no workers".
-    if isinstance(getattr(broker, "cache", None), LocMemCache) or getattr(broker, "cache", None) is None:
+    # Redis keeps the cluster reports itself; the ORM broker keeps them in the Django cache, which by
+    # default is per process, where the web server never sees the qcluster's report. Say "not visible"
+    # then, rather than "no workers".
+    in_broker = type(broker).get_stats is not Broker.get_stats
+    cache = getattr(broker, "cache", None)
+    if not in_broker and (cache is None or isinstance(cache, LocMemCache)):
         return ready, taken, None
     try:
         stats = Stat.get_all(broker)

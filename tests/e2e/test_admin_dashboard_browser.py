@@ -4,6 +4,9 @@ its stylesheet applied; a converter's Retry button re-runs a failed conversion t
 from __future__ import annotations
 
 import json
+import re
+import signal
+import time
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -98,3 +101,39 @@ def duration_text_seconds(seconds: float) -> str:
     import datetime
 
     return duration_text(datetime.timedelta(seconds=seconds))
+
+
+def test_clusters_and_workers_with_the_redis_broker(tmp_path):
+    """With Redis the qcluster's own reports (django-q2's Stat) reach the web server: the page lists the
+    running cluster with its configured workers, and says nothing is visible once the cluster is gone."""
+    from tests.service.stack import ServiceStack
+    from tests.support.dbservers import RedisServer
+    from tests.support.registry import RegistryServer
+    from tests.support.stackctl import admin_session, reconfigure
+
+    reg = RegistryServer(tmp_path / "registry").start()
+    redis = RedisServer().start()
+    stack = ServiceStack(tmp_path, reg.host, worker=3, extra_env={"ACCELD_ADMIN_PASSWORD": "dash-e2e-pass-1"})
+    try:
+        reconfigure(stack, lambda cfg: cfg["server"].update(redis=redis.url))
+        stack.start()
+        stack.manage("acceld_admin")
+        admin = admin_session(stack, "admin", "dash-e2e-pass-1")
+        deadline = time.monotonic() + 60
+        while True:
+            page = admin.get(stack.url + "/admin/dashboard/", timeout=30).text
+            rows = re.findall(r"<tr><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td><td>(\d+)</td></tr>", page)
+            if (rows and rows[0][0] != "Starting") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert rows == [("Idle", "3")], page[page.find('id="panel-queue"'):][:2000]
+        assert 'id="queue-broker">0 / ?<' in page  # Redis says its queue length, not what workers hold
+        stack.kill_qcluster(sig=signal.SIGTERM)  # a clean stop
+        deadline = time.monotonic() + 30  # a report lives 3 s in Redis
+        while "no qcluster has reported" not in admin.get(stack.url + "/admin/dashboard/", timeout=30).text:
+            assert time.monotonic() < deadline, "the stopped cluster is still listed"
+            time.sleep(0.5)
+    finally:
+        stack.stop()
+        redis.stop()
+        reg.stop()
