@@ -5,9 +5,9 @@ window: the timeline groups by hour and status, the percentiles pick two rows by
 functions, the bytes are sums per driver, the lists are LIMITed. Everything here runs unchanged on
 SQLite (>= 3.25, for window functions) and PostgreSQL.
 
-Two expressions are written per database (``as_sqlite``, else PostgreSQL's SQL): Django's portable hour
-truncation and datetime subtraction call a Python function for every row on SQLite, which made the page
-five times slower with 20,000 tasks in the window than SQLite's own ``substr`` and ``julianday``.
+Two expressions are written for SQLite and PostgreSQL (other databases get Django's portable ones): Django's
+hour truncation and datetime subtraction call a Python function for every row on SQLite, which made the
+page five times slower with 20,000 tasks in the window than SQLite's own ``substr`` and ``julianday``.
 
 A conversion's *duration* is ``finished - created``: what the person who pushed waits for, queue wait
 and retries included. Only COMPLETED leaders count (not ``skipped`` ones, which did no work, nor
@@ -19,9 +19,11 @@ import datetime
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import CharField, Count, ExpressionWrapper, F, FloatField, Func, IntegerField, Q, QuerySet, Sum
+from django.db import connection
+from django.db.models import (CharField, Count, DurationField, ExpressionWrapper, F, FloatField, Func, IntegerField, Q,
+                              QuerySet, Sum)
 from django.db.models.expressions import Window
-from django.db.models.functions import RowNumber
+from django.db.models.functions import Floor, RowNumber, TruncHour
 from django.utils import timezone
 
 from .models import ConversionTask, Status
@@ -31,11 +33,17 @@ WINDOW_DAYS = 7
 LIST_LENGTH = 10  # rows in "slowest" and "recent failures": enough to spot a pattern, short enough to read
 
 
+OWN_SQL = ("sqlite", "postgresql")  # the databases with hand-written expressions below
+
+
 class HourOf(Func):
     """The UTC hour of a datetime as text, ``YYYY-MM-DD HH`` (settings.TIME_ZONE is UTC)."""
 
     output_field = CharField()
-    template = "to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection, **extra,
+                              template="to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')")
 
     def as_sqlite(self, compiler, connection, **extra):
         # Django stores an aware datetime on SQLite as UTC text, "YYYY-MM-DD HH:MM:SS[.ffffff]".
@@ -46,11 +54,13 @@ class SecondsBetween(Func):
     """``end - start`` in seconds (a float)."""
 
     output_field = FloatField()
-    template = "EXTRACT(EPOCH FROM (%(expressions)s))"
-    arg_joiner = " - "
 
     def __init__(self, end, start):
         super().__init__(end, start)
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection, template="EXTRACT(EPOCH FROM (%(expressions)s))",
+                              arg_joiner=" - ", **extra)
 
     def as_sqlite(self, compiler, connection, **extra):
         # julianday() is a double of days: ~50 us resolution today, rounded to milliseconds by the callers.
@@ -58,7 +68,15 @@ class SecondsBetween(Func):
                               arg_joiner=") - julianday(", **extra)
 
 
-DURATION = SecondsBetween("finished", "created")
+def hour_created():
+    return HourOf("created") if connection.vendor in OWN_SQL else TruncHour("created")
+
+
+def duration():
+    """``finished - created``: seconds on SQLite and PostgreSQL, a timedelta elsewhere."""
+    if connection.vendor in OWN_SQL:
+        return SecondsBetween("finished", "created")
+    return ExpressionWrapper(F("finished") - F("created"), output_field=DurationField())
 
 
 class Unindexed(Func):
@@ -66,8 +84,7 @@ class Unindexed(Func):
 
     Without ANALYZE statistics SQLite prefers the ``status`` (or ``shared_with``) index, though
     ``COMPLETED`` (or "no leader") is most of a big table, over the ``created`` index that narrows to the
-    window: 5x slower at 100,000 tasks. PostgreSQL
-    keeps statistics and chooses well by itself.
+    window: 5x slower at 100,000 tasks. PostgreSQL keeps statistics and chooses well by itself.
     """
 
     template = "%(expressions)s"
@@ -76,14 +93,16 @@ class Unindexed(Func):
         return super().as_sql(compiler, connection, template="+%(expressions)s", **extra)
 
 
-def as_timedelta(seconds) -> datetime.timedelta | None:
-    return None if seconds is None else datetime.timedelta(seconds=round(float(seconds), 3))
+def as_timedelta(value) -> datetime.timedelta | None:
+    if value is None or isinstance(value, datetime.timedelta):
+        return value
+    return datetime.timedelta(seconds=round(float(value), 3))
 
 
-def window_start(now: datetime.datetime, days: int = WINDOW_DAYS) -> datetime.datetime:
-    """The first hour shown: ``days`` whole days of hours ending with the current (partial) hour."""
-    hour = now.replace(minute=0, second=0, microsecond=0)
-    return hour - datetime.timedelta(hours=24 * days - 1)
+def as_hour(value) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):  # TruncHour's answer
+        return value
+    return datetime.datetime.strptime(value, "%Y-%m-%d %H").replace(tzinfo=datetime.timezone.utc)
 
 
 def _conversions(since: datetime.datetime) -> QuerySet[ConversionTask]:
@@ -98,11 +117,9 @@ def timeline(since: datetime.datetime) -> dict[tuple[datetime.datetime, str], in
     # GROUP BY hour first, then status (both annotations, so in this order): grouped by status first,
     # SQLite (without ANALYZE statistics) walks the status index over the whole table, 5x slower at 100k.
     rows = (ConversionTask.objects.filter(created__gte=since).order_by()
-            .annotate(hour=HourOf("created"), state=F("status")).values("hour", "state")
+            .annotate(hour=hour_created(), state=F("status")).values("hour", "state")
             .annotate(n=Count("pk")))
-    utc = datetime.timezone.utc
-    return {(datetime.datetime.strptime(row["hour"], "%Y-%m-%d %H").replace(tzinfo=utc), row["state"]): row["n"]
-            for row in rows}
+    return {(as_hour(row["hour"]), row["state"]): row["n"] for row in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +130,14 @@ class Durations:
 
 
 def durations(since: datetime.datetime) -> Durations:
-    """Median and p95 (nearest rank: the ceil(n * p)-th shortest) of conversions finished since ``since``.
+    """Median and p95 (nearest rank: the ceil(n * p)-th shortest) of conversions requested since ``since``.
 
     One query: each row numbered by duration beside the row count, and only the two ranked rows returned
     (Django filters window functions in an outer query), so no duration list crosses the wire.
     """
     ranked = (_conversions(since).order_by()
-              .annotate(duration=DURATION,
-                        rank=Window(RowNumber(), order_by=[DURATION.asc()]),  # ties: the same value either way
+              .annotate(duration=duration(),
+                        rank=Window(RowNumber(), order_by=[duration().asc()]),  # ties: the same value either way
                         total=Window(Count("pk")))
               .filter(Q(rank=_rank_sql(50)) | Q(rank=_rank_sql(95)))
               .values_list("rank", "total", "duration"))
@@ -132,14 +149,18 @@ def durations(since: datetime.datetime) -> Durations:
     return Durations(total, by_rank[_rank(total, 50)], by_rank[_rank(total, 95)])
 
 
-# Nearest rank ceil(n * p / 100) in integer arithmetic (SQLite and PostgreSQL divide integers exactly so),
-# the same in SQL and Python: a float product could round differently in each and miss the row.
+# Nearest rank ceil(n * p / 100) in integer arithmetic, the same in SQL and Python: a float product could
+# round differently in each and miss the row. SQLite and PostgreSQL divide integers to an integer; other
+# databases (MySQL answers a decimal) get FLOOR.
 def _rank(n: int, percent: int) -> int:
     return (n * percent + 99) // 100
 
 
 def _rank_sql(percent: int):
-    return ExpressionWrapper((F("total") * percent + 99) / 100, output_field=IntegerField())
+    quotient = (F("total") * percent + 99) / 100
+    if connection.vendor not in OWN_SQL:
+        quotient = Floor(quotient)
+    return ExpressionWrapper(quotient, output_field=IntegerField())
 
 
 def bytes_by_driver(since: datetime.datetime) -> list[dict]:
@@ -152,9 +173,9 @@ def bytes_by_driver(since: datetime.datetime) -> list[dict]:
 
 
 def slowest(since: datetime.datetime, limit: int = LIST_LENGTH) -> list[ConversionTask]:
-    tasks = list(_conversions(since).annotate(seconds=DURATION).order_by("-seconds", "pk")[:limit])
+    tasks = list(_conversions(since).annotate(took=duration()).order_by("-took", "pk")[:limit])
     for task in tasks:
-        task.duration = as_timedelta(task.seconds)
+        task.duration = as_timedelta(task.took)
     return tasks
 
 
