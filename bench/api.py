@@ -18,6 +18,9 @@ What is measured (each phase bounded by a request count and a time limit):
    so the service answers the full list from the copy it keeps while nothing is committed
    (conversions/listing.py); ``(default, fresh)`` commits a change to one task before each GET, so every
    answer is rendered afresh: the price of the full list while conversions are finishing.
+4. ``GET /admin/dashboard/`` with ``--dashboard-tasks`` tasks (default 100,000, the same mix, 30 s apart, so
+   about 20,000 fall in its 7-day window), logged in as a superuser: p50/p95 of the whole page. Every panel
+   is one aggregate query (conversions/dashboard.py), so this should not grow with the task count.
 
 The load generator is stdlib ``http.client`` on keep-alive connections, one per thread (cheaper per request
 than requests.Session, so less of the shared CPU goes to the client). An error is any connection failure or an
@@ -288,6 +291,41 @@ def get_latency(svc: Service, query: str, n: int, seconds: float, warmup: int = 
             "max_ms": round(samples[-1] * 1000, 2)}
 
 
+def dashboard_latency(svc: Service, n: int, seconds: float, warmup: int = 2) -> dict:
+    """Log in to the admin as a fresh superuser, then ``n`` sequential GETs of the dashboard."""
+    import types
+
+    from django.contrib.auth.models import User
+
+    from tests.support.stackctl import admin_session
+
+    User.objects.filter(username="bench").delete()
+    User.objects.create_superuser("bench", password="bench-dashboard-pass-1")
+    login = admin_session(types.SimpleNamespace(url=f"http://127.0.0.1:{svc.port}"), "bench", "bench-dashboard-pass-1")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in login.cookies)
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=120)
+    samples: list[float] = []
+    size = 0
+    deadline = time.monotonic() + seconds
+    for i in range(warmup + n):
+        if i > warmup and time.monotonic() >= deadline:
+            break
+        t0 = time.perf_counter()
+        conn.request("GET", "/admin/dashboard/", headers={"Cookie": cookie})
+        resp = conn.getresponse()
+        body = resp.read()
+        took = time.perf_counter() - t0
+        if resp.status != 200 or b'id="panel-timeline"' not in body:
+            raise RuntimeError(f"GET /admin/dashboard/: {resp.status} {body[:300]!r}")
+        if i >= warmup:
+            samples.append(took)
+        size = len(body)
+    conn.close()
+    samples.sort()
+    return {"requests": len(samples), "bytes": size, "p50_ms": round(pct(samples, 50), 2),
+            "p95_ms": round(pct(samples, 95), 2), "max_ms": round(samples[-1] * 1000, 2)}
+
+
 # ---------------------------------------------------------------- the task table
 
 
@@ -337,6 +375,16 @@ def touch_one_task() -> None:
     ConversionTask.objects.filter(pk=task.pk).update(reason=f"touched at {time.time():.6f}")
 
 
+def tasks_in_window() -> int:
+    from django.utils import timezone
+
+    from conversions import admin_dashboard
+    from conversions.models import ConversionTask
+
+    start, _ = admin_dashboard.window(timezone.now())
+    return ConversionTask.objects.filter(created__gte=start).count()
+
+
 def task_counts() -> dict:
     from django.db.models import Count
 
@@ -372,6 +420,12 @@ def table(result: dict) -> str:
     for g in result["get"]:
         out.append(f"{g['query']:<22} {g['requests']:>5} {g['rows']:>6} {g['bytes']:>9} {g['p50_ms']:>7} "
                    f"{g['p95_ms']:>7} {g['max_ms']:>7}")
+    d = result.get("dashboard")
+    if d:
+        out.append("")
+        out.append(f"GET /admin/dashboard/ with {d['tasks']} tasks ({d['in_window']} in its 7 days)")
+        out.append(f"{'':<22} {d['requests']:>5} {'':>6} {d['bytes']:>9} {d['p50_ms']:>7} {d['p95_ms']:>7} "
+                   f"{d['max_ms']:>7}")
     out.append("")
     t = result["targets"]
     verdict = {True: "met", False: "MISSED", None: "not measured"}
@@ -388,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=10000, help="tasks in the database for GET (default 10000)")
     ap.add_argument("--get-requests", type=int, default=200, help="GETs per query (default 200)")
     ap.add_argument("--get-seconds", type=float, default=60, help="time limit per GET query, s (default 60)")
-    ap.add_argument("--skip-post", action="store_true", help="only the GET phase")
+    ap.add_argument("--dashboard-tasks", type=int, default=100000,
+                    help="tasks in the database for the admin dashboard (default 100000; 0: skip it)")
+    ap.add_argument("--dashboard-requests", type=int, default=30, help="dashboard GETs (default 30)")
+    ap.add_argument("--skip-post", action="store_true", help="only the GET phases")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
     args = ap.parse_args(argv)
 
@@ -429,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         # The service keeps the full list while nothing is committed; this is the price after each write.
         result["get"].append(get_latency(svc, "", args.get_requests, args.get_seconds, label="(default, fresh)",
                                          before=touch_one_task))
+        if args.dashboard_tasks:
+            if args.dashboard_tasks != args.tasks:
+                result["dashboard_fill_seconds"] = round(fill_tasks(registry.host, args.dashboard_tasks), 2)
+            result["dashboard"] = {"tasks": args.dashboard_tasks, "in_window": tasks_in_window(),
+                                   **dashboard_latency(svc, args.dashboard_requests, args.get_seconds)}
     finally:
         svc.stop()
         registry.stop()

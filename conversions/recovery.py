@@ -24,16 +24,20 @@ from .models import ConversionTask, Status
 log = logging.getLogger("acceld.recovery")
 
 
-def interrupted(now: datetime.datetime | None = None):
-    """Leaders that nobody is working on (a selector, kept here beside its only user)."""
-    now = now or timezone.now()
+def interrupted_q(now: datetime.datetime) -> Q:
+    """The condition itself, for a query that counts it among others (the admin dashboard)."""
     stale_before = now - datetime.timedelta(seconds=settings.ACCELD_STALE_AFTER)
     lost_before = now - datetime.timedelta(seconds=settings.Q_CLUSTER.get("retry", 60))
-    return ConversionTask.objects.filter(status=Status.PROCESSING, shared_with__isnull=True).filter(
+    return Q(status=Status.PROCESSING, shared_with__isnull=True) & (
         Q(heartbeat__lt=stale_before)
         | Q(heartbeat__isnull=True, queued__lt=lost_before)
         | Q(heartbeat__isnull=True, queued__isnull=True, created__lt=stale_before)
     )
+
+
+def interrupted(now: datetime.datetime | None = None):
+    """Leaders that nobody is working on (a selector, kept here beside its only user)."""
+    return ConversionTask.objects.filter(interrupted_q(now or timezone.now()))
 
 
 def recover_interrupted(now: datetime.datetime | None = None) -> dict[str, int]:
