@@ -100,6 +100,10 @@ class EngineProvider:
         """A small blob (config, manifest) of the source, verified."""
         return self._session.read_blob(desc, limit)
 
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        """A child manifest of the source index, by digest (for drivers that convert whole images)."""
+        return self._session.read_manifest(desc)
+
     @contextlib.contextmanager
     def _tracked(self, stream: SourceStream) -> Iterator[SourceStream]:
         with self._lock:

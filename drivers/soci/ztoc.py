@@ -40,7 +40,7 @@ class Ztoc:
         for e in self.entries:
             if any(k.startswith("SCHILY.xattr.") for k in e.pax):
                 return True
-            if e.name.rstrip("/").rsplit("/", 1)[-1] == ".wh..wh..opq":
+            if e.name.endswith(".wh..wh..opq"):  # upstream: strings.HasSuffix on the raw name
                 return True
         return False
 

@@ -1,0 +1,158 @@
+"""The ``soci`` driver: a SOCI index manifest v2 next to the image; every layer stays byte for byte as pushed.
+
+One pass per indexed layer (inflate with checkpoints + tar headers, drivers/soci/ztoc.py), layers in
+parallel (zlib runs outside the GIL through ctypes). The driver writes only the ztocs, the ``{}`` config, the
+SOCI index, the re-serialised image manifest(s) and the new OCI index; the engine's push finds the layers
+already in the repository (the target tag is in the source's repository) and never uploads them.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from typing import Any
+
+from acceleration_sdk import oci
+from acceleration_sdk.driver import ContentProvider, Driver, ProgressEvent
+from acceleration_sdk.errors import ConversionError, LayerError
+from acceleration_sdk.oci import Descriptor
+from acceleration_sdk.options import Option, OptionSchema, option_error
+
+from . import layout, ztoc
+from .gzindex import GzipIndexError
+from .tartoc import TarTocError
+
+# containerd's images.DiffCompression: what upstream indexes (ztoc_builder.go:44-46) and skips (zstd)
+GZIP_TYPES = (oci.OCI_LAYER_GZIP, oci.DOCKER_LAYER_GZIP)
+TAR_TYPES = (oci.OCI_LAYER, oci.DOCKER_LAYER)
+WORKERS = 2  # layers indexed at once; inflate is the cost, and it runs outside the GIL
+
+
+def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
+    opts = [str(o) for o in values["optimizations"]]
+    for o in opts:
+        if o != "xattr":
+            raise option_error(f"{path}.optimizations", f"unknown optimization {o!r} (known: xattr)")
+    values["optimizations"] = tuple(opts)
+    if values["index_version"] == "v1":
+        raise option_error(f"{path}.index_version", "the legacy v1 (referrers-based) SOCI index is not supported "
+                                                    "yet; use v2, which current soci-snapshotter reads")
+    return values
+
+
+OPTIONS = OptionSchema(
+    Option("span_size", int, 1 << 22, range=(1 << 16, 1 << 30),
+           help="bytes of uncompressed data between gzip checkpoints (default 4194304, as upstream)"),
+    Option("min_layer_size", int, 10 << 20, range=(0, 1 << 50),
+           help="layers smaller than this many bytes (compressed) get no ztoc (default 10485760, as upstream)"),
+    Option("optimizations", list, (),
+           help="upstream's optimizations; xattr marks layers without xattrs or opaque dirs "
+                "com.amazon.soci.disable-xattrs"),
+    Option("index_version", str, "v2", choices=("v2", "v1"),
+           help="v2 (default: the OCI index binding current soci-snapshotter reads); v1 is refused (not yet)"),
+    check=_check,
+)
+
+
+class SociDriver(Driver):
+    options_schema = OPTIONS
+    default_tag_suffix = "-soci"
+
+    def name(self) -> str:
+        return "soci"
+
+    def version(self) -> str:
+        return f"v2/ztoc-{ztoc.VERSION}"
+
+    # ------------------------------------------------------------------ the image
+    def convert(self, content: ContentProvider, source: str) -> Descriptor:
+        root: Descriptor = content.root
+        raw = content.store.read_bytes(root.digest)
+        top = json.loads(raw)
+        if root.media_type in oci.INDEX_TYPES:
+            index_src = top
+            children = [dict(d) for d in top.get("manifests") or ()]
+        else:
+            index_src = None
+            config = json.loads(content.read_blob(Descriptor.from_dict(top["config"])))
+            platform = {"architecture": config.get("architecture", ""), "os": config.get("os", "")}
+            if config.get("variant"):
+                platform["variant"] = config["variant"]
+            children = [{"mediaType": root.media_type, "digest": root.digest, "size": root.size,
+                         "platform": platform}]
+        out_manifests: list[dict] = []
+        soci_descs: list[dict] = []
+        for child in children:
+            desc = Descriptor.from_dict(child)
+            if child.get("artifactType") == layout.SOCI_INDEX_V2:
+                continue  # an older SOCI index of a converted source: replaced below (addSociIndexes)
+            if desc.media_type not in oci.MANIFEST_TYPES or desc.is_attestation:
+                out_manifests.append(child)  # attestations and other artifacts stay as they were
+                continue
+            manifest = json.loads(raw if index_src is None else content.read_manifest(desc))
+            index_desc = self._soci_index(content, manifest)
+            new = layout.image_manifest(manifest, index_desc["digest"] if index_desc else None)
+            new_desc = self._write_json(content, new)
+            entry = dict(child, mediaType=oci.OCI_MANIFEST, digest=new_desc.digest, size=new_desc.size)
+            entry["annotations"] = new.get("annotations")  # upstream: md.Annotations = manifest.annotations
+            out_manifests.append(layout.descriptor(entry))
+            if index_desc is not None:
+                soci_descs.append(layout.descriptor(dict(index_desc, platform=child.get("platform"),
+                                                         annotations={layout.ANN_MANIFEST_DIGEST: new_desc.digest})))
+        if not soci_descs:
+            raise ConversionError(f"{source}: no layer to index: SOCI indexes gzip or uncompressed tar layers of at "
+                                  f"least min_layer_size ({self.options['min_layer_size']} bytes); upstream refuses "
+                                  "an empty index too", reference=source)
+        top_desc = self._write_json(content, layout.oci_index(index_src, out_manifests + soci_descs))
+        return top_desc.replace(media_type=oci.OCI_INDEX)
+
+    def _write_json(self, content: ContentProvider, obj: Any) -> Descriptor:
+        data = oci.canonical_json(obj)
+        with content.blob_writer() as w:
+            w.write(data)
+            digest = w.commit()
+        return Descriptor(media_type=obj.get("mediaType", ""), digest=digest, size=len(data))
+
+    def _write_blob(self, content: ContentProvider, data: bytes) -> str:
+        with content.blob_writer() as w:
+            w.write(data)
+            return w.commit()
+
+    # ------------------------------------------------------------------ one platform
+    def _soci_index(self, content: ContentProvider, manifest: dict) -> dict | None:
+        """Build, write and describe the SOCI index of one image manifest; None when no layer qualifies."""
+        span, minimum = self.options["span_size"], self.options["min_layer_size"]
+        layers = [dict(x) for x in manifest.get("layers") or ()]
+        todo = [x for x in layers if x["mediaType"] in GZIP_TYPES + TAR_TYPES and x["size"] >= minimum]
+        if not todo:
+            return None
+        with concurrent.futures.ThreadPoolExecutor(min(WORKERS, len(todo)), thread_name_prefix="soci") as pool:
+            futures = {x["digest"]: pool.submit(self._ztoc, content, x) for x in todo}
+            built = {d: f.result() for d, f in futures.items()}  # the first failure raises, in layer order
+        ztocs = []
+        for layer in todo:  # image-layer order (soci_index.go:561-563)
+            z = built[layer["digest"]]
+            data = ztoc.marshal(z)
+            digest = self._write_blob(content, data)
+            disable = "xattr" in self.options["optimizations"] and not z.has_xattrs()
+            ztocs.append(layout.ztoc_descriptor(digest, len(data), layer, span, disable))
+        self._write_blob(content, layout.EMPTY_CONFIG)
+        desc = self._write_json(content, layout.soci_index(ztocs, ztoc.BUILD_TOOL))
+        return dict(desc.to_dict(), artifactType=layout.SOCI_INDEX_V2)
+
+    def _ztoc(self, content: ContentProvider, layer: dict) -> ztoc.Ztoc:
+        desc = Descriptor.from_dict(layer)
+        span = self.options["span_size"]
+        content.progress(ProgressEvent("convert", desc.digest, 0, desc.size, "indexing"))
+        try:
+            with content.open_blob(desc) as raw:
+                if layer["mediaType"] in GZIP_TYPES:
+                    z = ztoc.build_gzip(raw, span)
+                else:
+                    z = ztoc.build_tar(raw, span)
+        except (GzipIndexError, TarTocError) as exc:
+            raise LayerError(f"layer {desc.digest} ({layer['mediaType']}): {exc}", digest=desc.digest) from None
+        if z.compressed_size != desc.size:
+            raise LayerError(f"layer {desc.digest}: read {z.compressed_size} bytes, the manifest says {desc.size}",
+                             digest=desc.digest)
+        content.progress(ProgressEvent("convert", desc.digest, desc.size, desc.size, "indexed"))
+        return z

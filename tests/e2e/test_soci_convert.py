@@ -1,0 +1,131 @@
+"""End to end with the ``soci`` driver: push a source image into the real registry, convert it with the engine,
+then let upstream soci-snapshotter's own code (``soci-verify``, tests/support/soci_tools.py) read the result
+from the registry: the v2 binding, every ztoc, every file of every indexed layer through the snapshotter's span
+manager, compared with a full gunzip + untar of the layer. Its last line must start ``soci: PASS``.
+
+Also: the layers are never uploaded again (the registry's access log shows no PUT or mount of a layer), small
+layers get no ztoc, and a layer that claims gzip but is not fails the conversion with a reason and no tag.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pytest
+
+from acceleration_sdk import config as config_mod
+from acceleration_sdk import oci
+from acceleration_sdk.engine import convert
+from acceleration_sdk.errors import ConfigError, LayerError, NotFoundError
+from acceleration_sdk.reference import parse
+from acceleration_sdk.registry import RegistryClient
+from drivers.soci import layout
+from tests.support import soci_tools
+from tests.support.images import push_image, push_index, simple_tar
+
+SPAN = 1 << 16
+MIN = 100_000
+
+
+def make_cfg(work_dir, **driver_opts):
+    opts = {"span_size": SPAN, "min_layer_size": MIN, **driver_opts}
+    return config_mod.from_dict({"provider": {"work_dir": str(work_dir)},
+                                 "converter": {"driver": {"type": "soci", "config": opts}}})
+
+
+@pytest.fixture
+def client(registry):
+    with RegistryClient() as c:
+        yield c
+
+
+def big_tar(seed: int) -> bytes:
+    rnd = random.Random(seed)
+    files = {f"usr/lib/f{i}.bin": rnd.randbytes(rnd.randrange(1, 60_000)) for i in range(30)}
+    files["usr/share/doc/readme"] = b"soci says hello\n" * 20_000
+    return simple_tar(files)
+
+
+def manifest_of(client, ref) -> dict:
+    return json.loads(client.get_manifest(parse(ref) if isinstance(ref, str) else ref).raw)
+
+
+def layer_writes(log: str, digests: list[str]) -> list[str]:
+    """Access-log lines that upload or mount one of ``digests``."""
+    return [line for line in log.splitlines()
+            if any(d in line for d in digests) and ('"PUT ' in line or "mount=" in line)]
+
+
+def test_converted_image_passes_upstream_soci_verify(tmp_path, registry, client):
+    repo = f"{registry.host}/soci/app"
+    small = simple_tar({"etc/small": b"tiny"})
+    src = push_image(client, f"{repo}:v1", [big_tar(1), small])
+    big_layer, small_layer = src.manifest["layers"]
+    assert big_layer["size"] > MIN > small_layer["size"]
+    mark = len(registry.log())
+    result = convert(make_cfg(tmp_path / "work", optimizations=["xattr"]), f"{repo}:v1")
+    assert result.target == f"{repo}:v1-soci"
+
+    proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict")
+    assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0
+    # layers untouched and never uploaded again: the image manifest shares them, the log shows no write
+    top = manifest_of(client, f"{repo}:v1-soci")
+    assert top["mediaType"] == oci.OCI_INDEX and len(top["manifests"]) == 2
+    image = manifest_of(client, parse(repo).with_digest(top["manifests"][0]["digest"]))
+    assert image["layers"] == src.manifest["layers"]
+    assert layer_writes(registry.log()[mark:], [big_layer["digest"], small_layer["digest"]]) == []
+    soci = manifest_of(client, parse(repo).with_digest(top["manifests"][1]["digest"]))
+    assert [x["annotations"][layout.ANN_LAYER_DIGEST] for x in soci["layers"]] == [big_layer["digest"]]
+    assert soci["layers"][0]["annotations"][layout.ANN_DISABLE_XATTRS] == "true"  # no xattrs in big_tar
+
+
+def test_multi_arch_index_gets_one_soci_index_per_platform(tmp_path, registry, client):
+    repo = f"{registry.host}/soci/multi"
+    amd = push_image(client, f"{repo}:amd", [big_tar(2)], platform=("linux", "amd64"), tag=False)
+    arm = push_image(client, f"{repo}:arm", [big_tar(3), simple_tar({"x": b"y"})], platform=("linux", "arm64"),
+                     tag=False)
+    push_index(client, f"{repo}:v1", [amd, arm], attest=amd)
+    convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    top = manifest_of(client, f"{repo}:v1-soci")
+    socis = [d for d in top["manifests"] if d.get("artifactType") == layout.SOCI_INDEX_V2]
+    assert [d["platform"]["architecture"] for d in socis] == ["amd64", "arm64"]
+    for arch in ("amd64", "arm64"):
+        proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict", "-platform", f"linux/{arch}")
+        assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_a_layer_that_claims_gzip_but_is_not_fails_and_nothing_is_tagged(tmp_path, registry, client):
+    repo = f"{registry.host}/soci/bad"
+    src = push_image(client, f"{repo}:v1", [big_tar(4)], compression="")  # plain tar ...
+    manifest = dict(src.manifest)
+    manifest["layers"] = [dict(manifest["layers"][0], mediaType=oci.OCI_LAYER_GZIP)]  # ... that says gzip
+    client.put_manifest(parse(f"{repo}:v1"), json.dumps(manifest).encode(), oci.OCI_MANIFEST)
+    with pytest.raises(LayerError) as info:
+        convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    assert manifest["layers"][0]["digest"] in str(info.value)
+    assert "gzip" in str(info.value)
+    with pytest.raises(NotFoundError):
+        client.get_manifest(parse(f"{repo}:v1-soci"))
+
+
+def test_an_image_without_a_large_enough_layer_fails_with_a_reason(tmp_path, registry, client):
+    repo = f"{registry.host}/soci/small"
+    push_image(client, f"{repo}:v1", [simple_tar({"a": b"b"})])
+    with pytest.raises(Exception) as info:
+        convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    assert "min_layer_size" in str(info.value)
+    with pytest.raises(NotFoundError):
+        client.get_manifest(parse(f"{repo}:v1-soci"))
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("optimizations", ["prefetch"], "unknown optimization"),
+    ("index_version", "v1", "not supported yet"),
+    ("span_size", 10, "span_size"),
+])
+def test_bad_options_are_config_errors(tmp_path, key, value, words):
+    with pytest.raises(ConfigError) as info:
+        make_cfg(tmp_path, **{key: value})
+    assert words in str(info.value)
