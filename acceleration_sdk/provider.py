@@ -100,6 +100,11 @@ class EngineProvider:
         """A small blob (config, manifest) of the source, verified."""
         return self._session.read_blob(desc, limit)
 
+    def wants_platform(self, desc: Descriptor) -> bool:
+        """Whether ``converter.platforms`` selects this child of the source index (no filter: all)."""
+        wanted = self._session.cfg.converter.platforms
+        return not wanted or any(p.matches(*desc.platform_tuple) for p in wanted)
+
     def read_manifest(self, desc: Descriptor) -> bytes:
         """A child manifest of the source index, by digest (for drivers that convert whole images)."""
         return self._session.read_manifest(desc)

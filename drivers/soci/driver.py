@@ -81,13 +81,20 @@ class SociDriver(Driver):
                          "platform": platform}]
         out_manifests: list[dict] = []
         soci_descs: list[dict] = []
+        renamed: dict[str, str] = {}  # source image manifest digest -> its re-serialised digest
+        attestations: list[dict] = []
         for child in children:
             desc = Descriptor.from_dict(child)
             if child.get("artifactType") == layout.SOCI_INDEX_V2:
                 continue  # an older SOCI index of a converted source: replaced below (addSociIndexes)
-            if desc.media_type not in oci.MANIFEST_TYPES or desc.is_attestation:
-                out_manifests.append(child)  # attestations and other artifacts stay as they were
+            if desc.is_attestation:
+                attestations.append(child)
                 continue
+            if desc.media_type not in oci.MANIFEST_TYPES:
+                out_manifests.append(child)  # other artifacts stay as they were
+                continue
+            if index_src is not None and not content.wants_platform(desc):
+                continue  # converter.platforms: the converted image holds the selected platforms only
             manifest = json.loads(raw if index_src is None else content.read_manifest(desc))
             index_desc = self._soci_index(content, manifest)
             new = layout.image_manifest(manifest, index_desc["digest"] if index_desc else None)
@@ -95,9 +102,15 @@ class SociDriver(Driver):
             entry = dict(child, mediaType=oci.OCI_MANIFEST, digest=new_desc.digest, size=new_desc.size)
             entry["annotations"] = new.get("annotations")  # upstream: md.Annotations = manifest.annotations
             out_manifests.append(layout.descriptor(entry))
+            renamed[desc.digest] = new_desc.digest
             if index_desc is not None:
                 soci_descs.append(layout.descriptor(dict(index_desc, platform=child.get("platform"),
                                                          annotations={layout.ANN_MANIFEST_DIGEST: new_desc.digest})))
+        for att in attestations:  # kept while the manifest they describe is, pointing at its new digest
+            described = (att.get("annotations") or {}).get(oci.ANNOTATION_REFERENCE_DIGEST, "")
+            if described in renamed:
+                ann = dict(att["annotations"], **{oci.ANNOTATION_REFERENCE_DIGEST: renamed[described]})
+                out_manifests.append(dict(att, annotations=ann))
         if not soci_descs:
             raise ConversionError(f"{source}: no layer to index: SOCI indexes gzip or uncompressed tar layers of at "
                                   f"least min_layer_size ({self.options['min_layer_size']} bytes); upstream refuses "

@@ -28,10 +28,12 @@ SPAN = 1 << 16
 MIN = 100_000
 
 
-def make_cfg(work_dir, **driver_opts):
+def make_cfg(work_dir, platforms: str = "", **driver_opts):
     opts = {"span_size": SPAN, "min_layer_size": MIN, **driver_opts}
-    return config_mod.from_dict({"provider": {"work_dir": str(work_dir)},
-                                 "converter": {"driver": {"type": "soci", "config": opts}}})
+    converter = {"driver": {"type": "soci", "config": opts}}
+    if platforms:
+        converter["platforms"] = platforms
+    return config_mod.from_dict({"provider": {"work_dir": str(work_dir)}, "converter": converter})
 
 
 @pytest.fixture
@@ -94,6 +96,43 @@ def test_multi_arch_index_gets_one_soci_index_per_platform(tmp_path, registry, c
     for arch in ("amd64", "arm64"):
         proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict", "-platform", f"linux/{arch}")
         assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the attestation stays, describing the re-serialised amd64 manifest
+    images = {d["platform"]["architecture"]: d for d in top["manifests"] if "artifactType" not in d}
+    assert images["unknown"]["annotations"][oci.ANNOTATION_REFERENCE_DIGEST] == images["amd64"]["digest"]
+    assert socis[0]["annotations"][layout.ANN_MANIFEST_DIGEST] == images["amd64"]["digest"]
+
+
+def test_platforms_filter_keeps_only_the_selected_platform(tmp_path, registry, client):
+    repo = f"{registry.host}/soci/filtered"
+    amd = push_image(client, f"{repo}:amd", [big_tar(5)], platform=("linux", "amd64"), tag=False)
+    arm = push_image(client, f"{repo}:arm", [big_tar(6)], platform=("linux", "arm64"), tag=False)
+    push_index(client, f"{repo}:v1", [amd, arm])
+    convert(make_cfg(tmp_path / "work", platforms="linux/arm64"), f"{repo}:v1")
+    top = manifest_of(client, f"{repo}:v1-soci")
+    assert [d["platform"]["architecture"] for d in top["manifests"]] == ["arm64", "arm64"]
+    proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict", "-platform", "linux/arm64")
+    assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_docker_source_with_plain_tar_and_zstd_layers(tmp_path, registry, client):
+    """Docker v2s2 source: the OCI index wraps an OCI manifest; the uncompressed tar layer gets a ztoc."""
+    repo = f"{registry.host}/soci/docker"
+    src = push_image(client, f"{repo}:v1", [big_tar(7)], compression="", docker=True)
+    convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    top = manifest_of(client, f"{repo}:v1-soci")
+    image = manifest_of(client, parse(repo).with_digest(top["manifests"][0]["digest"]))
+    assert image["mediaType"] == oci.OCI_MANIFEST and image["config"]["mediaType"] == oci.OCI_CONFIG
+    assert image["layers"] == src.manifest["layers"]  # Docker layer types kept, as upstream keeps them
+    proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict")
+    assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_zstd_layers_get_no_ztoc(tmp_path, registry, client):
+    repo = f"{registry.host}/soci/zstd"
+    push_image(client, f"{repo}:v1", [big_tar(8)], compression="zstd")
+    with pytest.raises(Exception) as info:  # upstream skips zstd layers; nothing left to index
+        convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    assert "no layer to index" in str(info.value)
 
 
 def test_a_layer_that_claims_gzip_but_is_not_fails_and_nothing_is_tagged(tmp_path, registry, client):
