@@ -103,8 +103,9 @@ class GzipIndexer:
         lo = self._chunk_off - len(self._tail)
         if a < lo or b > self._chunk_off + len(self._chunk):
             raise AssertionError(f"compressed bytes [{a},{b}) are not at hand")
-        buf = self._tail + self._chunk
-        return buf[a - lo:b - lo]
+        if a >= self._chunk_off:
+            return memoryview(self._chunk)[a - self._chunk_off:b - self._chunk_off]
+        return (self._tail + self._chunk)[a - lo:b - lo]
 
     def _hash_upto(self, end: int) -> None:
         if self._hash is not None and end > self._hashed:

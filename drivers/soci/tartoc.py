@@ -16,6 +16,7 @@ from typing import BinaryIO, Iterator
 BLOCK = 512
 MAX_SPECIAL = 1 << 20  # Go's maxSpecialFileSize: PAX and GNU long-name payloads
 _TYPES = {b"1": "hardlink", b"2": "symlink", b"5": "dir", b"0": "reg", b"3": "char", b"4": "block", b"6": "fifo"}
+_HIGH = bytes(range(128, 256))
 _HEADER_ONLY = {b"1", b"2", b"3", b"4", b"5", b"6"}  # Go's isHeaderOnlyType: no data follows
 
 
@@ -94,8 +95,10 @@ def _checksum_ok(blk: bytes) -> bool:
         return False
     body = blk[:148] + b" " * 8 + blk[156:]
     unsigned = sum(body)
-    signed = sum(c - 256 if c > 127 else c for c in body)
-    return want in (unsigned, signed)
+    if want == unsigned:
+        return True
+    high = len(body) - len(body.translate(None, _HIGH))  # bytes >= 0x80 count 256 less when signed
+    return want == unsigned - 256 * high
 
 
 def _pax_time(v: str) -> tuple[int, int]:

@@ -8,8 +8,8 @@ layers get no ztoc, and a layer that claims gzip but is not fails the conversion
 """
 from __future__ import annotations
 
-import gzip
 import json
+import pathlib
 import random
 
 import pytest
@@ -26,6 +26,8 @@ from tests.support.images import push_image, push_index, simple_tar
 
 SPAN = 1 << 16
 MIN = 100_000
+# The Debian bookworm minbase rootfs layer `make bench` builds once (bench/images.py; git-ignored cache)
+ROOTFS = pathlib.Path(__file__).resolve().parents[2] / "bench" / "cache" / "rootfs.tar.gz"
 
 
 def make_cfg(work_dir, platforms: str = "", **driver_opts):
@@ -168,3 +170,19 @@ def test_bad_options_are_config_errors(tmp_path, key, value, words):
     with pytest.raises(ConfigError) as info:
         make_cfg(tmp_path, **{key: value})
     assert words in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_debian_rootfs_passes_upstream_soci_verify(tmp_path, registry, client):
+    """A real root file system (~6,800 entries, ~90 MB gzip; `make bench`'s, cached in bench/cache) with the
+    driver's defaults: soci-verify reads every file through upstream's span manager and compares the ztoc
+    with upstream BuildZtoc's (byte-identical, else -strict fails)."""
+    from bench.images import build_rootfs, push_layer_image
+
+    ROOTFS.parent.mkdir(parents=True, exist_ok=True)
+    build_rootfs(str(ROOTFS.parent))
+    ref = push_layer_image(client, f"{registry.host}/soci/debian:v1", str(ROOTFS))
+    convert(make_cfg(tmp_path / "work", span_size=1 << 22, min_layer_size=10 << 20), ref)
+    proc = soci_tools.soci_verify(f"{registry.host}/soci/debian:v1-soci", "-strict")
+    assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "byte-identical to upstream BuildZtoc" in proc.stdout
