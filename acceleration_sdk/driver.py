@@ -52,6 +52,7 @@ class ContentProvider(Protocol):
     def read_blob(self, desc: Descriptor) -> bytes: ...  # a small blob (config, manifest), verified
     def read_manifest(self, desc: Descriptor) -> bytes: ...  # a child manifest of the source index
     def wants_platform(self, desc: Descriptor) -> bool: ...  # converter.platforms selects this index child
+    def harbor_annotations(self, driver: "Driver") -> dict[str, str]: ...  # for the converted root, or {}
     def blob_writer(self) -> Any: ...  # an ingest for a converted blob: write(), commit() -> digest, .size
     def converted_path(self, desc: Descriptor) -> str: ...  # a converted blob on local disk (finalize_manifest)
     def progress(self, event: ProgressEvent) -> None: ...

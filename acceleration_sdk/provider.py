@@ -105,6 +105,11 @@ class EngineProvider:
         wanted = self._session.cfg.converter.platforms
         return not wanted or any(p.matches(*desc.platform_tuple) for p in wanted)
 
+    def harbor_annotations(self, driver) -> dict[str, str]:
+        """Harbor's acceleration annotations for the converted root (``converter.harbor_annotation``; else {})."""
+        root = self._session.root
+        return self._session.harbor_annotations(driver, root) if root is not None else {}
+
     def read_manifest(self, desc: Descriptor) -> bytes:
         """A child manifest of the source index, by digest (for drivers that convert whole images)."""
         return self._session.read_manifest(desc)

@@ -27,6 +27,10 @@ from .remote_cache import RemoteCache
 
 log = logging.getLogger("acceleration_sdk.engine")
 
+HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
+HARBOR_DRIVER_VERSION = "io.goharbor.artifact.v1alpha1.acceleration.driver.version"
+HARBOR_SOURCE_DIGEST = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
+
 
 @dataclasses.dataclass
 class ConversionSession:
@@ -51,6 +55,13 @@ class ConversionSession:
                 self.on_progress(event)
             except Exception:  # a broken progress sink must not fail the conversion
                 log.exception("progress callback failed")
+
+    def harbor_annotations(self, driver: Any, source: Descriptor) -> dict[str, str]:
+        """Harbor's acceleration annotations of a converted object made from ``source`` (none when turned off)."""
+        if not self.cfg.converter.harbor_annotation:
+            return {}
+        return {HARBOR_DRIVER_NAME: driver.name(), HARBOR_DRIVER_VERSION: driver.version(),
+                HARBOR_SOURCE_DIGEST: source.digest}
 
     def read_blob(self, desc: Descriptor, limit: int = 16 << 20) -> bytes:
         """A small blob (manifest, config), fetched into the store once; verified as it is read."""

@@ -20,10 +20,8 @@ from .errors import AccelError, ConversionError, DriverError, LayerError
 from .oci import Descriptor, Index, Manifest
 from .provider import EngineProvider
 from .session import ConversionSession
+from .session import HARBOR_DRIVER_NAME, HARBOR_DRIVER_VERSION, HARBOR_SOURCE_DIGEST  # noqa: F401 (re-exported)
 
-HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
-HARBOR_DRIVER_VERSION = "io.goharbor.artifact.v1alpha1.acceleration.driver.version"
-HARBOR_SOURCE_DIGEST = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
 LAYER_CONCURRENCY = 2  # layers converted at once; each layer's compressor may use threads of its own
 _TO_DOCKER_LAYER = {oci.OCI_LAYER_GZIP: oci.DOCKER_LAYER_GZIP, oci.OCI_LAYER: oci.DOCKER_LAYER}
 
@@ -63,10 +61,7 @@ class _Walk:
         return ConversionError(f"{self.s.source}{message}", reference=str(self.s.source))
 
     def _harbor_annotations(self, source: Descriptor) -> dict[str, str]:
-        if not self.s.cfg.converter.harbor_annotation:
-            return {}
-        return {HARBOR_DRIVER_NAME: self.driver.name(), HARBOR_DRIVER_VERSION: self.driver.version(),
-                HARBOR_SOURCE_DIGEST: source.digest}
+        return self.s.harbor_annotations(self.driver, source)
 
     # ------------------------------------------------------------------ index
     def index(self, index: Index) -> Descriptor:

@@ -115,7 +115,8 @@ class SociDriver(Driver):
             raise ConversionError(f"{source}: no layer to index: SOCI indexes gzip or uncompressed tar layers of at "
                                   f"least min_layer_size ({self.options['min_layer_size']} bytes); upstream refuses "
                                   "an empty index too", reference=source)
-        top_desc = self._write_json(content, layout.oci_index(index_src, out_manifests + soci_descs))
+        top = layout.oci_index(index_src, out_manifests + soci_descs, content.harbor_annotations(self))
+        top_desc = self._write_json(content, top)
         return top_desc.replace(media_type=oci.OCI_INDEX)
 
     def _write_json(self, content: ContentProvider, obj: Any) -> Descriptor:

@@ -79,7 +79,8 @@ def image_manifest(source: Mapping[str, Any], index_digest: str | None) -> dict[
     return out
 
 
-def oci_index(source: Mapping[str, Any] | None, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+def oci_index(source: Mapping[str, Any] | None, manifests: list[dict[str, Any]],
+              extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The target tag's OCI index (ocispec.Index's fields); a single-manifest source gets a new one."""
     out: dict[str, Any] = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX}
     if source and source.get("artifactType"):
@@ -87,6 +88,7 @@ def oci_index(source: Mapping[str, Any] | None, manifests: list[dict[str, Any]])
     out["manifests"] = manifests
     if source and source.get("subject"):
         out["subject"] = descriptor(source["subject"])
-    if source and source.get("annotations"):
-        out["annotations"] = _sorted(source["annotations"])
+    annotations = {**((source or {}).get("annotations") or {}), **(extra_annotations or {})}
+    if annotations:
+        out["annotations"] = _sorted(annotations)
     return out

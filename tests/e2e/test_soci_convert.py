@@ -77,6 +77,8 @@ def test_converted_image_passes_upstream_soci_verify(tmp_path, registry, client)
     # layers untouched and never uploaded again: the image manifest shares them, the log shows no write
     top = manifest_of(client, f"{repo}:v1-soci")
     assert top["mediaType"] == oci.OCI_INDEX and len(top["manifests"]) == 2
+    assert top["annotations"]["io.goharbor.artifact.v1alpha1.acceleration.driver.name"] == "soci"
+    assert top["annotations"]["io.goharbor.artifact.v1alpha1.acceleration.source.digest"] == src.digest
     image = manifest_of(client, parse(repo).with_digest(top["manifests"][0]["digest"]))
     assert image["layers"] == src.manifest["layers"]
     assert layer_writes(registry.log()[mark:], [big_layer["digest"], small_layer["digest"]]) == []
