@@ -8,6 +8,7 @@ layers get no ztoc, and a layer that claims gzip but is not fails the conversion
 """
 from __future__ import annotations
 
+import gzip
 import json
 import pathlib
 import random
@@ -139,18 +140,63 @@ def test_zstd_layers_get_no_ztoc(tmp_path, registry, client):
     assert "no layer to index" in str(info.value)
 
 
-def test_a_layer_that_claims_gzip_but_is_not_fails_and_nothing_is_tagged(tmp_path, registry, client):
-    repo = f"{registry.host}/soci/bad"
-    src = push_image(client, f"{repo}:v1", [big_tar(4)], compression="")  # plain tar ...
+def _broken_layer(case: str) -> bytes:
+    good = gzip.compress(big_tar(4), mtime=0)
+    return {"not-gzip": big_tar(4),  # a plain tar that the manifest calls gzip
+            "truncated": good[:len(good) // 2],
+            "trailing-garbage": good + b"GARBAGE!" * 64}[case]
+
+
+@pytest.mark.parametrize("case, words", [("not-gzip", "not a valid gzip stream"),
+                                         ("truncated", "truncated gzip stream"),
+                                         ("trailing-garbage", "not a valid gzip stream")])
+def test_a_broken_gzip_layer_fails_with_a_reason_and_nothing_is_tagged(tmp_path, registry, client, case, words):
+    repo = f"{registry.host}/soci/bad-{case}"
+    blob = _broken_layer(case)
+    src = push_image(client, f"{repo}:v1", [blob], compression="")  # pushed as is ...
     manifest = dict(src.manifest)
-    manifest["layers"] = [dict(manifest["layers"][0], mediaType=oci.OCI_LAYER_GZIP)]  # ... that says gzip
+    manifest["layers"] = [dict(manifest["layers"][0], mediaType=oci.OCI_LAYER_GZIP)]  # ... typed as gzip
     client.put_manifest(parse(f"{repo}:v1"), json.dumps(manifest).encode(), oci.OCI_MANIFEST)
+    mark = len(registry.log())
     with pytest.raises(LayerError) as info:
         convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
     assert manifest["layers"][0]["digest"] in str(info.value)
-    assert "gzip" in str(info.value)
+    assert words in str(info.value), str(info.value)
+    puts = [line for line in registry.log()[mark:].splitlines() if '"PUT ' in line]
+    assert not any("/manifests/" in line for line in puts), puts  # no manifest, no tag
     with pytest.raises(NotFoundError):
         client.get_manifest(parse(f"{repo}:v1-soci"))
+
+
+def test_layers_with_whiteouts_and_xattrs(tmp_path, registry, client):
+    """Two layers, the upper one with a whiteout, an opaque directory and an xattr: with the xattr optimization
+    only the lower layer is marked disable-xattrs, and soci-verify reads both."""
+    import io
+    import tarfile
+
+    lower = big_tar(9)
+    buf = io.BytesIO()
+    rnd = random.Random(10)
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("usr/lib/.wh.f1.bin", b""), ("usr/share/doc/.wh..wh..opq", b""),
+                           ("usr/share/doc/new", rnd.randbytes(200_000))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("usr/bin/ping")
+        info.pax_headers = {"SCHILY.xattr.security.capability": "caps"}
+        tf.addfile(info)
+    repo = f"{registry.host}/soci/layers"
+    src = push_image(client, f"{repo}:v1", [lower, buf.getvalue()])
+    convert(make_cfg(tmp_path / "work", optimizations=["xattr"]), f"{repo}:v1")
+    proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict")
+    assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+    top = manifest_of(client, f"{repo}:v1-soci")
+    soci = manifest_of(client, parse(repo).with_digest(top["manifests"][1]["digest"]))
+    marks = {x["annotations"][layout.ANN_LAYER_DIGEST]: x["annotations"].get(layout.ANN_DISABLE_XATTRS)
+             for x in soci["layers"]}
+    lower_digest, upper_digest = (x["digest"] for x in src.manifest["layers"])
+    assert marks == {lower_digest: "true", upper_digest: None}
 
 
 def test_an_image_without_a_large_enough_layer_fails_with_a_reason(tmp_path, registry, client):
