@@ -71,6 +71,8 @@ def test_converted_image_passes_upstream_soci_verify(tmp_path, registry, client)
     mark = len(registry.log())
     result = convert(make_cfg(tmp_path / "work", optimizations=["xattr"]), f"{repo}:v1")
     assert result.target == f"{repo}:v1-soci"
+    assert result.source_size == src.manifest["config"]["size"] + big_layer["size"] + small_layer["size"]
+    assert result.target_size > result.source_size  # the same layers plus the ztoc
 
     proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict")
     assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
