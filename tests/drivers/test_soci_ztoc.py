@@ -72,6 +72,21 @@ def gnu_tar() -> bytes:
     return buf.getvalue()
 
 
+def odd_numbers_tar() -> bytes:
+    """GNU base-256 fields (a large uid, a pre-1970 mtime), UTF-8 names, and a USTAR prefix split."""
+    gnu = io.BytesIO()
+    with tarfile.open(fileobj=gnu, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        _add(tf, "big-uid", b"u" * 3000, uid=1 << 30, gid=1 << 22)
+        _add(tf, "old", b"o" * 100, mtime=-1000)
+        _add(tf, "caf\u00e9/\u65e5\u672c", b"utf-8 name")
+    ustar = io.BytesIO()
+    with tarfile.open(fileobj=ustar, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        _add(tf, "a" * 90 + "/" + "b" * 90, random.Random(3).randbytes(150_000))
+        _add(tf, "future", b"f", mtime=4102444800)  # 2100-01-01
+    # two archives back to back: the first end-of-archive ends the TOC, as for Go's reader
+    return gnu.getvalue() + ustar.getvalue()
+
+
 def concatenated(tar: bytes) -> bytes:
     cut = len(tar) // 3
     return gzip.compress(tar[:cut], mtime=0) + gzip.compress(tar[cut:], mtime=0)
@@ -86,7 +101,8 @@ def layers() -> list[tuple[str, bytes, bytes]]:
             (gz, gzip.compress(gnu, 9, mtime=0), gnu),
             (gz, concatenated(pax), pax),
             (gz, _huffman_gzip(gnu), gnu),
-            (oci.OCI_LAYER, pax, pax)]
+            (oci.OCI_LAYER, pax, pax),
+            (gz, gzip.compress(odd_numbers_tar(), 6, mtime=0), odd_numbers_tar())]
 
 
 def push(client, ref: str, entries: list[tuple[str, bytes, bytes]]) -> None:
