@@ -178,29 +178,17 @@ class _Walk:
                 raise failed.exception()
             return [f.result() for f in futures]
 
-    def _cached(self, layer: Descriptor, key: str) -> ConvertedLayer | None:
+    def _cached(self, layer: Descriptor) -> ConvertedLayer | None:
         """A conversion done before: in the local layer cache, else in the remote cache."""
-        s = self.s
-        hit = s.store.cache_get(key)
-        if hit is not None:
-            desc = Descriptor.from_dict(hit[0])
-            s.lease.add([desc.digest])  # lease before looking: a GC in another worker must not take it after
-            if s.store.has(desc.digest) or s.client.blob_exists(s.target, desc.digest):
-                return ConvertedLayer(desc, hit[1])
-        remote = s.remote_cache.get(self.driver.cache_key(), layer.digest) if s.remote_cache else None
-        if remote is not None and s.client.blob_exists(s.target, remote[0].digest):
-            s.store.cache_put(key, remote[0].to_dict(), remote[1])
-            return ConvertedLayer(*remote)
-        return None
+        hit = self.s.cached_conversion(self.driver.cache_key(), layer)
+        return ConvertedLayer(*hit) if hit is not None else None
 
     def layer(self, layer: Descriptor, platform: dict) -> ConvertedLayer | None:
         s, driver = self.s, self.driver
-        key = f"{driver.cache_key()}@{layer.digest}"
-        cached = self._cached(layer, key)
+        cached = self._cached(layer)
         if cached is not None:
             s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "cached"))
-            if s.remote_cache is not None:
-                s.remote_cache.add(platform, driver.cache_key(), layer.digest, cached.descriptor, cached.diff_id)
+            s.remember_conversion(platform, driver.cache_key(), layer, cached.descriptor, cached.diff_id, local=False)
             return cached
         s.progress(ProgressEvent("convert", layer.digest, 0, layer.size, "converting"))
         content = EngineProvider(s)  # one per layer: its sources are verified before its blobs are committed
@@ -216,9 +204,7 @@ class _Walk:
             return None
         self._check_committed(result, layer)
         s.lease.add([result.descriptor.digest])
-        s.store.cache_put(key, result.descriptor.to_dict(), result.diff_id)
-        if s.remote_cache is not None:
-            s.remote_cache.add(platform, driver.cache_key(), layer.digest, result.descriptor, result.diff_id)
+        s.remember_conversion(platform, driver.cache_key(), layer, result.descriptor, result.diff_id)
         s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "converted"))
         return result
 

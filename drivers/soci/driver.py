@@ -25,6 +25,8 @@ from .tartoc import TarTocError
 GZIP_TYPES = (oci.OCI_LAYER_GZIP, oci.DOCKER_LAYER_GZIP)
 TAR_TYPES = (oci.OCI_LAYER, oci.DOCKER_LAYER)
 WORKERS = 2  # layers indexed at once; inflate is the cost, and it runs outside the GIL
+# in the layer caches, whether a cached ztoc's layer has xattrs or opaque dirs (the xattr optimization's input)
+CACHE_XATTRS = "io.goharbor.acceleration.soci.has-xattrs"
 
 
 def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
@@ -96,7 +98,7 @@ class SociDriver(Driver):
             if index_src is not None and not content.wants_platform(desc):
                 continue  # converter.platforms: the converted image holds the selected platforms only
             manifest = json.loads(raw if index_src is None else content.read_manifest(desc))
-            index_desc = self._soci_index(content, manifest)
+            index_desc = self._soci_index(content, manifest, dict(child.get("platform") or {}))
             new = layout.image_manifest(manifest, index_desc["digest"] if index_desc else None)
             new_desc = self._write_json(content, new)
             entry = dict(child, mediaType=oci.OCI_MANIFEST, digest=new_desc.digest, size=new_desc.size)
@@ -132,23 +134,38 @@ class SociDriver(Driver):
             return w.commit()
 
     # ------------------------------------------------------------------ one platform
-    def _soci_index(self, content: ContentProvider, manifest: dict) -> dict | None:
+    def _soci_index(self, content: ContentProvider, manifest: dict, platform: dict) -> dict | None:
         """Build, write and describe the SOCI index of one image manifest; None when no layer qualifies."""
         span, minimum = self.options["span_size"], self.options["min_layer_size"]
         layers = [dict(x) for x in manifest.get("layers") or ()]
         todo = [x for x in layers if x["mediaType"] in GZIP_TYPES + TAR_TYPES and x["size"] >= minimum]
         if not todo:
             return None
-        with concurrent.futures.ThreadPoolExecutor(min(WORKERS, len(todo)), thread_name_prefix="soci") as pool:
-            futures = {x["digest"]: pool.submit(self._ztoc, content, x) for x in todo}
-            built = {d: f.result() for d, f in futures.items()}  # the first failure raises, in layer order
+        # a ztoc depends on the layer and the span size only: reusable across images, hosts and the other options
+        key = f"{self.name()}/{self.version()}/span_size={span}"
+        cached = {x["digest"]: content.cached_conversion(key, Descriptor.from_dict(x)) for x in todo}
+        missing = [x for x in todo if cached[x["digest"]] is None]
+        built = {}
+        if missing:
+            with concurrent.futures.ThreadPoolExecutor(min(WORKERS, len(missing)), thread_name_prefix="soci") as pool:
+                futures = {x["digest"]: pool.submit(self._ztoc, content, x) for x in missing}
+                built = {d: f.result() for d, f in futures.items()}  # the first failure raises, in layer order
         ztocs = []
         for layer in todo:  # image-layer order (soci_index.go:561-563)
-            z = built[layer["digest"]]
-            data = ztoc.marshal(z)
-            digest = self._write_blob(content, data)
-            disable = "xattr" in self.options["optimizations"] and not z.has_xattrs()
-            ztocs.append(layout.ztoc_descriptor(digest, len(data), layer, span, disable))
+            source = Descriptor.from_dict(layer)
+            hit = cached[layer["digest"]]
+            if hit is not None:
+                desc, has_xattrs = hit[0], hit[0].annotations.get(CACHE_XATTRS) != "false"
+                content.progress(ProgressEvent("convert", source.digest, source.size, source.size, "cached"))
+            else:
+                z = built[layer["digest"]]
+                data = ztoc.marshal(z)
+                has_xattrs = z.has_xattrs()
+                desc = Descriptor(media_type=layout.SOCI_LAYER, digest=self._write_blob(content, data),
+                                  size=len(data), annotations={CACHE_XATTRS: str(has_xattrs).lower()})
+            content.remember_conversion(platform, key, source, desc)  # the remote cache records per platform
+            disable = "xattr" in self.options["optimizations"] and not has_xattrs
+            ztocs.append(layout.ztoc_descriptor(desc.digest, desc.size, layer, span, disable))
         self._write_blob(content, layout.EMPTY_CONFIG)
         desc = self._write_json(content, layout.soci_index(ztocs, ztoc.BUILD_TOOL))
         return dict(desc.to_dict(), artifactType=layout.SOCI_INDEX_V2)

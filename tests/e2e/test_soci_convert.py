@@ -90,6 +90,35 @@ def test_converted_image_passes_upstream_soci_verify(tmp_path, registry, client)
     assert soci["layers"][0]["annotations"][layout.ANN_DISABLE_XATTRS] == "true"  # no xattrs in big_tar
 
 
+def test_ztocs_are_reused_from_the_local_and_the_remote_cache(tmp_path, registry, client):
+    """Same layer + span size -> the ztoc is not built again: on this host (layer cache), and on another host
+    (a fresh work dir) through the remote cache tag; the other options may differ."""
+    repo = f"{registry.host}/soci/cached"
+    push_image(client, f"{repo}:v1", [big_tar(11)])
+    push_image(client, f"{repo}:v2", [big_tar(11), simple_tar({"etc/more": b"x" * 10})])  # shares the big layer
+
+    def run(work, ref, **opts):
+        events = []
+        cfg = config_mod.from_dict({"provider": {"work_dir": str(work)}, "converter": {
+            "driver": {"type": "soci", "config": {"span_size": SPAN, "min_layer_size": MIN, **opts}},
+            "rules": [{"tag_suffix": "-soci", "cache_tag": "soci-cache"}]}})
+        convert(cfg, ref, progress=events.append)
+        return [e.message for e in events if e.phase == "convert" and e.message in ("indexing", "cached")]
+
+    assert run(tmp_path / "a", f"{repo}:v1") == ["indexing"]
+    assert run(tmp_path / "a", f"{repo}:v2", optimizations=["xattr"]) == ["cached"]  # local layer cache
+    assert run(tmp_path / "b", f"{repo}:v2") == ["cached"]  # another host: the remote cache
+    assert run(tmp_path / "c", f"{repo}:v1", span_size=SPAN * 2) == ["indexing"]  # another span size
+    for tag in ("v1-soci", "v2-soci"):
+        proc = soci_tools.soci_verify(f"{repo}:{tag}", "-strict")
+        assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+    top = manifest_of(client, f"{repo}:v2-soci")
+    soci = manifest_of(client, parse(repo).with_digest(top["manifests"][1]["digest"]))
+    assert soci["layers"][0]["annotations"] == {  # the cache's own annotation does not leak into the index
+        layout.ANN_LAYER_MEDIA_TYPE: oci.OCI_LAYER_GZIP, layout.ANN_LAYER_DIGEST: soci["layers"][0]["annotations"][
+            layout.ANN_LAYER_DIGEST], layout.ANN_SPAN_SIZE: str(SPAN)}
+
+
 def test_multi_arch_index_gets_one_soci_index_per_platform(tmp_path, registry, client):
     repo = f"{registry.host}/soci/multi"
     amd = push_image(client, f"{repo}:amd", [big_tar(2)], platform=("linux", "amd64"), tag=False)
