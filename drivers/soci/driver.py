@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 from typing import Any
 
 from acceleration_sdk import oci
@@ -147,9 +148,7 @@ class SociDriver(Driver):
         missing = [x for x in todo if cached[x["digest"]] is None]
         built = {}
         if missing:
-            with concurrent.futures.ThreadPoolExecutor(min(WORKERS, len(missing)), thread_name_prefix="soci") as pool:
-                futures = {x["digest"]: pool.submit(self._ztoc, content, x) for x in missing}
-                built = {d: f.result() for d, f in futures.items()}  # the first failure raises, in layer order
+            built = self._build_all(content, missing)
         ztocs = []
         for layer in todo:  # image-layer order (soci_index.go:561-563)
             source = Descriptor.from_dict(layer)
@@ -170,12 +169,27 @@ class SociDriver(Driver):
         desc = self._write_json(content, layout.soci_index(ztocs, ztoc.BUILD_TOOL))
         return dict(desc.to_dict(), artifactType=layout.SOCI_INDEX_V2)
 
-    def _ztoc(self, content: ContentProvider, layer: dict) -> ztoc.Ztoc:
+    def _build_all(self, content: ContentProvider, layers: list[dict]) -> dict[str, ztoc.Ztoc]:
+        """The ztocs of ``layers``, WORKERS at once; the first failure stops the others at their next read."""
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(min(WORKERS, len(layers)), thread_name_prefix="soci") as pool:
+            futures = {x["digest"]: pool.submit(self._ztoc, content, x, stop) for x in layers}
+            concurrent.futures.wait(futures.values(), return_when=concurrent.futures.FIRST_EXCEPTION)
+            failed = next((f for f in futures.values() if f.done() and not f.cancelled() and f.exception()), None)
+            if failed is not None:
+                stop.set()
+                for f in futures.values():
+                    f.cancel()
+                raise failed.exception()
+            return {d: f.result() for d, f in futures.items()}
+
+    def _ztoc(self, content: ContentProvider, layer: dict, stop: threading.Event) -> ztoc.Ztoc:
         desc = Descriptor.from_dict(layer)
         span = self.options["span_size"]
         content.progress(ProgressEvent("convert", desc.digest, 0, desc.size, "indexing"))
         try:
-            with content.open_blob(desc) as raw:
+            with content.open_blob(desc) as blob:
+                raw = _Stoppable(blob, stop, desc.digest)
                 if layer["mediaType"] in GZIP_TYPES:
                     z = ztoc.build_gzip(raw, span)
                 else:
@@ -187,3 +201,15 @@ class SociDriver(Driver):
                              digest=desc.digest)
         content.progress(ProgressEvent("convert", desc.digest, desc.size, desc.size, "indexed"))
         return z
+
+
+class _Stoppable:
+    """A layer stream that stops when another layer of the image has failed (nothing will be pushed anyway)."""
+
+    def __init__(self, raw, stop: threading.Event, digest: str):
+        self._raw, self._stop, self._digest = raw, stop, digest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise ConversionError(f"layer {self._digest}: stopped, another layer of the image failed")
+        return self._raw.read(n)

@@ -199,6 +199,20 @@ def test_a_broken_gzip_layer_fails_with_a_reason_and_nothing_is_tagged(tmp_path,
         client.get_manifest(parse(f"{repo}:v1-soci"))
 
 
+def test_a_broken_layer_stops_the_other_layers(tmp_path, registry, client):
+    """With a broken small layer next to a big good one, the failure is the broken layer's, not a later one."""
+    repo = f"{registry.host}/soci/bad-two"
+    good = gzip.compress(simple_tar({"big": random.Random(12).randbytes(4_000_000)}), 1, mtime=0)
+    broken = big_tar(13)  # a plain tar typed gzip: fails at its first bytes, while the good layer is read
+    src = push_image(client, f"{repo}:v1", [good, broken], compression="")
+    manifest = dict(src.manifest, layers=[dict(x, mediaType=oci.OCI_LAYER_GZIP) for x in src.manifest["layers"]])
+    client.put_manifest(parse(f"{repo}:v1"), json.dumps(manifest).encode(), oci.OCI_MANIFEST)
+    with pytest.raises(LayerError) as info:
+        convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    assert manifest["layers"][1]["digest"] in str(info.value), str(info.value)
+    assert "not a valid gzip stream" in str(info.value)
+
+
 def test_layers_with_whiteouts_and_xattrs(tmp_path, registry, client):
     """Two layers, the upper one with a whiteout, an opaque directory and an xattr: with the xattr optimization
     only the lower layer is marked disable-xattrs, and soci-verify reads both."""
