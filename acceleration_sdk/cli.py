@@ -184,7 +184,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="accelctl", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Convert container images to lazy-pulling formats (eStargz, zstd:chunked) and manage "
+        description="Convert container images to lazy-pulling formats (eStargz, zstd:chunked, nydus, SOCI) and manage "
                     "the acceld service's conversion tasks.", epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"accelctl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")

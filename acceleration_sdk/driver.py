@@ -52,6 +52,12 @@ class ContentProvider(Protocol):
     def open_blob(self, desc: Descriptor) -> ContextManager[Any]: ...  # verified stream of a source blob
     def open_uncompressed(self, desc: Descriptor) -> ContextManager[Any]: ...  # the layer's tar stream
     def read_blob(self, desc: Descriptor) -> bytes: ...  # a small blob (config, manifest), verified
+    def read_manifest(self, desc: Descriptor) -> bytes: ...  # a child manifest of the source index
+    def wants_platform(self, desc: Descriptor) -> bool: ...  # converter.platforms selects this index child
+    def harbor_annotations(self, driver: "Driver") -> dict[str, str]: ...  # for the converted root, or {}
+    def cached_conversion(self, cache_key: str, source: Descriptor) -> "tuple[Descriptor, str] | None": ...
+    def remember_conversion(self, platform: dict, cache_key: str, source: Descriptor, desc: Descriptor,
+                            note: str = "") -> None: ...  # the layer caches, for whole-image drivers
     def blob_writer(self) -> Any: ...  # an ingest for a converted blob: write(), commit() -> digest, .size
     def converted_path(self, desc: Descriptor) -> str: ...  # a converted blob on local disk (finalize_manifest)
     def progress(self, event: ProgressEvent) -> None: ...

@@ -24,7 +24,7 @@ from .config import Config, DriverConfig
 from .content import ContentStore
 from .driver import Driver, LayerDriver, ProgressEvent, load_driver
 from .errors import AccelError, ConversionError
-from .oci import Descriptor
+from .oci import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Index, Manifest
 from .provider import EngineProvider
 from .push import push_image
 from .registry import RegistryClient
@@ -178,4 +178,20 @@ def _run_driver(session: ConversionSession, driver: Driver) -> Descriptor:
         content.verify_sources()
     finally:
         content.close()
+    # the walk counts sizes as it goes; a whole-image driver's are counted from the manifests afterwards
+    try:
+        session.source_size = _image_bytes(session, session.root)
+        session.target_size = _image_bytes(session, converted)
+    except (AccelError, ValueError, KeyError) as exc:  # sizes are a report: they never fail a conversion
+        log.warning("sizes of %s not counted: %s", session.source, exc)
     return converted
+
+
+def _image_bytes(session: ConversionSession, root: Descriptor) -> int:
+    """Config + layer bytes of every manifest under ``root`` (the store's copy, else the source's)."""
+    raw = session.read_manifest(root)
+    if root.media_type in INDEX_TYPES:
+        return sum(_image_bytes(session, child) for child in Index.from_json(raw, root.media_type).manifests
+                   if child.media_type in INDEX_TYPES + MANIFEST_TYPES)
+    manifest = Manifest.from_json(raw, root.media_type)
+    return manifest.config.size + sum(layer.size for layer in manifest.layers)

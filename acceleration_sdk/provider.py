@@ -100,6 +100,29 @@ class EngineProvider:
         """A small blob (config, manifest) of the source, verified."""
         return self._session.read_blob(desc, limit)
 
+    def wants_platform(self, desc: Descriptor) -> bool:
+        """Whether ``converter.platforms`` selects this child of the source index (no filter: all)."""
+        wanted = self._session.cfg.converter.platforms
+        return not wanted or any(p.matches(*desc.platform_tuple) for p in wanted)
+
+    def cached_conversion(self, cache_key: str, source: Descriptor) -> tuple[Descriptor, str] | None:
+        """A blob made from ``source`` before under ``cache_key`` (layer caches, local then remote) and its note."""
+        return self._session.cached_conversion(cache_key, source)
+
+    def remember_conversion(self, platform: dict, cache_key: str, source: Descriptor, desc: Descriptor,
+                            note: str = "") -> None:
+        """Record ``desc`` (committed through :meth:`blob_writer`) as made from ``source`` under ``cache_key``."""
+        self._session.remember_conversion(platform, cache_key, source, desc, note)
+
+    def harbor_annotations(self, driver) -> dict[str, str]:
+        """Harbor's acceleration annotations for the converted root (``converter.harbor_annotation``; else {})."""
+        root = self._session.root
+        return self._session.harbor_annotations(driver, root) if root is not None else {}
+
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        """A child manifest of the source index, by digest (for drivers that convert whole images)."""
+        return self._session.read_manifest(desc)
+
     @contextlib.contextmanager
     def _tracked(self, stream: SourceStream) -> Iterator[SourceStream]:
         with self._lock:

@@ -27,6 +27,10 @@ from .remote_cache import RemoteCache
 
 log = logging.getLogger("acceleration_sdk.engine")
 
+HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
+HARBOR_DRIVER_VERSION = "io.goharbor.artifact.v1alpha1.acceleration.driver.version"
+HARBOR_SOURCE_DIGEST = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
+
 
 @dataclasses.dataclass
 class ConversionSession:
@@ -51,6 +55,38 @@ class ConversionSession:
                 self.on_progress(event)
             except Exception:  # a broken progress sink must not fail the conversion
                 log.exception("progress callback failed")
+
+    def harbor_annotations(self, driver: Any, source: Descriptor) -> dict[str, str]:
+        """Harbor's acceleration annotations of a converted object made from ``source`` (none when turned off)."""
+        if not self.cfg.converter.harbor_annotation:
+            return {}
+        return {HARBOR_DRIVER_NAME: driver.name(), HARBOR_DRIVER_VERSION: driver.version(),
+                HARBOR_SOURCE_DIGEST: source.digest}
+
+    def cached_conversion(self, cache_key: str, source: Descriptor) -> tuple[Descriptor, str] | None:
+        """A blob made from ``source`` before under ``cache_key`` (local layer cache, else the remote cache),
+        with its note (a layer's diff_id); only while the blob is in the store or the target repository."""
+        key = f"{cache_key}@{source.digest}"
+        hit = self.store.cache_get(key)
+        if hit is not None:
+            desc = Descriptor.from_dict(hit[0])
+            self.lease.add([desc.digest])  # lease before looking: a GC in another worker must not take it after
+            if self.store.has(desc.digest) or (self.client is not None
+                                               and self.client.blob_exists(self.target, desc.digest)):
+                return desc, hit[1]
+        remote = self.remote_cache.get(cache_key, source.digest) if self.remote_cache else None
+        if remote is not None and self.client is not None and self.client.blob_exists(self.target, remote[0].digest):
+            self.store.cache_put(key, remote[0].to_dict(), remote[1])
+            return remote
+        return None
+
+    def remember_conversion(self, platform: dict, cache_key: str, source: Descriptor, desc: Descriptor,
+                            note: str, *, local: bool = True) -> None:
+        """Record a conversion in the local layer cache (unless ``local`` is false) and the remote cache."""
+        if local:
+            self.store.cache_put(f"{cache_key}@{source.digest}", desc.to_dict(), note)
+        if self.remote_cache is not None:
+            self.remote_cache.add(platform, cache_key, source.digest, desc, note)
 
     def read_blob(self, desc: Descriptor, limit: int = 16 << 20) -> bytes:
         """A small blob (manifest, config), fetched into the store once; verified as it is read."""

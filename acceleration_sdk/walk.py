@@ -20,10 +20,8 @@ from .errors import AccelError, ConversionError, DriverError, LayerError
 from .oci import Descriptor, Index, Manifest
 from .provider import EngineProvider
 from .session import ConversionSession
+from .session import HARBOR_DRIVER_NAME, HARBOR_DRIVER_VERSION, HARBOR_SOURCE_DIGEST  # noqa: F401 (re-exported)
 
-HARBOR_DRIVER_NAME = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
-HARBOR_DRIVER_VERSION = "io.goharbor.artifact.v1alpha1.acceleration.driver.version"
-HARBOR_SOURCE_DIGEST = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
 LAYER_CONCURRENCY = 2  # layers converted at once; each layer's compressor may use threads of its own
 _TO_DOCKER_LAYER = {oci.OCI_LAYER_GZIP: oci.DOCKER_LAYER_GZIP, oci.OCI_LAYER: oci.DOCKER_LAYER}
 
@@ -63,10 +61,7 @@ class _Walk:
         return ConversionError(f"{self.s.source}{message}", reference=str(self.s.source))
 
     def _harbor_annotations(self, source: Descriptor) -> dict[str, str]:
-        if not self.s.cfg.converter.harbor_annotation:
-            return {}
-        return {HARBOR_DRIVER_NAME: self.driver.name(), HARBOR_DRIVER_VERSION: self.driver.version(),
-                HARBOR_SOURCE_DIGEST: source.digest}
+        return self.s.harbor_annotations(self.driver, source)
 
     # ------------------------------------------------------------------ index
     def index(self, index: Index) -> Descriptor:
@@ -183,29 +178,17 @@ class _Walk:
                 raise failed.exception()
             return [f.result() for f in futures]
 
-    def _cached(self, layer: Descriptor, key: str) -> ConvertedLayer | None:
+    def _cached(self, layer: Descriptor) -> ConvertedLayer | None:
         """A conversion done before: in the local layer cache, else in the remote cache."""
-        s = self.s
-        hit = s.store.cache_get(key)
-        if hit is not None:
-            desc = Descriptor.from_dict(hit[0])
-            s.lease.add([desc.digest])  # lease before looking: a GC in another worker must not take it after
-            if s.store.has(desc.digest) or s.client.blob_exists(s.target, desc.digest):
-                return ConvertedLayer(desc, hit[1])
-        remote = s.remote_cache.get(self.driver.cache_key(), layer.digest) if s.remote_cache else None
-        if remote is not None and s.client.blob_exists(s.target, remote[0].digest):
-            s.store.cache_put(key, remote[0].to_dict(), remote[1])
-            return ConvertedLayer(*remote)
-        return None
+        hit = self.s.cached_conversion(self.driver.cache_key(), layer)
+        return ConvertedLayer(*hit) if hit is not None else None
 
     def layer(self, layer: Descriptor, platform: dict) -> ConvertedLayer | None:
         s, driver = self.s, self.driver
-        key = f"{driver.cache_key()}@{layer.digest}"
-        cached = self._cached(layer, key)
+        cached = self._cached(layer)
         if cached is not None:
             s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "cached"))
-            if s.remote_cache is not None:
-                s.remote_cache.add(platform, driver.cache_key(), layer.digest, cached.descriptor, cached.diff_id)
+            s.remember_conversion(platform, driver.cache_key(), layer, cached.descriptor, cached.diff_id, local=False)
             return cached
         s.progress(ProgressEvent("convert", layer.digest, 0, layer.size, "converting"))
         content = EngineProvider(s)  # one per layer: its sources are verified before its blobs are committed
@@ -221,9 +204,7 @@ class _Walk:
             return None
         self._check_committed(result, layer)
         s.lease.add([result.descriptor.digest])
-        s.store.cache_put(key, result.descriptor.to_dict(), result.diff_id)
-        if s.remote_cache is not None:
-            s.remote_cache.add(platform, driver.cache_key(), layer.digest, result.descriptor, result.diff_id)
+        s.remember_conversion(platform, driver.cache_key(), layer, result.descriptor, result.diff_id)
         s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "converted"))
         return result
 

@@ -112,6 +112,8 @@ def reference_run(src: str, dst: str, zstd: bool, level: int, steps: dict) -> tu
 def ours_run(src: str, work_dir: str, compression: str, level: int) -> tuple[float, int, float]:
     if compression == "nydus":  # the nydus driver with its defaults (zstd, blake3, 1 MiB chunks)
         driver = {"type": "nydus", "config": {}}
+    elif compression == "soci":  # the soci driver with its defaults (4 MiB spans, layers >= 10 MiB)
+        driver = {"type": "soci", "config": {}}
     else:
         driver = {"type": "estargz", "config": {"compression": compression, "compression_level": level}}
     cfg = os.path.join(work_dir, "config.yaml")
@@ -138,6 +140,18 @@ def image_size(client: RegistryClient, ref: str) -> int:
     """Config + layer bytes of a single-manifest image, as its manifest states them."""
     manifest = json.loads(client.get_manifest(parse(ref)).raw)
     return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+
+
+def soci_index_size(client: RegistryClient, ref: str) -> int:
+    """Bytes a SOCI conversion adds: the ztocs, the SOCI index manifest and the {} config of each platform."""
+    r = parse(ref)
+    top = json.loads(client.get_manifest(r).raw)
+    total = 0
+    for d in top["manifests"]:
+        if d.get("artifactType") == "application/vnd.amazon.soci.index.v2+json":
+            index = json.loads(client.get_manifest(r.with_digest(d["digest"])).raw)
+            total += d["size"] + index["config"]["size"] + sum(x["size"] for x in index["layers"])
+    return total
 
 
 class _NoBytes:
@@ -195,11 +209,17 @@ def main() -> int:
             repo = fresh_repo(client, source, f"bench/nydus-{n}")
             record("ours nydus", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus", 0))
             sizes["nydus"] = image_size(client, repo + "-acc")
+            n += 1
+            repo = fresh_repo(client, source, f"bench/soci-{n}")
+            record("ours soci", ours_run(repo, tempfile.mkdtemp(dir=work), "soci", 0))
+            sizes["soci index (layers unchanged)"] = soci_index_size(client, repo + "-acc")
         if big:
             big_src = push_layer_image(client, f"{registry.host}/bench/big:v1", big)
             record("ours 1 GiB layer level 1", ours_run(big_src, tempfile.mkdtemp(dir=work), "estargz", 1))
             big_nydus = fresh_repo(client, big_src, "bench/big-nydus")
             record("ours 1 GiB layer nydus", ours_run(big_nydus, tempfile.mkdtemp(dir=work), "nydus", 0))
+            big_soci = fresh_repo(client, big_src, "bench/big-soci")
+            record("ours 1 GiB layer soci", ours_run(big_soci, tempfile.mkdtemp(dir=work), "soci", 0))
 
         med = {k: {"seconds": median([v[0] for v in vs]), "cpu_seconds": median([v[2] for v in vs]),
                    "peak_rss_mb": max(v[1] for v in vs) / 1e6, "runs": [v[0] for v in vs]}
@@ -218,6 +238,8 @@ def main() -> int:
             "second conversion / first (target <= 0.05)": ratio("ours estargz again", "ours estargz"),
             "nydus / ours zstdchunked (target <= 1.3)": ratio("ours nydus", "ours zstdchunked"),
             "nydus / ctr-remote estargz (target <= 0.15)": ratio("ours nydus", "ctr-remote estargz"),
+            "soci / ctr-remote estargz (target <= 0.05)": ratio("ours soci", "ctr-remote estargz"),
+            "soci / ours zstdchunked (target <= 0.5)": ratio("ours soci", "ours zstdchunked"),
         }
         cpu_ratios = {
             "estargz ours/ctr-remote": ratio("ours estargz", "ctr-remote estargz", "cpu_seconds"),

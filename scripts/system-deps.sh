@@ -3,7 +3,12 @@
 set -euo pipefail
 pkgs=(docker-registry skopeo golang-go golang-github-containerd-stargz-snapshotter-dev apache2-utils zstd debootstrap
       chromium chromium-driver git make postgresql redis-server libdeflate0
-      erofs-utils containerd runc stargz-snapshotter)
+      erofs-utils containerd runc stargz-snapshotter
+      # soci-verify/soci-build (upstream soci-snapshotter, tests/support/soci_tools.py): cgo + GOPATH packages
+      zlib1g-dev patch golang-github-containerd-containerd-dev golang-github-coreos-bbolt-dev
+      golang-github-golang-groupcache-dev golang-github-klauspost-compress-dev golang-github-opencontainers-go-digest-dev
+      golang-github-prometheus-client-golang-dev golang-github-prometheus-client-model-dev golang-github-rs-xid-dev
+      golang-github-sirupsen-logrus-dev golang-golang-x-sync-dev)
 # erofs-utils: fsck.erofs --extract checks every nydus bootstrap; debootstrap: the Debian rootfs.
 # containerd, runc, stargz-snapshotter (ctr-remote): the real lazy pull (tests/e2e/test_lazy_pull.py), which also
 # builds its snapshotter daemon from golang-github-containerd-stargz-snapshotter-dev; `make bench` uses ctr-remote

@@ -1,0 +1,215 @@
+"""The ``soci`` driver: a SOCI index manifest v2 next to the image; every layer stays byte for byte as pushed.
+
+One pass per indexed layer (inflate with checkpoints + tar headers, drivers/soci/ztoc.py), layers in
+parallel (zlib runs outside the GIL through ctypes). The driver writes only the ztocs, the ``{}`` config, the
+SOCI index, the re-serialised image manifest(s) and the new OCI index; the engine's push finds the layers
+already in the repository (the target tag is in the source's repository) and never uploads them.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+from typing import Any
+
+from acceleration_sdk import oci
+from acceleration_sdk.driver import ContentProvider, Driver, ProgressEvent
+from acceleration_sdk.errors import ConversionError, LayerError
+from acceleration_sdk.oci import Descriptor
+from acceleration_sdk.options import Option, OptionSchema, option_error
+
+from . import layout, ztoc
+from .gzindex import GzipIndexError
+from .tartoc import TarTocError
+
+# containerd's images.DiffCompression: what upstream indexes (ztoc_builder.go:44-46) and skips (zstd)
+GZIP_TYPES = (oci.OCI_LAYER_GZIP, oci.DOCKER_LAYER_GZIP)
+TAR_TYPES = (oci.OCI_LAYER, oci.DOCKER_LAYER)
+WORKERS = 2  # layers indexed at once; inflate is the cost, and it runs outside the GIL
+# in the layer caches, whether a cached ztoc's layer has xattrs or opaque dirs (the xattr optimization's input)
+CACHE_XATTRS = "io.goharbor.acceleration.soci.has-xattrs"
+
+
+def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
+    opts = [str(o) for o in values["optimizations"]]
+    for o in opts:
+        if o != "xattr":
+            raise option_error(f"{path}.optimizations", f"unknown optimization {o!r} (known: xattr)")
+    values["optimizations"] = tuple(opts)
+    if values["index_version"] == "v1":
+        raise option_error(f"{path}.index_version", "the legacy v1 (referrers-based) SOCI index is not supported "
+                                                    "yet; use v2, which current soci-snapshotter reads")
+    return values
+
+
+OPTIONS = OptionSchema(
+    Option("span_size", int, 1 << 22, range=(1 << 16, 1 << 30),
+           help="bytes of uncompressed data between gzip checkpoints (default 4194304, as upstream)"),
+    Option("min_layer_size", int, 10 << 20, range=(0, 1 << 50),
+           help="layers smaller than this many bytes (compressed) get no ztoc (default 10485760, as upstream)"),
+    Option("optimizations", list, (),
+           help="upstream's optimizations; xattr marks layers without xattrs or opaque dirs "
+                "com.amazon.soci.disable-xattrs"),
+    Option("index_version", str, "v2", choices=("v2", "v1"),
+           help="v2 (default: the OCI index binding current soci-snapshotter reads); v1 is refused (not yet)"),
+    check=_check,
+)
+
+
+class SociDriver(Driver):
+    options_schema = OPTIONS
+    default_tag_suffix = "-soci"
+
+    def name(self) -> str:
+        return "soci"
+
+    def version(self) -> str:
+        return f"v2/ztoc-{ztoc.VERSION}"
+
+    # ------------------------------------------------------------------ the image
+    def convert(self, content: ContentProvider, source: str) -> Descriptor:
+        root: Descriptor = content.root
+        raw = content.store.read_bytes(root.digest)
+        top = json.loads(raw)
+        if root.media_type in oci.INDEX_TYPES:
+            index_src = top
+            children = [dict(d) for d in top.get("manifests") or ()]
+        else:
+            index_src = None
+            config = json.loads(content.read_blob(Descriptor.from_dict(top["config"])))
+            platform = {"architecture": config.get("architecture", ""), "os": config.get("os", "")}
+            if config.get("variant"):
+                platform["variant"] = config["variant"]
+            children = [{"mediaType": root.media_type, "digest": root.digest, "size": root.size,
+                         "platform": platform}]
+        out_manifests: list[dict] = []
+        soci_descs: list[dict] = []
+        renamed: dict[str, str] = {}  # source image manifest digest -> its re-serialised digest
+        attestations: list[dict] = []
+        for child in children:
+            desc = Descriptor.from_dict(child)
+            if child.get("artifactType") == layout.SOCI_INDEX_V2:
+                continue  # an older SOCI index of a converted source: replaced below (addSociIndexes)
+            if desc.is_attestation:
+                attestations.append(child)
+                continue
+            if desc.media_type not in oci.MANIFEST_TYPES:
+                out_manifests.append(child)  # other artifacts stay as they were
+                continue
+            if index_src is not None and not content.wants_platform(desc):
+                continue  # converter.platforms: the converted image holds the selected platforms only
+            manifest = json.loads(raw if index_src is None else content.read_manifest(desc))
+            index_desc = self._soci_index(content, manifest, dict(child.get("platform") or {}))
+            new = layout.image_manifest(manifest, index_desc["digest"] if index_desc else None)
+            new_desc = self._write_json(content, new)
+            entry = dict(child, mediaType=oci.OCI_MANIFEST, digest=new_desc.digest, size=new_desc.size)
+            entry["annotations"] = new.get("annotations")  # upstream: md.Annotations = manifest.annotations
+            out_manifests.append(layout.descriptor(entry))
+            renamed[desc.digest] = new_desc.digest
+            if index_desc is not None:
+                soci_descs.append(layout.descriptor(dict(index_desc, platform=child.get("platform"),
+                                                         annotations={layout.ANN_MANIFEST_DIGEST: new_desc.digest})))
+        for att in attestations:  # kept while the manifest they describe is, pointing at its new digest
+            described = (att.get("annotations") or {}).get(oci.ANNOTATION_REFERENCE_DIGEST, "")
+            if described in renamed:
+                ann = dict(att["annotations"], **{oci.ANNOTATION_REFERENCE_DIGEST: renamed[described]})
+                out_manifests.append(dict(att, annotations=ann))
+        if not soci_descs:
+            raise ConversionError(f"{source}: no layer to index: SOCI indexes gzip or uncompressed tar layers of at "
+                                  f"least min_layer_size ({self.options['min_layer_size']} bytes); upstream refuses "
+                                  "an empty index too", reference=source)
+        top = layout.oci_index(index_src, out_manifests + soci_descs, content.harbor_annotations(self))
+        top_desc = self._write_json(content, top)
+        return top_desc.replace(media_type=oci.OCI_INDEX)
+
+    def _write_json(self, content: ContentProvider, obj: Any) -> Descriptor:
+        data = oci.canonical_json(obj)
+        with content.blob_writer() as w:
+            w.write(data)
+            digest = w.commit()
+        return Descriptor(media_type=obj.get("mediaType", ""), digest=digest, size=len(data))
+
+    def _write_blob(self, content: ContentProvider, data: bytes) -> str:
+        with content.blob_writer() as w:
+            w.write(data)
+            return w.commit()
+
+    # ------------------------------------------------------------------ one platform
+    def _soci_index(self, content: ContentProvider, manifest: dict, platform: dict) -> dict | None:
+        """Build, write and describe the SOCI index of one image manifest; None when no layer qualifies."""
+        span, minimum = self.options["span_size"], self.options["min_layer_size"]
+        layers = [dict(x) for x in manifest.get("layers") or ()]
+        todo = [x for x in layers if x["mediaType"] in GZIP_TYPES + TAR_TYPES and x["size"] >= minimum]
+        if not todo:
+            return None
+        # a ztoc depends on the layer and the span size only: reusable across images, hosts and the other options
+        key = f"{self.name()}/{self.version()}/span_size={span}"
+        cached = {x["digest"]: content.cached_conversion(key, Descriptor.from_dict(x)) for x in todo}
+        missing = [x for x in todo if cached[x["digest"]] is None]
+        built = {}
+        if missing:
+            built = self._build_all(content, missing)
+        ztocs = []
+        for layer in todo:  # image-layer order (soci_index.go:561-563)
+            source = Descriptor.from_dict(layer)
+            hit = cached[layer["digest"]]
+            if hit is not None:
+                desc, has_xattrs = hit[0], hit[0].annotations.get(CACHE_XATTRS) != "false"
+                content.progress(ProgressEvent("convert", source.digest, source.size, source.size, "cached"))
+            else:
+                z = built[layer["digest"]]
+                data = ztoc.marshal(z)
+                has_xattrs = z.has_xattrs()
+                desc = Descriptor(media_type=layout.SOCI_LAYER, digest=self._write_blob(content, data),
+                                  size=len(data), annotations={CACHE_XATTRS: str(has_xattrs).lower()})
+            content.remember_conversion(platform, key, source, desc)  # the remote cache records per platform
+            disable = "xattr" in self.options["optimizations"] and not has_xattrs
+            ztocs.append(layout.ztoc_descriptor(desc.digest, desc.size, layer, span, disable))
+        self._write_blob(content, layout.EMPTY_CONFIG)
+        desc = self._write_json(content, layout.soci_index(ztocs, ztoc.BUILD_TOOL))
+        return dict(desc.to_dict(), artifactType=layout.SOCI_INDEX_V2)
+
+    def _build_all(self, content: ContentProvider, layers: list[dict]) -> dict[str, ztoc.Ztoc]:
+        """The ztocs of ``layers``, WORKERS at once; the first failure stops the others at their next read."""
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(min(WORKERS, len(layers)), thread_name_prefix="soci") as pool:
+            futures = {x["digest"]: pool.submit(self._ztoc, content, x, stop) for x in layers}
+            concurrent.futures.wait(futures.values(), return_when=concurrent.futures.FIRST_EXCEPTION)
+            failed = next((f for f in futures.values() if f.done() and not f.cancelled() and f.exception()), None)
+            if failed is not None:
+                stop.set()
+                for f in futures.values():
+                    f.cancel()
+                raise failed.exception()
+            return {d: f.result() for d, f in futures.items()}
+
+    def _ztoc(self, content: ContentProvider, layer: dict, stop: threading.Event) -> ztoc.Ztoc:
+        desc = Descriptor.from_dict(layer)
+        span = self.options["span_size"]
+        content.progress(ProgressEvent("convert", desc.digest, 0, desc.size, "indexing"))
+        try:
+            with content.open_blob(desc) as blob:
+                raw = _Stoppable(blob, stop, desc.digest)
+                if layer["mediaType"] in GZIP_TYPES:
+                    z = ztoc.build_gzip(raw, span)
+                else:
+                    z = ztoc.build_tar(raw, span)
+        except (GzipIndexError, TarTocError) as exc:
+            raise LayerError(f"layer {desc.digest} ({layer['mediaType']}): {exc}", digest=desc.digest) from None
+        if z.compressed_size != desc.size:
+            raise LayerError(f"layer {desc.digest}: read {z.compressed_size} bytes, the manifest says {desc.size}",
+                             digest=desc.digest)
+        content.progress(ProgressEvent("convert", desc.digest, desc.size, desc.size, "indexed"))
+        return z
+
+
+class _Stoppable:
+    """A layer stream that stops when another layer of the image has failed (nothing will be pushed anyway)."""
+
+    def __init__(self, raw, stop: threading.Event, digest: str):
+        self._raw, self._stop, self._digest = raw, stop, digest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise ConversionError(f"layer {self._digest}: stopped, another layer of the image failed")
+        return self._raw.read(n)
