@@ -7,10 +7,10 @@ blobs we never pulled are mounted from the source repository (on another host: c
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from typing import Callable
 
 from .driver import ProgressEvent
-from .errors import ConversionError
 from .oci import INDEX_TYPES, Descriptor, Index, Manifest
 from .session import ConversionSession
 
@@ -72,22 +72,35 @@ def push_blobs(session: ConversionSession, blobs: list[Descriptor]) -> None:
             how = client.push_blob(session.target, desc.digest, desc.size, store.path(desc.digest),
                                    mount_from=None, progress=on_bytes)
         else:  # unchanged source blob we never pulled: mount it from the source repository
-            how = client.push_blob(session.target, desc.digest, desc.size, _Missing(desc.digest),
-                                   mount_from=session.source, progress=on_bytes)
+            with contextlib.closing(_FetchedOnRead(session, desc)) as src:
+                how = client.push_blob(session.target, desc.digest, desc.size, src,
+                                       mount_from=session.source, progress=on_bytes)
         session.progress(ProgressEvent("push", desc.digest, desc.size, desc.size, how))
 
     with concurrent.futures.ThreadPoolExecutor(PUSH_CONCURRENCY, thread_name_prefix="push") as pool:
         list(pool.map(one, blobs))
 
 
-class _Missing:
-    """Stands for a blob we do not have; reading it means the mount failed."""
+class _FetchedOnRead:
+    """An unchanged source blob offered to the registry as a cross-repository mount. A registry may decline
+    a mount (202 and an upload session instead of 201): only then is it read, and reading fetches it from
+    the source repository into the content store (verified against its digest) and uploads it from there."""
 
-    def __init__(self, digest: str):
-        self.digest = digest
+    def __init__(self, session: ConversionSession, desc: Descriptor):
+        self._session, self._desc, self._fh = session, desc, None
+
+    def seekable(self) -> bool:
+        return False
 
     def read(self, n: int = -1) -> bytes:
-        raise ConversionError(f"blob {self.digest} is neither in the target repository nor in the content store")
+        if self._fh is None:
+            self._session.fetch(self._desc, self._session.source)
+            self._fh = open(self._session.store.path(self._desc.digest), "rb")
+        return self._fh.read(n)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
 
 
 class UploadingIngest:

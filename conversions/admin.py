@@ -152,11 +152,14 @@ class ConversionTaskAdmin(admin.ModelAdmin):
         created = 0
         for source, route in sorted({(task.source, task.route) for task in queryset}):
             try:  # the same route again (a route removed from the config is refused by the service)
-                services.conversion_create(source=source, trigger=Trigger.ADMIN, route=route)
+                if route:
+                    services.conversion_create(source=source, trigger=Trigger.ADMIN, route=route, force=True)
+                    created += 1
+                else:  # acceld's way, or a task from before converter.routes: every matching route, as a push
+                    created += len(services.conversions_create(sources=[(source, "")], trigger=Trigger.ADMIN,
+                                                               strict=True))
             except (ServiceError, AccelError) as exc:
                 self.message_user(request, f"Not converted: {source}: {exc}", messages.ERROR)
-            else:
-                created += 1
         if created:
             self.message_user(request, f"Started {created} conversion(s).", messages.SUCCESS)
 

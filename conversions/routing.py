@@ -12,10 +12,14 @@ from .errors import IllegalParameter
 log = logging.getLogger("acceld.services")
 
 
-def routes_for(cfg: Config, ref: reference.Reference, route: str = "") -> list[routes.Route | None]:
+def routes_for(cfg: Config, ref: reference.Reference, route: str = "", *,
+               force: bool = False) -> list[routes.Route | None]:
     """The routes a push of ``ref`` goes through: ``[None]`` without ``converter.routes`` (acceld's way),
     else the one named ``route`` or every matching one; ``[]`` when none matches or ``ref`` is a route's
-    output (the loop). Raises :class:`IllegalParameter` for a ``route`` that is not configured."""
+    output (the loop). Raises :class:`IllegalParameter` for a ``route`` that is not configured, or that does
+    not select ``ref`` — a route's ``match`` is the operator's filter of what reaches its target, so naming
+    the route does not skip it; only ``force`` does (the admin's "Convert again" of a task that went through
+    that route, which needs the convert permission)."""
     configured = cfg.converter.routes
     if not configured:
         if route:
@@ -33,6 +37,8 @@ def routes_for(cfg: Config, ref: reference.Reference, route: str = "") -> list[r
             raise IllegalParameter(f"not converting: {why}")
         log.info("ignoring push of %s: %s", ref, why)
         return []
+    if chosen is not None and not force and not chosen.match.matches(ref):
+        raise IllegalParameter(f"route {route!r} does not select {ref} (its match)")
     return [chosen] if chosen is not None else routes.matching(configured, ref)
 
 

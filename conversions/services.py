@@ -108,7 +108,7 @@ def _lead_or_follow(task: ConversionTask) -> None:
 
 
 def conversion_create(*, source: str, trigger: str = Trigger.API, digest: str = "", event_id: str = "",
-                      cfg: Config | None = None, route: str = "") -> ConversionTask:
+                      cfg: Config | None = None, route: str = "", force: bool = False) -> ConversionTask:
     """Record a conversion of ``source`` and queue it (or share a running one, or finish it at once).
 
     With ``converter.routes``: through the route named ``route``, or else the first matching one
@@ -120,7 +120,7 @@ def conversion_create(*, source: str, trigger: str = Trigger.API, digest: str = 
     cfg = cfg or get_config()
     ref = allowed_source(cfg, source)
     _check_digest(digest)
-    chosen = routing.routes_for(cfg, ref, route)
+    chosen = routing.routes_for(cfg, ref, route, force=force)
     if not chosen:
         why = routes.output_reason(cfg.converter.routes, ref) or "no route's match selects it"
         raise IllegalParameter(f"not converting {ref}: {why}")
@@ -275,6 +275,30 @@ def _converter() -> Callable:
     return import_string(settings.ACCELD_CONVERTER)
 
 
+def _route_of_run(cfg: Config, task: ConversionTask) -> tuple[dict, str]:
+    """The converter's ``target``/``driver_config`` for a run of ``task`` under today's config, or why it may
+    not run: its route left the config, now writes elsewhere (its target host may have left provider.source),
+    or the task predates converter.routes (it would write ``<tag><suffix>`` beside its source)."""
+    if not task.route:
+        if cfg.converter.routes:
+            return {}, ("made before converter.routes was configured: use \"Convert again\" to convert it "
+                        "through the routes")
+        return {}, ""
+    route = routes.find(cfg.converter.routes, task.route)
+    if route is None:
+        return {}, f"route {task.route!r} is no longer in converter.routes"
+    try:
+        target = route.render(reference.parse(task.source))
+    except ReferenceError_ as exc:
+        return {}, f"route {task.route!r}: {exc}"
+    if str(target) != task.target:
+        return {}, (f"route {task.route!r} now writes {target}, not {task.target} (the config changed): use "
+                    "\"Convert again\"")
+    if cfg.provider.source_for(target.host) is None:
+        return {}, f"{target.host} is not a configured registry (provider.source)"
+    return {"target": task.target, "driver_config": route.driver or cfg.converter.driver}, ""
+
+
 def conversion_run(*, task_id, token, cfg: Config | None = None) -> ConversionTask | None:
     """Do one queued run: convert, then record COMPLETED or FAILED (with the SDK's one-line reason).
 
@@ -291,14 +315,11 @@ def conversion_run(*, task_id, token, cfg: Config | None = None) -> ConversionTa
         log.info("task %s: not converting %r: %s", task.pk, task.source, exc)
         return _finish(task.pk, token, status=Status.FAILED, reason=str(exc),
                        progress={"phase": "failed", "message": str(exc)})
-    extra = {}
-    if task.route:  # the route's own target and driver
-        route = routes.find(cfg.converter.routes, task.route)
-        if route is None:
-            reason = f"route {task.route!r} is no longer in converter.routes"
-            return _finish(task.pk, token, status=Status.FAILED, reason=reason,
-                           progress={"phase": "failed", "message": reason})
-        extra = {"target": task.target, "driver_config": route.driver or cfg.converter.driver}
+    extra, reason = _route_of_run(cfg, task)
+    if reason:  # the config changed since the task was made: convert nothing, connect nowhere
+        log.info("task %s: not converting %r: %s", task.pk, task.source, reason)
+        return _finish(task.pk, token, status=Status.FAILED, reason=reason,
+                       progress={"phase": "failed", "message": reason})
     log.info("task %s: converting %s (attempt %d)", task.pk, task.source, task.attempts)
     reporter = ProgressReporter(task.pk, token)
     reporter.start()

@@ -134,6 +134,27 @@ def test_a_removed_route_fails_its_queued_task_with_a_reason(routed):
     assert task.status == Status.FAILED and "route 'all-esgz' is no longer in converter.routes" in task.reason
 
 
+def test_a_run_refuses_a_target_the_config_no_longer_gives(routed):
+    """A retry or a queued run must not push where the config no longer sends it: a route now writing
+    elsewhere (or to a host that left provider.source), or a task from before converter.routes, which would
+    write <tag><suffix> beside its source, past every route's match."""
+    task = services.conversion_create(source=f"{HOST}/team/app:v1")
+    moved = dict(ROUTES[1], target="{host}/{path}:{tag}-moved")
+    routed(converter={"routes": [ROUTES[0], moved]})
+    services.conversion_run(task_id=task.pk, token=task.run_token)
+    task.refresh_from_db()
+    assert task.status == Status.FAILED
+    assert f"now writes {HOST}/team/app:v1-moved, not {HOST}/team/app:v1-esgz" in task.reason
+
+    routed(converter={})  # a task made without routes ...
+    old = services.conversion_create(source=f"{HOST}/team/app:v2")
+    assert old.route == ""
+    routed(converter={"routes": ROUTES})  # ... then routes were configured
+    services.conversion_run(task_id=old.pk, token=old.run_token)
+    old.refresh_from_db()
+    assert old.status == Status.FAILED and "made before converter.routes was configured" in old.reason
+
+
 def test_a_target_that_cannot_be_made_is_a_failed_task(acceld):
     acceld(converter={"routes": [{"name": "split", "target": "{host}/{project}-accel/{rest}:{tag}"}]})
     task = services.conversion_create(source=f"{OPEN_HOST}/nginx:v1")  # no {rest} in a one-part path
@@ -170,8 +191,13 @@ def test_create_without_a_matching_route_says_why(routed):
         services.conversion_create(source=f"{HOST}/other/app:dev")
     with pytest.raises(IllegalParameter, match="output of route 'releases-nydus'"):
         services.conversion_create(source=f"{HOST}/library-accel/app:v1-nydus")
-    # an explicit route converts even what its match does not select
-    task = services.conversion_create(source=f"{HOST}/other/app:dev", route="releases-nydus")
+    # naming a route does not skip its match (the operator's filter of what reaches that target; anyone with a
+    # webhook secret can name a route): refused with the reason, no task
+    with pytest.raises(IllegalParameter, match="route 'releases-nydus' does not select"):
+        services.conversion_create(source=f"{HOST}/other/app:dev", route="releases-nydus")
+    assert not ConversionTask.objects.filter(source=f"{HOST}/other/app:dev").exists()
+    # only the admin's "Convert again" of a task that went through the route forces it
+    task = services.conversion_create(source=f"{HOST}/other/app:dev", route="releases-nydus", force=True)
     assert task.target == f"{HOST}/other-accel/app:dev-nydus"
 
 
