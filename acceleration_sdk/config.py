@@ -299,7 +299,20 @@ def from_dict(data: Any) -> Config:
         timeout=timeout,
         verify=read_field(conv, ConverterConfig, "verify", bool, "converter"),
     )
+    if converter_cfg.verify:
+        _check_verifiable(converter_cfg)
     return Config(server=server_cfg, metric=metric_cfg, provider=provider_cfg, converter=converter_cfg)
+
+
+def _check_verifiable(converter: ConverterConfig) -> None:
+    """``converter.verify: true`` needs a driver that can check its output (``Driver.image_checker``): else
+    every conversion would FAIL at the check, so the config is refused at load instead."""
+    from .driver import Driver, driver_class  # the driver registry: config stays importable without it
+
+    for driver in (converter.driver, *(r.driver for r in converter.routes if r.driver is not None)):
+        if driver_class(driver.type).image_checker.__func__ is Driver.image_checker.__func__:
+            raise ConfigError(f"driver {driver.type!r} cannot check its output (it has no image_checker); "
+                              "set converter.verify: false", "converter.verify")
 
 
 CONFIG_NAMES = ("config.yaml", "config.example.yaml")  # what `make run` and accelctl look for, in this order

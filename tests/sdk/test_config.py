@@ -155,3 +155,11 @@ def test_find_config_like_the_service(tmp_path):
     (tmp_path / "config.yaml").write_text("{}")
     assert config.find([tmp_path], env={}) == str(tmp_path / "config.yaml")
     assert config.find([tmp_path], env={"ACCELD_CONFIG": "/etc/acceld.yaml"}) == "/etc/acceld.yaml"
+
+
+def test_verify_needs_a_driver_that_can_check_its_output():
+    # soci declares no image_checker: every verifying conversion would FAIL, so the config is refused at load
+    with pytest.raises(ConfigError, match="driver 'soci' cannot check its output") as info:
+        config.loads("converter: {verify: true, driver: {type: soci}}\n")
+    assert info.value.path == "converter.verify"
+    assert config.loads("converter: {verify: true, driver: {type: nydus}}\n").converter.verify
