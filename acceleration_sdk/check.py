@@ -71,7 +71,8 @@ def check_image(client: RegistryClient, ref: Reference, *, tmp_dir: str | None =
         fetched = client.get_manifest(ref)
         if fetched.media_type in oci.INDEX_TYPES:
             index = oci.Index.from_json(fetched.raw, fetched.media_type, str(ref))
-            children = [d for d in index.manifests if not d.is_attestation]
+            # an artifact beside the images (a SOCI index) is checked by its image's checker, not as an image
+            children = [d for d in index.manifests if not d.is_attestation and not d.artifact_type]
             if not children:
                 raise _Failed(f"{ref}: the index lists no image manifest")
         else:
@@ -127,6 +128,17 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
         name, checker = _checker(manifest, driver, fallback)
     except _Failed as exc:
         raise _Failed(f"{where}: {exc}") from None
+    bind = getattr(checker, "bind", None)
+    if bind is not None:  # the format keeps an index beside the image (SOCI's ztocs): the checker fetches it
+        try:
+            bind(lambda digest: client.get_manifest(ref.with_digest(digest)).raw,
+                 lambda d: _small_blob(client, ref, d, "blob"))
+        except _Failed as exc:
+            raise _Failed(f"{where}: {exc}") from None
+        except AccelError as exc:
+            raise _Failed(f"{where}: {name}: {exc}") from None
+        except ValueError as exc:
+            raise _Failed(f"{where}: {name}: unreadable ({exc})") from None
     config = json.loads(_small_blob(client, ref, manifest.config))
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(manifest.layers):
@@ -199,9 +211,9 @@ def _check_spooled(client, path, i, layer, diff_id, checker, work, source, sourc
     return detail + f", same as source layer {source_layers[i].digest[:19]}"
 
 
-def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor) -> bytes:
+def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor, what: str = "config") -> bytes:
     if desc.size > MAX_CONFIG:
-        raise _Failed(f"{ref}: config {desc.digest} is {desc.size} bytes, more than {MAX_CONFIG}")
+        raise _Failed(f"{ref}: {what} {desc.digest} is {desc.size} bytes, more than {MAX_CONFIG}")
     buf = io.BytesIO()
     client.download_blob(ref, desc.digest, buf, desc.size)
     return buf.getvalue()

@@ -79,6 +79,10 @@ class ImageChecker(Protocol):
         nydus bootstrap). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` is removed
         once the entries are read: keep what later layers need (parsed), not the path."""
 
+    # Optional: ``bind(get_manifest, get_blob)`` -- called once per image manifest before its layers when the
+    # checker has it, for formats that keep an index beside the image (SOCI's ztocs): ``get_manifest(digest)``
+    # returns a manifest's bytes from the checked repository, ``get_blob(descriptor)`` a small blob's bytes.
+
 
 class Driver(abc.ABC):
     """The seed's interface: convert the source image, return the converted image's manifest/index."""

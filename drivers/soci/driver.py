@@ -60,6 +60,13 @@ class SociDriver(Driver):
     options_schema = OPTIONS
     default_tag_suffix = "-soci"
 
+    @classmethod
+    def image_checker(cls, manifest, claim: bool = True):
+        """SOCI v2 output: recognised by the image manifest's SOCI index annotation (``.check``)."""
+        from .check import SociChecker, claims
+
+        return SociChecker(manifest) if not claim or claims(manifest) else None
+
     def name(self) -> str:
         return "soci"
 

@@ -229,7 +229,8 @@ def test_index_every_platform_checked_against_the_same_platform_of_the_source(tm
 
 
 def test_check_and_its_readers_never_load_pytest_and_help_is_true():
-    code = ("import sys, acceleration_sdk.cli, acceleration_sdk.check, drivers.estargz.check, drivers.nydus.check; "
+    code = ("import sys, acceleration_sdk.cli, acceleration_sdk.check, drivers.estargz.check, drivers.nydus.check, "
+            "drivers.soci.check; "
             "assert 'pytest' not in sys.modules, 'pytest loaded'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     out = subprocess.run([sys.executable, "-m", "acceleration_sdk.cli", "check", "--help"], capture_output=True,

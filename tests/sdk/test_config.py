@@ -1,9 +1,12 @@
 import base64
 import os
+from importlib.metadata import EntryPoint
 
 import pytest
 
 from acceleration_sdk import config
+from acceleration_sdk import driver as driver_mod
+from acceleration_sdk.driver import Driver
 from acceleration_sdk.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -157,9 +160,29 @@ def test_find_config_like_the_service(tmp_path):
     assert config.find([tmp_path], env={"ACCELD_CONFIG": "/etc/acceld.yaml"}) == "/etc/acceld.yaml"
 
 
-def test_verify_needs_a_driver_that_can_check_its_output():
-    # soci declares no image_checker: every verifying conversion would FAIL, so the config is refused at load
-    with pytest.raises(ConfigError, match="driver 'soci' cannot check its output") as info:
-        config.loads("converter: {verify: true, driver: {type: soci}}\n")
+class FakeUncheckedDriver(Driver):
+    """A fake plugin: a driver written without an image_checker (every installed driver has one)."""
+
+    def name(self) -> str:
+        return "unchecked"
+
+    def version(self) -> str:
+        return "0"
+
+    def convert(self, content, source):
+        raise NotImplementedError
+
+
+def test_verify_needs_a_driver_that_can_check_its_output(monkeypatch):
+    installed = dict(driver_mod._entry_points())
+    installed["unchecked"] = EntryPoint("unchecked", f"{__name__}:FakeUncheckedDriver", driver_mod.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(driver_mod, "_entry_points", lambda: installed)
+    # no image_checker: every verifying conversion would FAIL, so the config is refused at load
+    with pytest.raises(ConfigError, match="driver 'unchecked' cannot check its output") as info:
+        config.loads("converter: {verify: true, driver: {type: unchecked}}\n")
     assert info.value.path == "converter.verify"
-    assert config.loads("converter: {verify: true, driver: {type: nydus}}\n").converter.verify
+    assert not config.loads("converter: {verify: false, driver: {type: unchecked}}\n").converter.verify
+    for name in ("estargz", "nydus", "soci"):  # every driver this project ships can check its output
+        assert config.loads(f"converter: {{verify: true, driver: {{type: {name}}}}}\n").converter.verify
+
+

@@ -1,0 +1,126 @@
+"""``accelctl check`` for SOCI images: the driver's :class:`ImageChecker`.
+
+A SOCI conversion leaves every layer as pushed; what can be wrong is the index beside it. The image manifest
+names its SOCI index (annotation ``com.amazon.soci.index-digest``); :meth:`SociChecker.bind` fetches that
+index and its ztocs (each must decode and name, by annotation, a layer of this manifest with its media type and
+a span size). Per layer, the ztoc is derived again from the spooled blob with our builder (byte-identical to
+upstream's, tests/drivers/test_soci_ztoc.py) and compared field by field: sizes, every TOC entry, every span
+digest and the checkpoints (bit offsets + 32 KiB windows) -- so a snapshotter's span reads would get the
+layer's bytes. The entries returned are the layer's own tar entries, for ``--source``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterator
+
+from acceleration_sdk import oci
+from acceleration_sdk.compression import open_decompressed
+from acceleration_sdk.errors import LayerError
+from acceleration_sdk.oci import Descriptor
+from acceleration_sdk.testing.entries import Allowances, LayerEntry, tar_entries
+
+from . import layout, ztoc
+from .gzindex import GzipIndexError
+from .tartoc import TarTocError
+
+GZIP_TYPES = (oci.OCI_LAYER_GZIP, oci.DOCKER_LAYER_GZIP)
+TAR_TYPES = (oci.OCI_LAYER, oci.DOCKER_LAYER)
+FIELDS = ("version", "compressed_size", "uncompressed_size", "algorithm", "max_span_id")
+
+
+def claims(manifest) -> bool:
+    """SOCI v2 output: the image manifest names its SOCI index."""
+    return bool((manifest.raw.get("annotations") or {}).get(layout.ANN_INDEX_DIGEST))
+
+
+class SociChecker:
+    allowances = Allowances()  # the layers are the source's, byte for byte
+
+    def __init__(self, manifest):
+        self.index_digest = (manifest.raw.get("annotations") or {}).get(layout.ANN_INDEX_DIGEST, "")
+        self.layers = {d.digest: d for d in manifest.layers}
+        self.ztocs: dict[str, tuple[Descriptor, dict]] = {}  # layer digest -> (ztoc descriptor, decoded ztoc)
+
+    def bind(self, get_manifest: Callable[[str], bytes], get_blob: Callable[[Descriptor], bytes]) -> None:
+        """Fetch and decode the SOCI index and its ztocs (small blobs) before the layers are checked."""
+        if not self.index_digest:
+            raise LayerError(f"the image manifest has no {layout.ANN_INDEX_DIGEST} annotation: not a SOCI v2 image")
+        index = json.loads(get_manifest(self.index_digest))
+        if index.get("artifactType") != layout.SOCI_INDEX_V2 and \
+                (index.get("config") or {}).get("mediaType") != layout.SOCI_INDEX_V2:
+            raise LayerError(f"{self.index_digest} is not a SOCI index v2 (artifactType "
+                             f"{index.get('artifactType')!r})")
+        for raw in index.get("layers") or ():
+            desc = Descriptor.from_dict(raw)
+            ann = desc.annotations
+            layer = self.layers.get(ann.get(layout.ANN_LAYER_DIGEST, ""))
+            if layer is None:
+                raise LayerError(f"ztoc {desc.digest} names layer {ann.get(layout.ANN_LAYER_DIGEST)!r}, "
+                                 "which is not in the image manifest", digest=desc.digest)
+            if ann.get(layout.ANN_LAYER_MEDIA_TYPE) != layer.media_type:
+                raise LayerError(f"ztoc {desc.digest} says media type {ann.get(layout.ANN_LAYER_MEDIA_TYPE)!r}, "
+                                 f"the layer is {layer.media_type}", digest=layer.digest)
+            span = ann.get(layout.ANN_SPAN_SIZE, "")
+            if not span.isdigit() or int(span) <= 0:
+                raise LayerError(f"ztoc {desc.digest}: annotation {layout.ANN_SPAN_SIZE} is {span!r}, "
+                                 "not a byte count", digest=layer.digest)
+            if layer.digest in self.ztocs:
+                raise LayerError(f"two ztocs for layer {layer.digest}", digest=layer.digest)
+            try:
+                decoded = ztoc.decode(get_blob(desc))
+            except LayerError:
+                raise
+            except Exception as exc:  # a hostile flatbuffer can break the decoder anywhere
+                raise LayerError(f"ztoc {desc.digest} does not decode ({type(exc).__name__}: {exc})",
+                                 digest=layer.digest) from None
+            self.ztocs[layer.digest] = (desc, decoded)
+        if not self.ztocs:
+            raise LayerError(f"the SOCI index {self.index_digest} lists no ztoc")
+
+    def check_layer(self, index: int, desc: Descriptor, path: str) -> Iterator[LayerEntry]:
+        found = self.ztocs.get(desc.digest)
+        if found is not None:
+            zdesc, got = found
+            span = int(zdesc.annotations[layout.ANN_SPAN_SIZE])
+            try:
+                with open(path, "rb") as fh:
+                    if desc.media_type in GZIP_TYPES:
+                        want = ztoc.build_gzip(fh, span)
+                    elif desc.media_type in TAR_TYPES:
+                        want = ztoc.build_tar(fh, span)
+                    else:
+                        raise LayerError(f"a ztoc for a {desc.media_type} layer: SOCI indexes gzip and tar layers",
+                                         digest=desc.digest)
+            except (GzipIndexError, TarTocError) as exc:
+                raise LayerError(f"the layer does not read as {desc.media_type}: {exc}", digest=desc.digest) from None
+            problem = difference(ztoc.decode(ztoc.marshal(want)), got)
+            if problem:
+                raise LayerError(f"ztoc {zdesc.digest} disagrees with the layer: {problem}", digest=desc.digest)
+        return self._entries(desc, path)
+
+    @staticmethod
+    def _entries(desc: Descriptor, path: str) -> Iterator[LayerEntry]:
+        with open(path, "rb") as fh:
+            stream = open_decompressed(fh) if desc.media_type in GZIP_TYPES else fh
+            yield from tar_entries(stream, keep_data=False)
+
+
+def difference(want: dict, got: dict) -> str:
+    """The first field where ``got`` (the pushed ztoc) differs from ``want`` (derived from the layer); "" if none."""
+    for key in FIELDS:
+        if want[key] != got[key]:
+            return f"{key} is {got[key]!r}, the layer gives {want[key]!r}"
+    if len(want["entries"]) != len(got["entries"]):
+        return f"{len(got['entries'])} TOC entries, the layer has {len(want['entries'])}"
+    for w, g in zip(want["entries"], got["entries"]):
+        if w != g:
+            field = next(k for k in w if w[k] != g.get(k))
+            return f"TOC entry {w['name']!r}: {field} is {g.get(field)!r}, the layer gives {w[field]!r}"
+    for i, (w, g) in enumerate(zip(want["span_digests"], got["span_digests"])):
+        if w != g:
+            return f"span {i} digest is {g}, the layer's span hashes to {w}"
+    if len(want["span_digests"]) != len(got["span_digests"]):
+        return f"{len(got['span_digests'])} span digests, the layer has {len(want['span_digests'])} spans"
+    if want["checkpoints"] != got["checkpoints"]:
+        return "the checkpoints (offsets or windows) differ from the layer's"
+    return ""
