@@ -23,8 +23,8 @@ from . import layout, ztoc
 from .gzindex import GzipIndexError
 from .tartoc import TarTocError
 
-GZIP_TYPES = (oci.OCI_LAYER_GZIP, oci.DOCKER_LAYER_GZIP)
-TAR_TYPES = (oci.OCI_LAYER, oci.DOCKER_LAYER)
+GZIP_TYPES = (oci.OCI_LAYER_GZIP, oci.DOCKER_LAYER_GZIP)  # what the driver indexes (not imported from .driver:
+TAR_TYPES = (oci.OCI_LAYER, oci.DOCKER_LAYER)  # it imports this module for image_checker)
 FIELDS = ("version", "compressed_size", "uncompressed_size", "algorithm", "max_span_id")
 
 

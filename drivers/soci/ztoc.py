@@ -112,12 +112,18 @@ def _vector_of_offsets(b: flatbuffers.Builder, offsets: list[int]) -> int:
     return b.EndVector()
 
 
+def _string(b: flatbuffers.Builder, text: str) -> int:
+    # the tar's bytes as they were (tartoc decodes with surrogateescape): Go strings are raw bytes, so a
+    # binary xattr value (PAX hdrcharset=BINARY, e.g. security.capability) is written byte for byte too
+    return b.CreateString(text, "utf-8", "surrogateescape")
+
+
 def _metadata(b: flatbuffers.Builder, e: TocEntry) -> int:
-    name, typ, link = b.CreateString(e.name), b.CreateString(e.type), b.CreateString(e.linkname)
-    uname, gname, mtime = b.CreateString(e.uname), b.CreateString(e.gname), b.CreateString(e.mod_time)
+    name, typ, link = _string(b, e.name), _string(b, e.type), _string(b, e.linkname)
+    uname, gname, mtime = _string(b, e.uname), _string(b, e.gname), _string(b, e.mod_time)
     pairs = []
     for k in sorted(e.pax):  # Go's sort.Strings: byte order, the same as Python's for UTF-8 text
-        key, value = b.CreateString(k), b.CreateString(e.pax[k])
+        key, value = _string(b, k), _string(b, e.pax[k])
         b.StartObject(2)
         b.PrependUOffsetTRelativeSlot(0, key, 0)
         b.PrependUOffsetTRelativeSlot(1, value, 0)

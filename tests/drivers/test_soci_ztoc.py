@@ -20,6 +20,7 @@ import pytest
 from acceleration_sdk import oci
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
+from acceleration_sdk.testing import MATRIX, build_tar, cell_entries
 from drivers.soci import ztoc
 from drivers.soci.gzindex import GzipIndexError
 from drivers.soci.tartoc import TarTocError
@@ -95,6 +96,8 @@ def concatenated(tar: bytes) -> bytes:
 def layers() -> list[tuple[str, bytes, bytes]]:
     """(media type, blob, tar) of every layer."""
     pax, gnu = pax_tar(), gnu_tar()
+    cell = next(c for c in MATRIX if c.format == tarfile.PAX_FORMAT and c.prefix == "" and c.compression == "gzip")
+    suite_pax = build_tar(cell_entries(cell, 4096), cell)
     gz = oci.OCI_LAYER_GZIP
     return [(gz, gzip.compress(pax, 6, mtime=0), pax),
             (gz, gzip.compress(pax, 1, mtime=0), pax),
@@ -102,7 +105,10 @@ def layers() -> list[tuple[str, bytes, bytes]]:
             (gz, concatenated(pax), pax),
             (gz, _huffman_gzip(gnu), gnu),
             (oci.OCI_LAYER, pax, pax),
-            (gz, gzip.compress(odd_numbers_tar(), 6, mtime=0), odd_numbers_tar())]
+            (gz, gzip.compress(odd_numbers_tar(), 6, mtime=0), odd_numbers_tar()),
+            # the conformance suite's PAX cell: a binary security.capability xattr (hdrcharset=BINARY), whose
+            # bytes are not UTF-8 and must reach the ztoc as they are (Go strings are bytes)
+            (gz, gzip.compress(suite_pax, 6, mtime=0), suite_pax)]
 
 
 def push(client, ref: str, entries: list[tuple[str, bytes, bytes]]) -> None:
