@@ -1,7 +1,8 @@
 """``accelctl check`` / ``converter.verify`` for SOCI images, against the real registry.
 
 A good conversion PASSes (every ztoc derived again from its layer and compared); a ztoc whose span digest is
-wrong -- pushed as a real tampered SOCI index, image manifest and OCI index -- FAILs naming the layer.
+wrong -- pushed as a real tampered SOCI index, image manifest and OCI index -- FAILs naming the layer; with
+``converter.verify: true`` a conversion with a wrong ztoc is FAILED and its tag never written.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from acceleration_sdk import config as config_mod
 from acceleration_sdk import oci
 from acceleration_sdk.check import check_image
 from acceleration_sdk.engine import convert
+from acceleration_sdk.errors import ConversionError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from drivers.soci import layout, ztoc
+from drivers.soci.driver import SociDriver
 from tests.support.images import push_image, sha, simple_tar
 
 SPAN = 1 << 16  # the smallest span size the driver accepts
@@ -112,3 +115,25 @@ def test_verify_true_works_with_soci(tmp_path, registry, client):
     assert client.head_manifest(parse(result.target)).digest == result.digest
     assert result.target.endswith(":v1-soci")
     assert oci.OCI_INDEX == client.get_manifest(parse(result.target)).media_type
+
+
+class FakeWrongSpanDriver(SociDriver):
+    """A fake: the real soci driver with the first span digest of every ztoc wrong, as a buggy builder would."""
+
+    def _build_all(self, content, layers):
+        built = super()._build_all(content, layers)
+        for z in built.values():
+            z.span_digests[0] = sha(b"wrong")
+        return built
+
+
+def test_verify_fails_a_wrong_ztoc_and_never_writes_the_tag(tmp_path, registry, client):
+    repo = f"{registry.host}/soci/verify-bad"
+    src = source(client, repo)
+    config = cfg(tmp_path / "work", verify=True)
+    with pytest.raises(ConversionError) as info:
+        convert(config, f"{repo}:v1", driver=FakeWrongSpanDriver(dict(config.converter.driver.config)))
+    assert "tag 'v1-soci' not written" in str(info.value)
+    assert f"FAIL {src.manifest['layers'][0]['digest']}: ztoc " in str(info.value)
+    assert f"span 0 digest is {sha(b'wrong')}" in str(info.value)
+    assert client.head_manifest(parse(f"{repo}:v1-soci")) is None
