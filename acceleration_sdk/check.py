@@ -34,6 +34,7 @@ from .testing.entries import Sha256, compare, tar_entries
 READ_SIZE = 1 << 20
 COMPRESSED_SUFFIXES = ("+gzip", "+zstd", ".gzip", ".zstd")  # OCI "+gzip"; Docker's rootfs.diff.tar.gzip
 MAX_CONFIG = 16 << 20  # an image config is JSON metadata; bigger is refused, not read into memory
+MAX_INDEX_BLOB = 256 << 20  # a blob a checker fetches through bind(): a ztoc holds 32 KiB per span of its layer
 SHOWN_PROBLEMS = 3  # differences from the source named on a FAIL line; the count says how many more
 
 
@@ -132,9 +133,7 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
     if bind is not None:  # the format keeps an index beside the image (SOCI's ztocs): the checker fetches it
         try:
             bind(lambda digest: client.get_manifest(ref.with_digest(digest)).raw,
-                 lambda d: _small_blob(client, ref, d, "blob"))
-        except _Failed as exc:
-            raise _Failed(f"{where}: {exc}") from None
+                 lambda d: _index_blob(client, ref, d))
         except AccelError as exc:
             raise _Failed(f"{where}: {name}: {exc}") from None
         except ValueError as exc:
@@ -211,9 +210,18 @@ def _check_spooled(client, path, i, layer, diff_id, checker, work, source, sourc
     return detail + f", same as source layer {source_layers[i].digest[:19]}"
 
 
-def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor, what: str = "config") -> bytes:
+def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor) -> bytes:
     if desc.size > MAX_CONFIG:
-        raise _Failed(f"{ref}: {what} {desc.digest} is {desc.size} bytes, more than {MAX_CONFIG}")
+        raise _Failed(f"{ref}: config {desc.digest} is {desc.size} bytes, more than {MAX_CONFIG}")
+    buf = io.BytesIO()
+    client.download_blob(ref, desc.digest, buf, desc.size)
+    return buf.getvalue()
+
+
+def _index_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor) -> bytes:
+    """A blob a checker fetches through ``bind`` (a ztoc), held in memory to be parsed: bounded."""
+    if desc.size > MAX_INDEX_BLOB:
+        raise LayerError(f"blob {desc.digest} is {desc.size} bytes, more than {MAX_INDEX_BLOB}")
     buf = io.BytesIO()
     client.download_blob(ref, desc.digest, buf, desc.size)
     return buf.getvalue()

@@ -81,7 +81,8 @@ class ImageChecker(Protocol):
 
     # Optional: ``bind(get_manifest, get_blob)`` -- called once per image manifest before its layers when the
     # checker has it, for formats that keep an index beside the image (SOCI's ztocs): ``get_manifest(digest)``
-    # returns a manifest's bytes from the checked repository, ``get_blob(descriptor)`` a small blob's bytes.
+    # returns a manifest's bytes from the checked repository, ``get_blob(descriptor)`` a blob's bytes
+    # (bounded: 256 MiB), for the checker to fetch now or during check_layer.
 
 
 class Driver(abc.ABC):

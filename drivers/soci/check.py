@@ -39,10 +39,13 @@ class SociChecker:
     def __init__(self, manifest):
         self.index_digest = (manifest.raw.get("annotations") or {}).get(layout.ANN_INDEX_DIGEST, "")
         self.layers = {d.digest: d for d in manifest.layers}
-        self.ztocs: dict[str, tuple[Descriptor, dict]] = {}  # layer digest -> (ztoc descriptor, decoded ztoc)
+        self.ztocs: dict[str, Descriptor] = {}  # layer digest -> its ztoc's descriptor
+        self.get_blob: Callable[[Descriptor], bytes] | None = None
 
     def bind(self, get_manifest: Callable[[str], bytes], get_blob: Callable[[Descriptor], bytes]) -> None:
-        """Fetch and decode the SOCI index and its ztocs (small blobs) before the layers are checked."""
+        """Fetch the SOCI index and check its ztoc descriptors before the layers are checked; each ztoc is
+        fetched with its layer (a ztoc of a big layer holds a 32 KiB window per span: one at a time in memory)."""
+        self.get_blob = get_blob
         if not self.index_digest:
             raise LayerError(f"the image manifest has no {layout.ANN_INDEX_DIGEST} annotation: not a SOCI v2 image")
         index = json.loads(get_manifest(self.index_digest))
@@ -66,21 +69,20 @@ class SociChecker:
                                  "not a byte count", digest=layer.digest)
             if layer.digest in self.ztocs:
                 raise LayerError(f"two ztocs for layer {layer.digest}", digest=layer.digest)
-            try:
-                decoded = ztoc.decode(get_blob(desc))
-            except LayerError:
-                raise
-            except Exception as exc:  # a hostile flatbuffer can break the decoder anywhere
-                raise LayerError(f"ztoc {desc.digest} does not decode ({type(exc).__name__}: {exc})",
-                                 digest=layer.digest) from None
-            self.ztocs[layer.digest] = (desc, decoded)
+            self.ztocs[layer.digest] = desc
         if not self.ztocs:
             raise LayerError(f"the SOCI index {self.index_digest} lists no ztoc")
 
     def check_layer(self, index: int, desc: Descriptor, path: str) -> Iterator[LayerEntry]:
-        found = self.ztocs.get(desc.digest)
-        if found is not None:
-            zdesc, got = found
+        zdesc = self.ztocs.get(desc.digest)
+        if zdesc is not None:
+            try:
+                got = ztoc.decode(self.get_blob(zdesc))
+            except LayerError:
+                raise
+            except Exception as exc:  # a hostile flatbuffer can break the decoder anywhere
+                raise LayerError(f"ztoc {zdesc.digest} does not decode ({type(exc).__name__}: {exc})",
+                                 digest=desc.digest) from None
             span = int(zdesc.annotations[layout.ANN_SPAN_SIZE])
             try:
                 with open(path, "rb") as fh:

@@ -98,6 +98,18 @@ def test_tampered_span_digest_fails_naming_the_layer(tmp_path, registry, client)
                               f"span 1 digest is {wrong}, the layer's span hashes to {spans[1]}")
     assert result.lines[2].startswith("ok ")  # the other layer (and its ztoc) still passes
 
+    # a ztoc that is not a flatbuffer: that layer FAILs, the other passes
+    junk = b"not a ztoc" * 10
+    client.push_blob(target, sha(junk), len(junk), io.BytesIO(junk))
+    soci["layers"][0].update(digest=sha(junk), size=len(junk))
+    soci_desc.update(put_json(client, target, soci))
+    image["annotations"][layout.ANN_INDEX_DIGEST] = soci_desc["digest"]
+    image_desc.update(put_json(client, target, image))
+    put_json(client, target, top, tag="v1-soci-junk")
+    result = check_image(client, target.with_tag("v1-soci-junk"), tmp_dir=str(tmp_path))
+    assert result.verdict.startswith(f"FAIL {layer}: ztoc {sha(junk)} does not decode ("), result.lines
+    assert result.lines[2].startswith("ok ")
+
     # a ztoc that names a layer the image does not have fails before any layer is read
     soci["layers"][0]["annotations"][layout.ANN_LAYER_DIGEST] = sha(b"elsewhere")
     soci_desc.update(put_json(client, target, soci))
