@@ -133,7 +133,7 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
     if bind is not None:  # the format keeps an index beside the image (SOCI's ztocs): the checker fetches it
         try:
             bind(lambda digest: client.get_manifest(ref.with_digest(digest)).raw,
-                 lambda d: _index_blob(client, ref, d))
+                 lambda d: _small_blob(client, ref, d, MAX_INDEX_BLOB, "blob"))
         except AccelError as exc:
             raise _Failed(f"{where}: {name}: {exc}") from None
         except ValueError as exc:
@@ -210,18 +210,11 @@ def _check_spooled(client, path, i, layer, diff_id, checker, work, source, sourc
     return detail + f", same as source layer {source_layers[i].digest[:19]}"
 
 
-def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor) -> bytes:
-    if desc.size > MAX_CONFIG:
-        raise _Failed(f"{ref}: config {desc.digest} is {desc.size} bytes, more than {MAX_CONFIG}")
-    buf = io.BytesIO()
-    client.download_blob(ref, desc.digest, buf, desc.size)
-    return buf.getvalue()
-
-
-def _index_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor) -> bytes:
-    """A blob a checker fetches through ``bind`` (a ztoc), held in memory to be parsed: bounded."""
-    if desc.size > MAX_INDEX_BLOB:
-        raise LayerError(f"blob {desc.digest} is {desc.size} bytes, more than {MAX_INDEX_BLOB}")
+def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor, limit: int = MAX_CONFIG,
+                what: str = "config") -> bytes:
+    """A blob read into memory to be parsed (a config, a ztoc): bounded, the bigger refused unread."""
+    if desc.size > limit:
+        raise LayerError(f"{what} {desc.digest} is {desc.size} bytes, more than {limit}")
     buf = io.BytesIO()
     client.download_blob(ref, desc.digest, buf, desc.size)
     return buf.getvalue()
