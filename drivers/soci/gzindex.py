@@ -12,46 +12,19 @@ the same as upstream's for the same bytes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import struct
 from typing import BinaryIO
 
+from acceleration_sdk.zlib_raw import Z_BLOCK, Z_NEED_DICT, Z_OK, Z_STREAM_END, ZStream as _ZStream, zlib_lib
+
 CHUNK = 1 << 14  # upstream's input read size (gzip_zinfo.c:51)
 WINSIZE = 32768  # the checkpoint window (gzip_zinfo.h:62)
-_Z_OK, _Z_STREAM_END, _Z_NEED_DICT, _Z_BLOCK = 0, 1, 2, 5
+_Z_OK, _Z_STREAM_END, _Z_NEED_DICT, _Z_BLOCK = Z_OK, Z_STREAM_END, Z_NEED_DICT, Z_BLOCK
 
 
 class GzipIndexError(ValueError):
     """The stream is not a whole, valid gzip stream (bad header, corrupt data, truncated, trailing garbage)."""
-
-
-class _ZStream(ctypes.Structure):
-    _fields_ = [("next_in", ctypes.c_void_p), ("avail_in", ctypes.c_uint), ("total_in", ctypes.c_ulong),
-                ("next_out", ctypes.c_void_p), ("avail_out", ctypes.c_uint), ("total_out", ctypes.c_ulong),
-                ("msg", ctypes.c_char_p), ("state", ctypes.c_void_p), ("zalloc", ctypes.c_void_p),
-                ("zfree", ctypes.c_void_p), ("opaque", ctypes.c_void_p), ("data_type", ctypes.c_int),
-                ("adler", ctypes.c_ulong), ("reserved", ctypes.c_ulong)]
-
-
-def _load_zlib():
-    lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
-    lib.zlibVersion.restype = ctypes.c_char_p
-    lib.inflateInit2_.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.inflate.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
-    lib.inflateReset2.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
-    lib.inflateEnd.argtypes = [ctypes.POINTER(_ZStream)]
-    return lib
-
-
-_zlib = None
-
-
-def zlib_lib():
-    global _zlib
-    if _zlib is None:
-        _zlib = _load_zlib()
-    return _zlib
 
 
 class Checkpoint:
