@@ -60,6 +60,7 @@ class ContentProvider(Protocol):
                             note: str = "") -> None: ...  # the layer caches, for whole-image drivers
     def blob_writer(self) -> Any: ...  # an ingest for a converted blob: write(), commit() -> digest, .size
     def converted_path(self, desc: Descriptor) -> str: ...  # a converted blob on local disk (finalize_manifest)
+    def put_json(self, obj: Any) -> Descriptor: ...  # a config/manifest the driver builds, into the store
     def progress(self, event: ProgressEvent) -> None: ...
 
 
@@ -92,6 +93,9 @@ class Driver(abc.ABC):
     options_schema: ClassVar[OptionSchema | None] = None
     #: The converted tag's suffix when no ``converter.rules[].tag_suffix`` is set; empty means ``-<name>``.
     default_tag_suffix: ClassVar[str] = ""
+    #: ``artifactType``s that mark an index entry as an image of this format beside a plain one (nydus with
+    #: ``merge_manifest``): ``check`` verifies such entries, and leaves the plain entries of their platform.
+    image_artifact_types: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         schema = type(self).options_schema
@@ -169,6 +173,29 @@ class LayerDriver(Driver):
         entry; blobs written through ``content.blob_writer()`` are pushed with the image.
         """
         return manifest, config
+
+    def index_entries(self, content: ContentProvider, source: "SourceManifest",
+                      converted: Descriptor) -> list[Descriptor]:
+        """The target index's entries for one source platform manifest; the default: the converted one.
+
+        Return more to put other manifests beside it under the same platform (nydus ``merge_manifest``: the
+        source image with an empty layer first, then the nydus one), or a replacement of ``converted``.
+        Every manifest returned, its config and its new blobs must be in the store (``content.put_json``,
+        ``content.blob_writer()``); blobs it shares with the source are mounted from there at push time.
+        The engine orders the index by rank: every platform's first entry, then every second, ...; source
+        attestations follow the first entry. A single-manifest source whose hook returns more than one entry
+        becomes an OCI index of them. ``converted.platform`` is set (from the config for a single manifest).
+        """
+        return [converted]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourceManifest:
+    """One source platform manifest as the walk read it (for :meth:`LayerDriver.index_entries`)."""
+
+    descriptor: Descriptor  # as the source index lists it; ``platform`` from the config for a single manifest
+    manifest: Mapping[str, Any]  # its JSON, unchanged
+    config: Mapping[str, Any]  # its config's JSON, unchanged
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

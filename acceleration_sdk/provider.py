@@ -182,6 +182,14 @@ class EngineProvider:
         self._session.fetch(desc, self._session.target)
         return self._session.store.path(desc.digest)
 
+    def put_json(self, obj) -> Descriptor:
+        """A config or manifest the driver builds (``LayerDriver.index_entries``): canonical JSON into the store,
+        leased for this conversion. Not uploaded now: the push phase sends it when the root references it, as
+        a blob (config) or by digest under /manifests/ (manifest), children before parents."""
+        digest, size = self._session.put_json(obj)
+        media_type = obj.get("mediaType", "") if isinstance(obj, dict) else ""
+        return Descriptor(media_type=media_type, digest=digest, size=size)
+
     # ------------------------------------------------------------------ the engine's side
     def verify_sources(self) -> None:
         """Every source opened here read to its end and verified; raises if one cannot be."""

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from . import oci
-from .driver import ConvertedLayer, LayerDriver, ProgressEvent
+from .driver import ConvertedLayer, LayerDriver, ProgressEvent, SourceManifest
 from .errors import AccelError, ConversionError, DriverError, LayerError
 from .oci import Descriptor, Index, Manifest
 from .provider import EngineProvider
@@ -51,7 +51,17 @@ class _Walk:
         raw = s.store.read_bytes(s.root.digest)
         if s.root.media_type in oci.INDEX_TYPES:
             return self.index(Index.from_json(raw, s.root.media_type, str(s.source)))
-        return self.manifest(s.root, Manifest.from_json(raw, s.root.media_type, str(s.source)), check_platform=True)
+        entries = self.manifest(s.root, Manifest.from_json(raw, s.root.media_type, str(s.source)),
+                                check_platform=True)
+        if len(entries) == 1:
+            return entries[0].replace(platform=None)  # a manifest root is pushed as the tag: no platform
+        # the driver puts manifests beside the converted one (index_entries): one reference needs an index
+        out = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [e.to_dict() for e in entries]}
+        annotations = self._harbor_annotations(s.root)
+        if annotations:
+            out["annotations"] = annotations
+        digest, size = s.put_json(out)
+        return Descriptor(media_type=oci.OCI_INDEX, digest=digest, size=size)
 
     def _platform_wanted(self, os_: str, arch: str, variant: str) -> bool:
         wanted = self.s.cfg.converter.platforms
@@ -66,7 +76,7 @@ class _Walk:
     # ------------------------------------------------------------------ index
     def index(self, index: Index) -> Descriptor:
         s = self.s
-        converted: dict[str, Descriptor] = {}
+        converted: dict[str, list[Descriptor]] = {}  # source manifest digest -> its entries (index_entries)
         attestations: list[Descriptor] = []
         for child in index.manifests:
             if child.is_attestation:
@@ -79,14 +89,20 @@ class _Walk:
         if not converted:
             wanted = ", ".join(str(p) for p in s.cfg.converter.platforms)
             raise self._fail(f": no manifest in the index matches converter.platforms ({wanted})")
-        children = [converted[c.digest] for c in index.manifests if c.digest in converted]
+        # by rank: every platform's first entry, then every second (acceld's merged index: the OCI manifests,
+        # then the nydus ones), so a runtime picking the first match for its platform gets a rank-0 entry
+        kept = [c.digest for c in index.manifests if c.digest in converted]
+        children = [converted[d][rank] for rank in range(max(len(converted[d]) for d in kept))
+                    for d in kept if rank < len(converted[d])]
         for att in attestations:  # keep attestations only while the manifest they describe is kept
             described = att.annotations.get(oci.ANNOTATION_REFERENCE_DIGEST, "")
             if described in converted:
-                children.append(att.replace(annotations={**att.annotations,
-                                                         oci.ANNOTATION_REFERENCE_DIGEST: converted[described].digest}))
+                children.append(att.replace(annotations={
+                    **att.annotations, oci.ANNOTATION_REFERENCE_DIGEST: converted[described][0].digest}))
         out = copy.deepcopy(dict(index.raw))
         media_type = oci.docker_to_oci(index.media_type) if self.docker2oci else index.media_type
+        if any(c.artifact_type for c in children):  # a Docker manifest list has no artifactType field
+            media_type = oci.OCI_INDEX
         if "mediaType" in out or media_type == oci.OCI_INDEX:
             out["mediaType"] = media_type
         out["manifests"] = [c.to_dict() for c in children]
@@ -97,9 +113,35 @@ class _Walk:
         return Descriptor(media_type=media_type, digest=digest, size=size)
 
     # ------------------------------------------------------------------ manifest + config
-    def manifest(self, desc: Descriptor, manifest: Manifest, check_platform: bool) -> Descriptor:
+    def manifest(self, desc: Descriptor, manifest: Manifest, check_platform: bool) -> list[Descriptor]:
+        """The converted manifest and what the driver puts beside it (``index_entries``); sizes counted."""
+        s = self.s
+        raw_config = s.read_blob(manifest.config)
+        config = json.loads(raw_config)
+        platform = dict(desc.platform or {}) or {k: config[k] for k in ("os", "architecture", "variant")
+                                                  if config.get(k)}
+        converted = self._convert_manifest(desc, manifest, config, check_platform, platform)
+        source = SourceManifest(desc.replace(platform=platform), manifest.raw, json.loads(raw_config))
+        content = EngineProvider(s)
+        try:
+            entries = list(self.driver.index_entries(content, source, converted.replace(platform=platform)))
+            content.verify_sources()
+        finally:
+            content.close()
+        if not entries or not all(isinstance(e, Descriptor) for e in entries):
+            raise DriverError(f"driver {self.driver.name()} index_entries returned {entries!r} for manifest "
+                              f"{desc.digest}: expected a non-empty list of Descriptors")
+        for entry in entries:
+            if not s.store.has(entry.digest):
+                raise DriverError(f"driver {self.driver.name()} index_entries returned manifest {entry.digest}, "
+                                  "which is not in the content store (write it with content.put_json)")
+            m = Manifest.from_json(s.store.read_bytes(entry.digest), entry.media_type)
+            s.target_size += m.config.size + sum(layer.size for layer in m.layers)
+        return entries
+
+    def _convert_manifest(self, desc: Descriptor, manifest: Manifest, config: dict, check_platform: bool,
+                          platform: dict) -> Descriptor:
         s, driver = self.s, self.driver
-        config = json.loads(s.read_blob(manifest.config))
         if check_platform and not self._platform_wanted(config.get("os", ""), config.get("architecture", ""),
                                                         config.get("variant", "")):
             got = "/".join(x for x in (config.get("os"), config.get("architecture"), config.get("variant")) if x)
@@ -109,8 +151,6 @@ class _Walk:
             raise self._fail(f": the config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
         s.source_size += manifest.config.size + sum(layer.size for layer in manifest.layers)
         keep_docker = oci.is_docker(manifest.media_type) and not self.docker2oci
-        platform = dict(desc.platform or {}) or {k: config[k] for k in ("os", "architecture", "variant")
-                                                  if config.get(k)}
 
         layers = []
         for i, (layer, result) in enumerate(zip(manifest.layers, self.layers(manifest.layers, platform))):
@@ -144,7 +184,6 @@ class _Walk:
         if driver.with_referrer() and media_type == oci.OCI_MANIFEST:
             out["subject"] = Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size).to_dict()
         digest, size = s.put_json(out)
-        s.target_size += config_size + sum(layer["size"] for layer in out["layers"])
         return Descriptor(media_type=media_type, digest=digest, size=size, platform=desc.platform)
 
     def _layer_media_type(self, media_type: str, keep_docker: bool) -> str:
