@@ -72,8 +72,12 @@ def check_image(client: RegistryClient, ref: Reference, *, tmp_dir: str | None =
         fetched = client.get_manifest(ref)
         if fetched.media_type in oci.INDEX_TYPES:
             index = oci.Index.from_json(fetched.raw, fetched.media_type, str(ref))
-            # an artifact beside the images (a SOCI index) is checked by its image's checker, not as an image
-            children = [d for d in index.manifests if not d.is_attestation and not d.artifact_type]
+            # an artifact beside the images (a SOCI index) is checked by its image's checker, not as an image;
+            # an artifactType a driver declares marks an image of its format (nydus merge_manifest)
+            marked = _image_artifact_types(driver)
+            children = [d for d in index.manifests if not d.is_attestation
+                        and (not d.artifact_type or d.artifact_type in marked)]
+            children = _beside_marked(children, ref, say)
             if not children:
                 raise _Failed(f"{ref}: the index lists no image manifest")
         else:
@@ -95,6 +99,33 @@ def check_image(client: RegistryClient, ref: Reference, *, tmp_dir: str | None =
         return CheckResult(False, lines)
     say(f"PASS {ref}: {checked} layer(s) verified")
     return CheckResult(True, lines)
+
+
+def _image_artifact_types(driver: Driver | str | None) -> frozenset[str]:
+    """Every ``Driver.image_artifact_types`` (the forced driver's, else all installed drivers')."""
+    if isinstance(driver, Driver):
+        return frozenset(type(driver).image_artifact_types)
+    found: set[str] = set()
+    for name in ([driver] if driver else available()):
+        try:
+            found.update(getattr(driver_class(name), "image_artifact_types", ()))
+        except AccelError:  # a broken plugin must not stop the others
+            continue
+    return frozenset(found)
+
+
+def _beside_marked(children: list, ref: Reference, say: Callable[[str], None]) -> list:
+    """Drop the plain images that share a platform with a marked one: the source image kept for runtimes
+    without the format (nydus merge_manifest), which is not the format's to check."""
+    marked = {d.platform_tuple: d.artifact_type for d in children if d.artifact_type}
+    kept = []
+    for d in children:
+        if not d.artifact_type and d.platform_tuple in marked:
+            label = "/".join(p for p in d.platform_tuple if p)
+            say(f"skip {ref}@{d.digest} ({label}): the plain image beside the {marked[d.platform_tuple]} one")
+        else:
+            kept.append(d)
+    return kept
 
 
 def _checker(manifest: oci.Manifest, driver: Driver | str | None, fallback: str) -> tuple[str, ImageChecker]:
