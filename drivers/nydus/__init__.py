@@ -20,7 +20,9 @@ bootstrap to nydusd's rules and appends it as the last layer (NYDUS.md section 3
 blob layer back for the conformance suite (tests/test_driver_contract.py); tests/e2e/test_nydus_convert.py
 converts through a real registry and mounts the result with the kernel.
 
-Not yet (issue 11): ``merge_manifest``, ``oci_ref`` (zran), ``chunk_dict_ref``, storage backends, ``batch_size``,
+``merge_manifest`` (``merge.py``, through ``index_entries``): per platform, the source image with an empty layer
+first beside the nydus image marked with its artifactType, in one OCI index (tests/e2e/test_nydus_merge.py).
+Not yet (issue 11): ``oci_ref`` (zran), ``chunk_dict_ref``, storage backends, ``batch_size``,
 ``encrypt_recipients``; refused by name at config load.
 Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); figures in bench/README.md (the
 stdlib tar parser is the main remaining cost).

@@ -27,6 +27,7 @@ from acceleration_sdk.errors import DriverError
 from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_MANIFEST, OCI_LAYER_GZIP, Descriptor
 
 from .builder import BuildOptions, LayerResult, at_position, convert_layer, layer_from_blob, merge_bootstrap
+from .merge import ARTIFACT_TYPE, merged_entries
 from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .options import OPTIONS
 from .reader import Rafs
@@ -51,6 +52,7 @@ class NydusDriver(LayerDriver):
     default_tag_suffix = "-nydus"  # acceld's example rules for nydus
     # nydus-snapshotter writes nydus blob layers into Docker manifests too (convert_unix.go:902-911)
     docker_layer_types = frozenset({NYDUS_BLOB})
+    image_artifact_types = frozenset({ARTIFACT_TYPE})  # merge_manifest's nydus entries (``.merge``)
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)  # validated against OPTIONS: refusals happen at config load
@@ -137,6 +139,12 @@ class NydusDriver(LayerDriver):
         rootfs["diff_ids"] = list(rootfs.get("diff_ids") or []) + [diff_id]
         config["history"] = list(config.get("history") or []) + [dict(BOOTSTRAP_HISTORY)]
         return manifest, config
+
+    def index_entries(self, content, source, converted: Descriptor) -> list[Descriptor]:
+        """merge_manifest: the source image (an empty layer first) beside the nydus one (``.merge``)."""
+        if not self.options["merge_manifest"]:
+            return [converted]
+        return merged_entries(content, source, converted)
 
 
 class _Hashing:

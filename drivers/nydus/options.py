@@ -16,7 +16,7 @@ from .blob import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 COMPRESSORS = ("zstd", "lz4_block", "none")
 DIGESTERS = ("blake3", "sha256")
 # acceld keys whose feature comes with the next nydus issue (issue 11): refused unless false/empty
-NOT_YET = ("merge_manifest", "oci_ref", "chunk_dict_ref")
+NOT_YET = ("oci_ref", "chunk_dict_ref")
 BACKEND_KEYS = ("backend_type", "backend_config", "backend_force_push")
 
 
@@ -78,7 +78,9 @@ OPTIONS = OptionSchema(
     Option("backend_type", str, "", help="not supported yet (blobs go to the registry as layers); refused"),
     Option("backend_config", str, "", help="not supported yet; refused"),
     Option("backend_force_push", bool, False, help="not supported yet; refused when true"),
-    Option("merge_manifest", bool, False, help="not supported yet; refused when true"),
+    Option("merge_manifest", bool, False,
+           help="the target is an OCI index of, per platform, the source image (an empty layer first) and the "
+                "nydus image (artifactType application/vnd.nydus.image.manifest.v1+json): one tag for both runtimes"),
     Option("oci_ref", bool, False, help="not supported yet (zran OCI-ref images); refused when true"),
     Option("chunk_dict_ref", str, "", help="not supported yet; refused when set"),
     Option("batch_size", str, "", help="not supported yet (batched chunks); refused when set"),

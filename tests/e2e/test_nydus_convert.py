@@ -222,7 +222,6 @@ def test_broken_source_layers_fail_with_a_reason_and_nothing_is_pushed(tmp_path,
     ("fs_chunk_size", "0x3000", "power of two"),
     ("fs_version", 5, "only RAFS v6"),
     ("compressor", "gzip", "nydus-image create refuses it"),
-    ("merge_manifest", True, "not supported yet"),
     ("backend_type", "oss", "storage backends are not supported yet"),
 ])
 def test_bad_options_are_config_errors_at_load(tmp_path, key, value, words):
