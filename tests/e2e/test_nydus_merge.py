@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
 
 import pytest
 
@@ -74,6 +75,13 @@ def check_nydus_entry(client, repo: str, entry: dict, src, tmp_path, *, docker: 
     return manifest
 
 
+def skopeo_pulls(ref: str, dest) -> list[str]:
+    """A real client (Debian's skopeo) copies the whole index, every blob digest-checked; the files it wrote."""
+    subprocess.run(["skopeo", "copy", "--all", "--quiet", "--src-tls-verify=false", f"docker://{ref}", f"dir:{dest}"],
+                   check=True, capture_output=True, timeout=300)
+    return sorted(p.name for p in dest.iterdir())
+
+
 def image_bytes(manifest: dict) -> int:
     return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
 
@@ -99,6 +107,11 @@ def test_single_manifest_becomes_an_index_of_the_oci_and_the_nydus_image(tmp_pat
     puts = [line for line in registry.log()[mark:].splitlines() if '"PUT ' in line and "/manifests/" in line]
     assert len(puts) == 4 and "/manifests/v1-nydus" in puts[-1]
     assert all("/manifests/sha256:" in line for line in puts[:-1])
+
+    pulled = skopeo_pulls(result.target, tmp_path / "skopeo")
+    for manifest in (plain, nydus):
+        digests = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
+        assert all(d.split(":")[1] in pulled for d in digests), pulled
 
     # the check and converter.verify understand the index: the nydus image checked, the plain one left
     checked = check_image(client, parse(result.target), tmp_dir=str(tmp_path), driver="nydus")
