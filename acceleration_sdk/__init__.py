@@ -33,6 +33,7 @@ _LAZY = {
     "LayerDriver": "acceleration_sdk.driver",
     "ConvertedLayer": "acceleration_sdk.driver",
     "ProgressEvent": "acceleration_sdk.driver",
+    "SourceManifest": "acceleration_sdk.driver",
     "load_driver": "acceleration_sdk.driver",
     "Option": "acceleration_sdk.options",
     "OptionSchema": "acceleration_sdk.options",
@@ -43,7 +44,7 @@ __all__ = sorted([
     "ConversionError", "ConversionResult", "ConvertedLayer", "DigestMismatchError", "Driver", "DriverError",
     "ImageChecker", "LayerDriver",
     "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent", "Reference", "ReferenceError_",
-    "RegistryClient", "RegistryError", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
+    "RegistryClient", "RegistryError", "SourceManifest", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
     "__version__", "check_image", "convert", "load_config", "load_driver", "loads_config", "parse_reference",
 ])
 
