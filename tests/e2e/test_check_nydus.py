@@ -175,3 +175,23 @@ def test_a_config_that_is_not_the_sources_fails(tmp_path, client, image):
     # ArgsEscaped is ignored, as nydusify ignores it; the layers were still checked
     fine = variant(client, target, "escaped", config_edit=lambda c: c["config"].update(ArgsEscaped=True))
     assert check_image(client, parse(fine), tmp_dir=str(tmp_path), source=parse(source)).ok
+
+
+def test_a_blob_layer_appended_after_the_images_own_is_not_merged(tmp_path, registry, client, image):
+    """chunk_dict_ref appends the dict image's blobs before the bootstrap, with no history entry
+    (nydus-snapshotter's MergeLayers): their files are not the image's, and the merged view leaves them out."""
+    repo = f"{registry.host}/check/dict"
+    push_image(client, f"{repo}:v1", [simple_tar({"dict/only": b"from the dict image"})])
+    cfg = config_mod.from_dict({"provider": {"work_dir": str(tmp_path / "work-dict")},
+                                "converter": {"driver": {"type": "nydus", "config": {"fs_chunk_size": "0x1000"}}}})
+    dict_blob = json.loads(client.get_manifest(parse(convert(cfg, f"{repo}:v1").target)).raw)["layers"][0]
+    client.push_blob(parse(image[1]), dict_blob["digest"], dict_blob["size"],
+                     io.BytesIO(fetch(client, f"{repo}:v1", dict_blob["digest"])))
+
+    def edit(manifest):
+        manifest["layers"].insert(-1, dict_blob)
+    appended = variant(client, image[1], "with-dict", manifest_edit=edit,
+                       config_edit=lambda c: c["rootfs"]["diff_ids"].insert(-1, dict_blob["digest"]))
+    result = check_image(client, parse(appended), tmp_dir=str(tmp_path))
+    assert result.ok, result.lines
+    assert result.verdict == f"PASS {appended}: 4 layer(s) verified"
