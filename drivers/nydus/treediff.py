@@ -47,7 +47,8 @@ def difference(expected: Node, rafs: Rafs) -> list[str]:
         if node.kind == "dir":
             continue
         facts = {"mode": (stat.S_IMODE(inode.mode), node.mode), "uid": (inode.uid, node.uid),
-                 "gid": (inode.gid, node.gid), "mtime": (inode.mtime, node.mtime), "size": (inode.size, node.size),
+                 "gid": (inode.gid, node.gid), "mtime": (inode.mtime, node.mtime),
+                 "size": (inode.size, node.size if node.kind != "symlink" else len(node.target)),
                  "xattrs": ({k.encode("utf-8", "surrogateescape"): v for k, v in inode.xattrs.items()}, node.xattrs)}
         if node.kind == "symlink":
             facts["target"] = (rafs.symlink(inode), node.target)
@@ -57,8 +58,12 @@ def difference(expected: Node, rafs: Rafs) -> list[str]:
             facts["chunks"] = ([c.digest for c in rafs.file_chunks(inode)], [c.digest for c in node.chunks])
         for key, (mine, theirs) in facts.items():
             if mine != theirs:
-                shown = (f"{len(mine)} chunk digests, not the layer's {len(theirs)}" if len(mine) != len(theirs)
-                         else "chunk digests differ") if key == "chunks" else f"{mine!r}, the layers give {theirs!r}"
-                problems.append(f"{path!r}: {key} {shown}")
+                if key != "chunks":
+                    problems.append(f"{path!r}: {key} {mine!r}, the layers give {theirs!r}")
+                else:
+                    first = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b),
+                                 min(len(mine), len(theirs)))
+                    problems.append(f"{path!r}: chunk {first} is not the layer's ({len(mine)} chunks, the layers "
+                                    f"give {len(theirs)})")
                 break
     return problems
