@@ -20,7 +20,6 @@ from acceleration_sdk.check import check_image
 from acceleration_sdk.engine import convert
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
-from drivers.nydus import layout as L
 from drivers.nydus.driver import write_bootstrap_layer
 from drivers.nydus.reader import Rafs
 from tests.support.images import push_image, sha, simple_tar
