@@ -12,7 +12,12 @@ tag when ``converter.verify`` is on. Per image manifest (each platform of an ind
   driver's :class:`~acceleration_sdk.driver.ImageChecker` (media type, annotations, every chunk), then the
   diff_id: the sha256 of the decompressed blob against the config's ``rootfs.diff_ids``;
 - with ``source``: the same platform's source layer, read as a tar, against the layer's entries (metadata
-  and file digests, the format's ``Allowances``: :func:`acceleration_sdk.testing.entries.compare`).
+  and file digests, the format's ``Allowances``: :func:`acceleration_sdk.testing.entries.compare`); and the
+  image config's ``config`` (Env, Cmd, ...) against the source's, as ``nydusify check`` compares them (the OCI
+  fields, ``ArgsEscaped`` ignored: contrib/nydusify/pkg/checker/rule/manifest.go).
+
+A checker may also have ``check_manifest(manifest, config)``: rules about the whole manifest (a nydus image's
+bootstrap is its last layer), run before the layers; a problem is one ``FAIL <manifest>: <why>`` line.
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ COMPRESSED_SUFFIXES = ("+gzip", "+zstd", ".gzip", ".zstd")  # OCI "+gzip"; Docke
 MAX_CONFIG = 16 << 20  # an image config is JSON metadata; bigger is refused, not read into memory
 MAX_INDEX_BLOB = 256 << 20  # a blob a checker fetches through bind(): a ztoc holds 32 KiB per span of its layer
 SHOWN_PROBLEMS = 3  # differences from the source named on a FAIL line; the count says how many more
+# The OCI ImageConfig fields nydusify compares by marshalling both configs into that Go struct (Docker-only keys
+# drop out, empty ones are omitted); ArgsEscaped is skipped, as nydusify skips it.
+CONFIG_FIELDS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels", "StopSignal")
 
 
 @dataclasses.dataclass
@@ -173,8 +181,22 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(manifest.layers):
         raise _Failed(f"{where}: the config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
-    source_layers = _source_layers(client, source, desc) if source is not None else None
+    check_manifest = getattr(checker, "check_manifest", None)
+    if check_manifest is not None:
+        try:
+            check_manifest(manifest, config)
+        except AccelError as exc:
+            raise _Failed(f"{where}: {name}: {exc}") from None
+    source_layers = source_config = None
+    if source is not None:
+        source_manifest = _source_manifest(client, source, desc)
+        source_layers = list(source_manifest.layers)
+        source_config = json.loads(_small_blob(client, source, source_manifest.config))
     say(f"check {where}: {name}, {len(manifest.layers)} layer(s)")
+    if source_config is not None and (problem := config_difference(config, source_config)):
+        line = f"FAIL {where}: the image config differs from the source's: {problem}"
+        failures.append(line)
+        say(line)
     for i, layer in enumerate(manifest.layers):
         head = layer.digest
         try:
@@ -251,8 +273,17 @@ def _small_blob(client: RegistryClient, ref: Reference, desc: oci.Descriptor, li
     return buf.getvalue()
 
 
-def _source_layers(client: RegistryClient, source: Reference, converted: oci.Descriptor) -> list[oci.Descriptor]:
-    """The source image's layers for the converted manifest's platform."""
+def config_difference(config: dict, source_config: dict) -> str:
+    """The first OCI ``config`` field where ``config`` differs from ``source_config``; "" when none does."""
+    mine, theirs = config.get("config") or {}, source_config.get("config") or {}
+    for key in CONFIG_FIELDS:
+        if (mine.get(key) or None) != (theirs.get(key) or None):  # empty and absent are one (Go's omitempty)
+            return f"config.{key} is {json.dumps(mine.get(key))}, the source has {json.dumps(theirs.get(key))}"
+    return ""
+
+
+def _source_manifest(client: RegistryClient, source: Reference, converted: oci.Descriptor) -> oci.Manifest:
+    """The source image's manifest for the converted manifest's platform."""
     fetched = client.get_manifest(source)
     raw, media_type = fetched.raw, fetched.media_type
     if media_type in oci.INDEX_TYPES:
@@ -263,4 +294,4 @@ def _source_layers(client: RegistryClient, source: Reference, converted: oci.Des
             raise _Failed(f"the source {source} has no manifest for platform {'/'.join(p for p in want if p)}")
         child = client.get_manifest(source.with_digest(match[0].digest))
         raw, media_type = child.raw, child.media_type
-    return list(oci.Manifest.from_json(raw, media_type, str(source)).layers)
+    return oci.Manifest.from_json(raw, media_type, str(source))

@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   accelctl convert --config config.yaml registry.example.com/library/nginx:latest
   accelctl convert --config config.yaml --platform linux/amd64 localhost:5000/app:v1
   accelctl convert localhost:5000/app:v1          # reads ./config.yaml, else ./config.example.yaml
+  accelctl convert --prefetch-from app.prefetch localhost:5000/app:v1   # paths read at startup, prefetched first
   accelctl drivers estargz                         # the driver's options, defaults and allowed values
   accelctl check --source localhost:5000/app:v1 localhost:5000/app:v1-esgz   # PASS, or FAIL <layer>: <why>
   accelctl task create --addr 127.0.0.1:2077 --auth 'Bearer s3cret' --sync harbor.example.com/library/nginx:latest
@@ -118,6 +119,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise ConfigError(f"unknown route {args.route!r} (converter.routes: {known})", "--route")
         routed = {"target": route.render(reference.parse(args.source)),
                   "driver_config": route.driver or cfg.converter.driver}
+    if args.prefetch_from:  # after --driver and --route: the list goes to the driver that converts
+        from . import prefetch_list
+
+        paths = prefetch_list.read(args.prefetch_from)
+        if routed:
+            routed["driver_config"] = prefetch_list.apply(routed["driver_config"], paths)
+        else:
+            cfg = dataclasses.replace(cfg, converter=dataclasses.replace(
+                cfg.converter, driver=prefetch_list.apply(cfg.converter.driver, paths)))
     printer = ProgressPrinter(sys.stderr, quiet=args.quiet)
     result = convert(cfg, args.source, progress=printer, **routed)
     if result.skipped:
@@ -206,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--driver", metavar="NAME", help="override converter.driver.type")
     conv.add_argument("--route", metavar="NAME",
                       help="convert through this converter.routes entry: its target and driver (README \"Rules\")")
+    conv.add_argument("--prefetch-from", metavar="FILE",
+                      help="paths recorded from a real run, one absolute path a line (# comments): eStargz and "
+                           "zstd:chunked put them first (then the prefetch landmark), nydus puts them in the "
+                           "bootstrap's prefetch table; sets the driver's prioritized_files")
     conv.add_argument("--digest", action="store_true", help="print TARGET@DIGEST instead of TARGET")
     conv.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     conv.add_argument("source", metavar="SOURCE", help="image reference, e.g. registry.example.com/library/nginx:latest")

@@ -15,9 +15,12 @@ Fetch REF (a tag or a digest; every platform of an index) and verify it with the
 format it is (recognised from media types and annotations; else the config's converter.driver.type):
   estargz   every layer's media type, toc.digest / uncompressed-size (and zstd:chunked manifest-checksum,
             manifest-position) annotations, the TOC against its digest, every chunk against its chunkDigest
-  nydus     every blob layer's RAFS bootstrap and chunks by nydusd's rules, the merged bootstrap against the blobs
+  nydus     the bootstrap is the last layer (nydusify's manifest rule); every blob layer's media type, RAFS
+            bootstrap and chunks by nydusd's rules; the merged bootstrap against the blobs' tables and against
+            the blob layers' trees merged (every file's attributes and chunk digests)
 and every layer's diff_id against the sha256 of the uncompressed layer. With --source, every entry's metadata
-and file bytes (by digest) against the same layer of the source image. Layers stream through a temp dir under
+and file bytes (by digest) against the same layer of the source image, and the image config's config (Env, Cmd,
+...; ArgsEscaped ignored, as nydusify) against the source's. Layers stream through a temp dir under
 provider.work_dir; registry credentials come from the config (provider.source / docker config.json).
 Prints one line per layer, then the verdict: exit 0 and "PASS ...", or exit 1 and "FAIL <layer>: <why>"."""
 

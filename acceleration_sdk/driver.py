@@ -84,6 +84,8 @@ class ImageChecker(Protocol):
     # checker has it, for formats that keep an index beside the image (SOCI's ztocs): ``get_manifest(digest)``
     # returns a manifest's bytes from the checked repository, ``get_blob(descriptor)`` a blob's bytes
     # (bounded: 256 MiB), for the checker to fetch now or during check_layer.
+    # Optional: ``check_manifest(manifest, config)`` -- rules about the whole manifest (nydus: the bootstrap is
+    # the last layer), run before the layers; raising ``AccelError`` fails the manifest with one line.
 
 
 class Driver(abc.ABC):

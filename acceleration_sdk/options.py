@@ -38,7 +38,8 @@ class Option:
     """One key of ``converter.driver.config``.
 
     ``type`` is ``bool``, ``int``, ``str`` or ``list`` (a list of strings; a string is split at commas and
-    newlines). ``choices`` limits a ``str``; ``range`` is an inclusive ``(low, high)`` for an ``int``.
+    newlines, or at newlines only with ``lines=True``: paths may hold commas). ``choices`` limits a ``str``;
+    ``range`` is an inclusive ``(low, high)`` for an ``int``.
     """
 
     name: str
@@ -47,6 +48,7 @@ class Option:
     help: str = ""
     choices: tuple = ()
     range: tuple[int, int] | Callable[[Mapping[str, Any]], tuple[int, int]] | None = None
+    lines: bool = False
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -79,7 +81,7 @@ class Option:
             return number
         if self.type is list:
             if isinstance(value, str):
-                value = value.replace(",", "\n").splitlines()
+                value = (value if self.lines else value.replace(",", "\n")).splitlines()
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise option_error(path, f"expected a list of strings, got {value!r}")
             return tuple(v.strip() for v in value if v.strip())

@@ -13,9 +13,11 @@ nydus-image writes tar-built nodes (builder/src/core/node.rs:198-212), so uid/gi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import struct
 
 from . import layout as L
+from . import prefetch as P
 from .layout import RafsError
 from .reader import new_encode_dev
 from .tree import Node
@@ -25,6 +27,7 @@ _FTYPES = {"reg": L.FT_REG, "dir": L.FT_DIR, "char": L.FT_CHR, "block": L.FT_BLK
 _IFMT = {"reg": 0o100000, "dir": 0o040000, "char": 0o020000, "block": 0o060000, "fifo": 0o010000,
          "symlink": 0o120000}
 _INODE = struct.Struct("<HHHHQIIIIQII16s")
+log = logging.getLogger("drivers.nydus")
 
 
 def encode_xattrs(xattrs: dict[bytes, bytes]) -> bytes:
@@ -81,7 +84,7 @@ def build_bootstrap(root: Node, blobs: list[L.BlobEntry], *, blob_of_layer: dict
     slots, by_path, slot_of = _collect(root)
     blob_table = b"".join(dataclasses.replace(b, blob_index=i).pack() for i, b in enumerate(blobs))
     blob_table_offset = L.align(L.DEVTABLE_OFFSET + L.DEVICE_SIZE * len(blobs), L.BLOCK_SIZE)
-    nids_wanted = [p for p in prefetch if _norm(p) in by_path] if blobs else []
+    nids_wanted = _prefetch_keys(prefetch, by_path) if blobs else []   # nydus: no blob table, no prefetch table
     prefetch_offset = blob_table_offset + len(blob_table)
     meta_base = L.align(prefetch_offset + 4 * len(nids_wanted), L.BLOCK_SIZE)
 
@@ -155,12 +158,18 @@ def build_bootstrap(root: Node, blobs: list[L.BlobEntry], *, blob_of_layer: dict
     buf[L.DEVTABLE_OFFSET:L.DEVTABLE_OFFSET + len(devices)] = devices
     buf[blob_table_offset:blob_table_offset + len(blob_table)] = blob_table
     for i, path in enumerate(nids_wanted):
-        struct.pack_into("<I", buf, prefetch_offset + 4 * i, by_path[_norm(path)].nid)
+        struct.pack_into("<I", buf, prefetch_offset + 4 * i, by_path[path].nid)
     return bytes(buf)
 
 
-def _norm(path: str) -> bytes:
-    return b"/".join(p for p in path.encode("utf-8", "surrogateescape").split(b"/") if p not in (b"", b"."))
+def _prefetch_keys(prefetch, by_path: dict[bytes, _Slot]) -> list[bytes]:
+    """The prefetch table's paths (:mod:`.prefetch`); each pattern that adds nothing is logged, not dropped silently."""
+    if not prefetch:
+        return []
+    keys, problems = P.resolve(prefetch, lambda p: by_path[p].node if p in by_path else None)
+    for problem in problems:
+        log.warning("nydus: %s", problem)
+    return keys
 
 
 def _collect(root: Node) -> tuple[list[_Slot], dict[bytes, _Slot], dict[int, _Slot]]:

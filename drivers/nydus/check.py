@@ -3,8 +3,11 @@
 A nydus image is blob layers (``application/vnd.oci.image.layer.nydus.blob.v1``, ``nydus-blob: true``) and a
 last gzip layer annotated ``nydus-bootstrap: true`` holding ``image/image.boot``. Each blob layer is read with
 :func:`.entries.read_layer` (its per-layer bootstrap held to nydusd's load rules, every chunk's digest and data
-verified, file bytes hashed for ``--source``); the bootstrap layer's merged bootstrap is held to the same rules
-and cross-checked against every blob it names (blob.meta, blob.digest: :func:`.validate.validate`).
+verified, file bytes hashed for ``--source``); the bootstrap layer's merged bootstrap is held to the same rules,
+cross-checked against every blob it names (blob.meta, blob.digest: :func:`.validate.validate`) and against the
+blob layers' own trees merged (:func:`.treediff.difference`: what nydusd mounts is what the layers hold).
+Before the layers, :meth:`NydusChecker.check_manifest` applies ``nydusify check``'s manifest rule
+(contrib/nydusify/pkg/checker/rule/manifest.go): the bootstrap is the last layer, and only it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERS
 from .entries import read_layer
 from .layout import RafsError
 from .reader import Rafs
+from .tree import from_bootstrap, merge
+from .treediff import difference
 from .validate import validate
 
 # What RAFS does not keep (owner names, sub-second mtimes, tar order; directories may be implied), and a blob
@@ -32,9 +37,13 @@ ALLOWANCES = Allowances(dropped=frozenset({"uname", "gname"}), mtime_precision=1
 MAX_BOOTSTRAP = 512 << 20  # a bootstrap is metadata (a Debian rootfs: a few MB); bigger is refused, not read
 
 
+SHOWN = 3  # differences between the merged bootstrap and the layers named on the FAIL line
+
+
 def claims(layers) -> bool:
-    """A nydus image's last layer is the bootstrap (nydus-snapshotter's rule for recognising one)."""
-    return bool(layers) and layers[-1].annotations.get(BOOTSTRAP_ANNOTATION) == "true"
+    """nydus output: a layer annotated as the bootstrap (nydus-snapshotter looks at the last one) or a nydus blob
+    layer -- so an image whose bootstrap is misplaced is still checked as nydus, and told what is wrong."""
+    return any(d.annotations.get(BOOTSTRAP_ANNOTATION) == "true" or d.media_type == NYDUS_BLOB for d in layers)
 
 
 class NydusChecker:
@@ -45,6 +54,25 @@ class NydusChecker:
         # blob id (digest hex) -> the blob's parsed tail (its metadata only: the spooled file goes after each
         # layer); None when the blob layer failed its own check
         self._blobs: dict[str, BlobFile | None] = {}
+        self._trees: dict[int, object] = {}   # layer index -> its tree (metadata only), for the merged view
+        self._own = self._last                # blob layers of the image itself (check_manifest counts them)
+
+    def check_manifest(self, manifest, config) -> None:
+        """nydusify's manifest rule; blob layers' media types and annotations are checked with each layer."""
+        layers = manifest.layers
+        marked = [i for i, d in enumerate(layers) if d.annotations.get(BOOTSTRAP_ANNOTATION) == "true"]
+        if self._last not in marked:
+            found = f"; layer {marked[0] + 1} of {len(layers)} carries it" if marked else ""
+            raise LayerError(f"the bootstrap must be the last layer: {layers[-1].digest} is not annotated "
+                             f"{BOOTSTRAP_ANNOTATION}: \"true\"{found} (nydus-snapshotter mounts the last layer's "
+                             "bootstrap)")
+        if len(marked) > 1:
+            raise LayerError(f"{len(marked)} layers are annotated {BOOTSTRAP_ANNOTATION}: only the last one may be")
+        # the image's own blob layers, which the merged tree is made of: chunk_dict_ref appends the dict image's
+        # blobs after them (nydus-snapshotter's MergeLayers) with no history entry; the history's non-empty
+        # entries (the source's layers, then the bootstrap's) count them when the history is complete
+        built = [h for h in config.get("history") or () if isinstance(h, dict) and not h.get("empty_layer")]
+        self._own = len(built) - 1 if 0 < len(built) - 1 <= self._last else self._last
 
     def check_layer(self, index: int, desc: Descriptor, path: str) -> Iterator[LayerEntry] | None:
         if index == self._last:
@@ -57,13 +85,14 @@ class NydusChecker:
             raise LayerError(f"media type {desc.media_type} is not {NYDUS_BLOB}", digest=desc.digest)
         if desc.annotations.get(BLOB_ANNOTATION) != "true":
             raise LayerError(f"missing annotation {BLOB_ANNOTATION}: \"true\"", digest=desc.digest)
-        return self._entries(desc, path)
+        return self._entries(index, desc, path)
 
-    @staticmethod
-    def _entries(desc: Descriptor, path: str) -> Iterator[LayerEntry]:
+    def _entries(self, index: int, desc: Descriptor, path: str) -> Iterator[LayerEntry]:
         try:
             with open(path, "rb") as fh:
                 yield from read_layer(fh, desc, keep_data=False)
+            # verified above: its tree is what the merged bootstrap must show of this layer
+            self._trees[index] = from_bootstrap(Rafs(BlobFile(path).bootstrap), index)
         except RafsError as exc:
             found = re.match(r"chunk (\d+):", str(exc))
             if not found:
@@ -91,6 +120,17 @@ class NydusChecker:
                                  digest=desc.digest)
         # the blob layers' data was verified as they were read: here the tables must agree
         validate(rafs, {b.blob_id: self._blobs[b.blob_id] for b in rafs.blobs}, strict=True, verify_data=False)
+        if any(i not in self._trees for i in range(self._last)):  # a blob layer failed (its own line says why)
+            return
+        # the image's own layers by the history's count, else every blob layer (a source whose history misses
+        # some layers): the bootstrap must show one of the two merges
+        tried = [difference(merge([self._trees[i] for i in range(own)]), rafs)
+                 for own in dict.fromkeys((self._own, self._last))]
+        problems = min(tried, key=len)
+        if problems:
+            more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+            raise LayerError("the merged bootstrap differs from its blob layers merged: "
+                             + "; ".join(problems[:SHOWN]) + more, digest=desc.digest)
 
 
 def _files_with_chunk(path: str, index: int) -> list[str]:

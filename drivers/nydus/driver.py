@@ -30,6 +30,7 @@ from .builder import BuildOptions, LayerResult, at_position, convert_layer, laye
 from .merge import ARTIFACT_TYPE, merged_entries
 from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .options import OPTIONS
+from .prefetch import patterns
 from .reader import Rafs
 from .validate import validate
 
@@ -58,7 +59,8 @@ class NydusDriver(LayerDriver):
         super().__init__(options)  # validated against OPTIONS: refusals happen at config load
         o = self.options
         self.build = BuildOptions(compressor=o["compressor"], digester=o["digester"], chunk_size=o["fs_chunk_size"],
-                                  prefetch=tuple(o["prefetch_patterns"]), workers=o["workers"])
+                                  prefetch=patterns(o["prefetch_patterns"], o["prioritized_files"]),
+                                  workers=o["workers"])
         self._fresh: collections.OrderedDict[str, LayerResult] = collections.OrderedDict()
         self._fresh_lock = threading.Lock()
         if o["builder"] and not _builder_logged.is_set():

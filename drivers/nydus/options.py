@@ -47,6 +47,10 @@ def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
         if values[key]:
             raise fail(key, f"{key} is not supported yet by the nydus driver; remove it or set it to "
                             f"{'false' if isinstance(values[key], bool) else 'an empty string'}")
+    for pattern in values["prefetch_patterns"]:
+        if not pattern.startswith("/"):   # nydus-image skips it with a warning: refused here instead, by name
+            raise fail("prefetch_patterns", f"{pattern!r} is relative; nydus prefetch patterns start at the root "
+                                            f"(write /{pattern.lstrip('./')})")
     if values["batch_size"] not in ("", "0", "0x0"):
         raise fail("batch_size", "batched chunks are not supported yet; remove batch_size")
     if values["encrypt_recipients"]:
@@ -69,8 +73,13 @@ OPTIONS = OptionSchema(
     Option("digester", str, "blake3", choices=DIGESTERS, help="chunk digest: blake3 (default, as nydus-image) or sha256"),
     Option("docker2oci", bool, True, help="Docker media types become OCI ones"),
     Option("with_referrer", bool, False, help="point the converted manifest's subject at the source manifest"),
-    Option("prefetch_patterns", list, (),
-           help="paths (one a line) nydusd prefetches first: the merged bootstrap's prefetch table"),
+    Option("prefetch_patterns", list, (), lines=True,
+           help="absolute paths, one a line (acceld's string), nydusd prefetches first: the merged bootstrap's "
+                "prefetch table holds each one's inode (a directory: all below it); empty: \"/\", everything, "
+                "as nydus-snapshotter writes it"),
+    Option("prioritized_files", list, (),
+           help="the eStargz key, also accepted here (accelctl convert --prefetch-from fills it): added to the "
+                "prefetch table after prefetch_patterns"),
     Option("work_dir", str, "", help="accepted for acceld configs; blobs are built straight into the content "
                                      "store under provider.work_dir, so no scratch directory is used"),
     Option("fs_align_chunk", bool, True, help="accepted; RAFS v6 chunks are always 4 KiB-aligned"),

@@ -183,7 +183,9 @@ def validate_against_blobs(rafs: Rafs, blobs: dict[str, BlobFile], verify_data: 
         _require((coff, csize, uoff, usize) == (chunk.compressed_offset, chunk.compressed_size,
                                                 chunk.uncompressed_offset, chunk.uncompressed_size),
                  f"chunk table entry for blob {chunk.blob_index} ci {chunk.index} disagrees with blob.meta")
-        _require(blob.chunk_digest(chunk.index) == chunk.digest, f"chunk {chunk.index}: digest != blob.digest")
+        _require(blob.chunk_digest(chunk.index) == chunk.digest,
+                 f"chunk {chunk.index} of blob sha256:{rafs.blobs[chunk.blob_index].blob_id}: the chunk table's "
+                 "digest is not the one the blob's blob.digest records")
         if chunk.crc32 is not None:
             crcs.setdefault(chunk.blob_index, {})[chunk.index] = chunk.crc32
     if verify_data:

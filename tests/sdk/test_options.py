@@ -66,3 +66,9 @@ def test_bad_declarations_fail_early():
         Option("x", dict)
     with pytest.raises(ValueError, match="duplicate"):
         OptionSchema(Option("x", int), Option("x", str))
+
+
+def test_a_lines_list_splits_a_string_at_newlines_only():
+    schema = OptionSchema(Option("paths", list, (), lines=True), Option("names", list, ()))
+    got = schema.validate({"paths": "/a,b\n /c \n\n", "names": "x,y\nz"})
+    assert got == {"paths": ("/a,b", "/c"), "names": ("x", "y", "z")}
