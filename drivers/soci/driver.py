@@ -244,7 +244,10 @@ class SociDriver(Driver):
                 else:
                     z = ztoc.build_tar(raw, span)
         except (GzipIndexError, TarTocError) as exc:
-            raise LayerError(f"layer {desc.digest} ({layer['mediaType']}): {exc}", digest=desc.digest) from None
+            kind = "gzip-compressed tar" if layer["mediaType"] in GZIP_TYPES else "tar"
+            raise LayerError(f"layer {desc.digest} ({layer['mediaType']}): {exc}; the blob is not the {kind} its "
+                             "media type says: push the image again with an intact layer (SOCI indexes layers "
+                             "as they are, it cannot repair one)", digest=desc.digest) from None
         if z.compressed_size != desc.size:
             raise LayerError(f"layer {desc.digest}: read {z.compressed_size} bytes, the manifest says {desc.size}",
                              digest=desc.digest)
