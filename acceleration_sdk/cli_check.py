@@ -16,6 +16,9 @@ format it is (recognised from media types and annotations; else the config's con
   estargz   every layer's media type, toc.digest / uncompressed-size (and zstd:chunked manifest-checksum,
             manifest-position) annotations, the TOC against its digest, every chunk against its chunkDigest
   nydus     every blob layer's RAFS bootstrap and chunks by nydusd's rules, the merged bootstrap against the blobs
+  soci      the SOCI index (v2: named by the manifest's annotation; v1: the manifest's first SOCI v1 referrer,
+            found through the referrers API or tag, with converter.driver.type soci in the config) and every
+            ztoc derived again from its layer and compared (TOC entries, span digests, checkpoints)
 and every layer's diff_id against the sha256 of the uncompressed layer. With --source, every entry's metadata
 and file bytes (by digest) against the same layer of the source image. Layers stream through a temp dir under
 provider.work_dir; registry credentials come from the config (provider.source / docker config.json).
