@@ -21,7 +21,6 @@ import time
 from typing import Callable
 
 from . import reference, routes
-from .referrers import is_referrers_tag
 from .config import Config, DriverConfig
 from .content import ContentStore
 from .driver import Driver, LayerDriver, ProgressEvent, load_driver
@@ -29,6 +28,7 @@ from .errors import AccelError, ConversionError
 from .oci import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Index, Manifest
 from .provider import EngineProvider
 from .push import PushPlan, push_plan
+from .referrers import is_referrers_tag
 from .registry import RegistryClient
 from .remote_cache import RemoteCache
 from .session import ConversionSession
@@ -166,8 +166,9 @@ def _convert(cfg: Config, src: reference.Reference, target: reference.Reference,
 def _verify(session: ConversionSession, plan: PushPlan, driver: Driver) -> None:
     """``converter.verify``: check the image pushed by digest with the driver's reader; FAIL -> no tag.
 
-    Output attached as referrers is checked with the image it is attached to; its referrers are the plan's
-    (the referrers tags are not written yet)."""
+    Output attached as referrers is checked with each image manifest it is attached to (only those: a
+    platform left out by ``converter.platforms`` has none); its referrers are the plan's, since the referrers
+    tags are not written yet."""
     from .check import check_image
     from .referrers import describe
 
@@ -175,15 +176,17 @@ def _verify(session: ConversionSession, plan: PushPlan, driver: Driver) -> None:
     for desc in plan.referrers:
         ref = describe(session.store.read_bytes(desc.digest), desc)
         mine.setdefault(ref.subject, []).append(Descriptor.from_dict(ref.entry))
-    result = check_image(session.client, session.target.with_digest(plan.root.digest),
-                         tmp_dir=session.store.tmp_dir, driver=driver,
-                         referrers=(lambda subject: mine.get(subject, [])) if plan.referrers else None)
-    if not result.ok:
-        for line in result.lines:
-            log.info("verify %s: %s", session.target, line)
-        unwritten = f"tag {session.target.tag!r} not written" if plan.tag is not None else "no referrers tag written"
-        raise ConversionError(f"verification of the pushed image failed, {unwritten}: "
-                              f"{result.verdict}", reference=str(session.source))
+    checked = [plan.tag.digest] if plan.tag is not None else list(mine) or [plan.root.digest]
+    for digest in checked:
+        result = check_image(session.client, session.target.with_digest(digest), tmp_dir=session.store.tmp_dir,
+                             driver=driver, referrers=(lambda subject: mine.get(subject, [])) if mine else None)
+        if not result.ok:
+            for line in result.lines:
+                log.info("verify %s: %s", session.target, line)
+            unwritten = f"tag {session.target.tag!r} not written" if plan.tag is not None else \
+                "no referrers tag written"
+            raise ConversionError(f"verification of the pushed image failed, {unwritten}: {result.verdict}",
+                                  reference=str(session.source))
 
 
 def _run_driver(session: ConversionSession, driver: Driver) -> PushPlan:

@@ -34,9 +34,12 @@ SPAN = 1 << 16
 MIN = 100_000
 
 
-def make_cfg(work, verify: bool = False, **opts):
-    return config_mod.from_dict({"provider": {"work_dir": str(work)}, "converter": {"verify": verify, "driver": {
-        "type": "soci", "config": {"span_size": SPAN, "min_layer_size": MIN, "index_version": "v1", **opts}}}})
+def make_cfg(work, verify: bool = False, platforms: str = "", **opts):
+    converter = {"verify": verify, "driver": {"type": "soci", "config": {
+        "span_size": SPAN, "min_layer_size": MIN, "index_version": "v1", **opts}}}
+    if platforms:
+        converter["platforms"] = platforms
+    return config_mod.from_dict({"provider": {"work_dir": str(work)}, "converter": converter})
 
 
 @pytest.fixture
@@ -142,6 +145,17 @@ def test_multi_arch_gets_one_v1_index_per_platform(tmp_path, registry, client):
         verify_v1(f"{repo}:1", entries[0]["digest"], "-platform", f"linux/{arch}")
     checked = check_image(client, parse(f"{repo}:1"), tmp_dir=str(tmp_path), driver="soci")
     assert checked.ok, checked.lines
+
+
+def test_platforms_filter_indexes_only_the_selected_platform_and_verifies_it(tmp_path, registry, client):
+    repo = f"{registry.host}/sociv1/filtered"
+    amd = push_image(client, f"{repo}:amd", [big_tar(7)], platform=("linux", "amd64"), tag=False)
+    arm = push_image(client, f"{repo}:arm", [big_tar(8)], platform=("linux", "arm64"), tag=False)
+    push_index(client, f"{repo}:1", [amd, arm])
+    convert(make_cfg(tmp_path / "w", verify=True, platforms="linux/arm64"), f"{repo}:1")
+    assert referrers_index(client, repo, amd.digest) is None
+    entries = referrers_index(client, repo, arm.digest)["manifests"]
+    verify_v1(f"{repo}:1", entries[0]["digest"], "-platform", "linux/arm64")
 
 
 class FakeWrongSpanDriver(SociDriver):
