@@ -93,7 +93,8 @@ def test_v1_index_is_a_referrer_of_the_image_and_passes_soci_verify(tmp_path, re
     assert [x["annotations"][layout.ANN_LAYER_DIGEST] for x in index["layers"]] == [src.manifest["layers"][0]["digest"]]
 
     verify_v1(f"{repo}@{src.digest}", entry["digest"])
-    checked = check_image(client, parse(f"{repo}:1"), tmp_dir=str(tmp_path), driver="soci")
+    # as accelctl check does: nothing in the manifest names the format, the config's driver is the fallback
+    checked = check_image(client, parse(f"{repo}:1"), tmp_dir=str(tmp_path), fallback="soci")
     assert checked.ok, checked.lines
 
 
@@ -206,3 +207,17 @@ def test_referrers_tags_are_not_converted():
     assert tag == "sha256-" + "ab" * 32 and is_referrers_tag(tag)
     assert not is_referrers_tag("v1.2-3") and not is_referrers_tag("sha256-abc")
     assert "referrers tag" in skip_reason(cfg, parse(f"127.0.0.1:5000/app:{tag}"))
+
+
+def test_check_fails_a_v1_index_of_another_image_and_an_image_without_one(tmp_path, registry, client):
+    repo = f"{registry.host}/sociv1/check"
+    a = push_image(client, f"{repo}:a", [big_tar(9)])
+    b = push_image(client, f"{repo}:b", [big_tar(10)])
+    checked = check_image(client, parse(f"{repo}:b"), tmp_dir=str(tmp_path), fallback="soci")
+    assert not checked.ok and "not a SOCI image" in checked.verdict, checked.lines
+    convert(make_cfg(tmp_path / "w"), f"{repo}:a")
+    # b's referrers tag lists a's index (a registry or a tool mixed them up): the subject gives it away
+    client.put_manifest(parse(f"{repo}:{referrers_tag(b.digest)}"),
+                        client.get_manifest(parse(f"{repo}:{referrers_tag(a.digest)}")).raw, oci.OCI_INDEX)
+    checked = check_image(client, parse(f"{repo}:b"), tmp_dir=str(tmp_path), fallback="soci")
+    assert not checked.ok and f"has subject '{a.digest}', not this image manifest" in checked.verdict, checked.lines
