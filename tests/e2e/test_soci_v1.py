@@ -221,3 +221,34 @@ def test_check_fails_a_v1_index_of_another_image_and_an_image_without_one(tmp_pa
                         client.get_manifest(parse(f"{repo}:{referrers_tag(a.digest)}")).raw, oci.OCI_INDEX)
     checked = check_image(client, parse(f"{repo}:b"), tmp_dir=str(tmp_path), fallback="soci")
     assert not checked.ok and f"has subject '{a.digest}', not this image manifest" in checked.verdict, checked.lines
+
+
+class FakeReferrersAPIClient(RegistryClient):
+    """A fake: the real client, but ``referrers()`` answers as a registry with the OCI referrers API would (no
+    such registry runs here: Debian's distribution 2.8 has none), listing the v1 SOCI indexes it was told of."""
+
+    def __init__(self):
+        super().__init__()
+        self.listed: dict[str, list] = {}
+
+    def referrers(self, ref, subject):
+        return list(self.listed.get(subject, []))
+
+
+def test_with_a_referrers_api_no_referrers_tag_is_written(tmp_path, registry):
+    repo = f"{registry.host}/sociv1/api"
+    with FakeReferrersAPIClient() as client:
+        src = push_image(client, f"{repo}:1", [big_tar(11)])
+        result = convert(make_cfg(tmp_path / "w"), f"{repo}:1", client=client)
+        assert result.target == f"{repo}@{src.digest}"
+        assert referrers_index(client, repo, src.digest) is None  # the registry's API lists it, not a tag
+        # what the API would now list: our index, found by check through the API
+        soci = [line for line in registry.log().splitlines() if '"PUT /v2/sociv1/api/manifests/sha256:' in line]
+        assert len(soci) == 1
+        digest = soci[0].split("/manifests/")[1].split(" ")[0]
+        index = get_json(client, f"{repo}@{digest}")
+        assert index["subject"]["digest"] == src.digest
+        client.listed[src.digest] = [oci.Descriptor(oci.OCI_MANIFEST, digest, len(client.get_manifest(
+            parse(f"{repo}@{digest}")).raw), artifact_type=layout.SOCI_INDEX_V1)]
+        checked = check_image(client, parse(f"{repo}:1"), tmp_dir=str(tmp_path), fallback="soci")
+        assert checked.ok, checked.lines
