@@ -42,8 +42,8 @@ _LAZY = {
 __all__ = sorted([
     "AccelError", "AuthError", "CheckResult", "Config", "ConfigError", "ContentError", "ContentStore",
     "ConversionError", "ConversionResult", "ConvertedLayer", "DigestMismatchError", "Driver", "DriverError",
-    "ImageChecker", "LayerDriver",
-    "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent", "PushPlan", "Reference", "ReferenceError_",
+    "ImageChecker", "LayerDriver", "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent",
+    "PushPlan", "Reference", "ReferenceError_",
     "RegistryClient", "RegistryError", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
     "__version__", "check_image", "convert", "load_config", "load_driver", "loads_config", "parse_reference",
 ])
