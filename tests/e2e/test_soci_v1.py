@@ -252,3 +252,25 @@ def test_with_a_referrers_api_no_referrers_tag_is_written(tmp_path, registry):
             parse(f"{repo}@{digest}")).raw), artifact_type=layout.SOCI_INDEX_V1)]
         checked = check_image(client, parse(f"{repo}:1"), tmp_dir=str(tmp_path), fallback="soci")
         assert checked.ok, checked.lines
+
+
+def test_accelctl_convert_and_check_a_v1_image(tmp_path, registry, client):
+    """accelctl convert prints the source image pinned by digest (with --digest too: it already is), and
+    accelctl check with the same config finds the index through the referrers tag."""
+    import subprocess
+    import sys
+
+    repo = f"{registry.host}/sociv1/cli"
+    src = push_image(client, f"{repo}:1", [big_tar(12)])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"provider: {{work_dir: {tmp_path / 'work'}}}\nconverter: {{driver: {{type: soci, config: "
+                   f"{{span_size: {SPAN}, min_layer_size: {MIN}, index_version: v1}}}}}}\n")
+
+    def accelctl(*args):
+        return subprocess.run([sys.executable, "-m", "acceleration_sdk.cli", *args, "--config", str(cfg)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    out = accelctl("convert", "--digest", f"{repo}:1")
+    assert (out.returncode, out.stdout) == (0, f"{repo}@{src.digest}\n"), out.stderr
+    out = accelctl("check", f"{repo}:1")
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1].startswith("PASS"), out.stdout + out.stderr
