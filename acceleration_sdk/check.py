@@ -132,7 +132,7 @@ def _checker(manifest: oci.Manifest, driver: Driver | str | None, fallback: str)
 
 def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallback, say, failures,
                     referrers) -> int:
-    where = f"{ref}@{desc.digest}" + (f" ({label})" if label else "")
+    where = (str(ref) if ref.digest == desc.digest else f"{ref}@{desc.digest}") + (f" ({label})" if label else "")
     manifest = oci.Manifest.from_json(raw, desc.media_type, str(ref))
     if not manifest.layers:
         raise _Failed(f"{where}: the manifest has no layers")
