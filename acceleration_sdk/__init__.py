@@ -37,14 +37,15 @@ _LAZY = {
     "load_driver": "acceleration_sdk.driver",
     "Option": "acceleration_sdk.options",
     "OptionSchema": "acceleration_sdk.options",
+    "PushPlan": "acceleration_sdk.push",
 }
 
 __all__ = sorted([
     "AccelError", "AuthError", "CheckResult", "Config", "ConfigError", "ContentError", "ContentStore",
     "ConversionError", "ConversionResult", "ConvertedLayer", "DigestMismatchError", "Driver", "DriverError",
-    "ImageChecker", "LayerDriver",
-    "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent", "Reference", "ReferenceError_",
-    "RegistryClient", "RegistryError", "SourceManifest", "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
+    "ImageChecker", "LayerDriver", "LayerError", "NotFoundError", "Option", "OptionSchema", "ProgressEvent",
+    "PushPlan", "Reference", "ReferenceError_", "RegistryClient", "RegistryError", "SourceManifest",
+    "StorageFullError", "UnreachableError", "UnsupportedMediaTypeError",
     "__version__", "check_image", "convert", "load_config", "load_driver", "loads_config", "parse_reference",
 ])
 

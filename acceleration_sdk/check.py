@@ -22,6 +22,7 @@ bootstrap is its last layer), run before the layers; a problem is one ``FAIL <ma
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -62,11 +63,20 @@ class _Failed(Exception):
 
 def check_image(client: RegistryClient, ref: Reference, *, tmp_dir: str | None = None,
                 source: Reference | None = None, driver: Driver | str | None = None,
-                fallback: str = "", emit: Callable[[str], None] | None = None) -> CheckResult:
+                fallback: str = "", emit: Callable[[str], None] | None = None,
+                referrers: Callable[[str], list[oci.Descriptor]] | None = None) -> CheckResult:
     """Check ``ref`` (tag or digest); ``driver`` forces the format, ``fallback`` names one when none claims it.
 
     ``emit`` gets each line as soon as it is known (accelctl prints them while big layers download).
+    ``referrers(subject_digest)`` lists what refers to an image manifest (for a format kept as referrers,
+    SOCI index v1); by default the registry's (referrers API, else the referrers tag).
     """
+    if referrers is None:
+        from .referrers import list_referrers
+
+        def referrers(subject: str) -> list[oci.Descriptor]:
+            return list_referrers(client, ref, subject)
+
     lines: list[str] = []
 
     def say(line: str) -> None:
@@ -96,7 +106,7 @@ def check_image(client: RegistryClient, ref: Reference, *, tmp_dir: str | None =
                     client.get_manifest(ref.with_digest(child.digest)).raw
                 label = "/".join(p for p in child.platform_tuple if p) if len(children) > 1 else ""
                 checked += _check_manifest(client, ref, raw, child, label, work, source, driver, fallback,
-                                           say, failures)
+                                           say, failures, referrers)
     except _Failed as exc:
         failures.append(str(exc))
     except (AccelError, ValueError) as exc:  # the registry said no, a manifest or config does not parse
@@ -159,8 +169,9 @@ def _checker(manifest: oci.Manifest, driver: Driver | str | None, fallback: str)
     return name, found
 
 
-def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallback, say, failures) -> int:
-    where = f"{ref}@{desc.digest}" + (f" ({label})" if label else "")
+def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallback, say, failures,
+                    referrers) -> int:
+    where = (str(ref) if ref.digest == desc.digest else f"{ref}@{desc.digest}") + (f" ({label})" if label else "")
     manifest = oci.Manifest.from_json(raw, desc.media_type, str(ref))
     if not manifest.layers:
         raise _Failed(f"{where}: the manifest has no layers")
@@ -170,9 +181,12 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
         raise _Failed(f"{where}: {exc}") from None
     bind = getattr(checker, "bind", None)
     if bind is not None:  # the format keeps an index beside the image (SOCI's ztocs): the checker fetches it
+        extra = {"image": desc, "get_referrers": lambda: referrers(desc.digest)}  # for SOCI v1's lookup
+        wanted = inspect.signature(bind).parameters
         try:
             bind(lambda digest: client.get_manifest(ref.with_digest(digest)).raw,
-                 lambda d: _small_blob(client, ref, d, MAX_INDEX_BLOB, "blob"))
+                 lambda d: _small_blob(client, ref, d, MAX_INDEX_BLOB, "blob"),
+                 **{k: v for k, v in extra.items() if k in wanted})
         except AccelError as exc:
             raise _Failed(f"{where}: {name}: {exc}") from None
         except ValueError as exc:

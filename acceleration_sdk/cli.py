@@ -138,7 +138,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         took = ", ".join(f"{k} {v:.1f}s" for k, v in result.durations.items())
         print(f"converted {result.source} -> {result.target} ({result.driver} {result.driver_version}); "
               f"{_human(result.source_size)} -> {_human(result.target_size)}; {took}", file=sys.stderr)
-    print(f"{result.target}@{result.digest}" if args.digest else result.target)
+    # a target already pinned by digest (soci index_version v1: the source image itself) prints as it is
+    pinned = result.target.endswith("@" + result.digest)
+    print(f"{result.target}@{result.digest}" if args.digest and not pinned else result.target)
     return 0
 
 

@@ -18,6 +18,9 @@ format it is (recognised from media types and annotations; else the config's con
   nydus     the bootstrap is the last layer (nydusify's manifest rule); every blob layer's media type, RAFS
             bootstrap and chunks by nydusd's rules; the merged bootstrap against the blobs' tables and against
             the blob layers' trees merged (every file's attributes and chunk digests)
+  soci      the SOCI index (v2: named by the manifest's annotation; v1: the manifest's first SOCI v1 referrer,
+            found through the referrers API or tag, with converter.driver.type soci in the config) and every
+            ztoc derived again from its layer and compared (TOC entries, span digests, checkpoints)
 and every layer's diff_id against the sha256 of the uncompressed layer. With --source, every entry's metadata
 and file bytes (by digest) against the same layer of the source image, and the image config's config (Env, Cmd,
 ...; ArgsEscaped ignored, as nydusify) against the source's. Layers stream through a temp dir under

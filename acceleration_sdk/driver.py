@@ -80,10 +80,13 @@ class ImageChecker(Protocol):
         nydus bootstrap). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` is removed
         once the entries are read: keep what later layers need (parsed), not the path."""
 
-    # Optional: ``bind(get_manifest, get_blob)`` -- called once per image manifest before its layers when the
-    # checker has it, for formats that keep an index beside the image (SOCI's ztocs): ``get_manifest(digest)``
-    # returns a manifest's bytes from the checked repository, ``get_blob(descriptor)`` a blob's bytes
-    # (bounded: 256 MiB), for the checker to fetch now or during check_layer.
+    # Optional: ``bind(get_manifest, get_blob, *, image, get_referrers)`` -- called once per image manifest
+    # before its layers when the checker has it, for formats that keep an index beside the image (SOCI's
+    # ztocs): ``get_manifest(digest)`` returns a manifest's bytes from the checked repository,
+    # ``get_blob(descriptor)`` a blob's bytes (bounded: 256 MiB), for the checker to fetch now or during
+    # check_layer. The keywords are passed only when bind declares them: ``image`` is the image manifest's
+    # descriptor, ``get_referrers()`` the descriptors of the manifests that refer to it (referrers API, else
+    # the referrers tag; SOCI index v1).
     # Optional: ``check_manifest(manifest, config)`` -- rules about the whole manifest (nydus: the bootstrap is
     # the last layer), run before the layers; raising ``AccelError`` fails the manifest with one line.
 
@@ -112,8 +115,12 @@ class Driver(abc.ABC):
         self.options = schema.validate(options, driver=owner)
 
     @abc.abstractmethod
-    def convert(self, content: ContentProvider, source: str) -> Descriptor:
-        """Convert ``source``; the returned descriptor's blob (and all it points at) is in ``content.store``."""
+    def convert(self, content: ContentProvider, source: str) -> Any:  # Descriptor | push.PushPlan
+        """Convert ``source``; the returned descriptor's blob (and all it points at) is in ``content.store``.
+
+        The engine pushes it and tags it at the target. A driver whose output is not one tagged image (SOCI
+        index v1: referrers attached to the source's manifests, no new tag) returns an
+        :class:`acceleration_sdk.push.PushPlan` saying what to push and which referrers to list."""
 
     @abc.abstractmethod
     def name(self) -> str:

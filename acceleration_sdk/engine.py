@@ -8,7 +8,8 @@ is checked by digest (``check``) before the tag: an image that fails never gets 
 
 The parts: ``session`` (one conversion's shared state), ``walk`` (what a LayerDriver gets), ``provider``
 (the ContentProvider a driver sees; it verifies sources before a converted blob is committed),
-``source_stream`` (pulling through a pipe), ``push`` (children before parents, the tag last).
+``source_stream`` (pulling through a pipe), ``push`` (children before parents, the tag last; a driver may
+return a ``PushPlan`` instead of its image: output attached to the source as referrers, no target tag).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from .driver import Driver, LayerDriver, ProgressEvent, load_driver
 from .errors import AccelError, ConversionError
 from .oci import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Index, Manifest
 from .provider import EngineProvider
-from .push import push_image
+from .push import PushPlan, push_plan
+from .referrers import is_referrers_tag
 from .registry import RegistryClient
 from .remote_cache import RemoteCache
 from .session import ConversionSession
@@ -56,6 +58,8 @@ def store_for(cfg: Config) -> ContentStore:
 def skip_reason(cfg: Config, source: reference.Reference) -> str:
     """Why ``source`` needs no conversion ("" when it does): this stops the webhook loop."""
     suffix = cfg.converter.tag_suffix
+    if is_referrers_tag(source.tag):  # pushed by a referrer's producer (us: SOCI v1), not an image to convert
+        return f"tag {source.tag!r} is an OCI referrers tag (an index of referrers, not an image)"
     if reference.is_converted(source, suffix):
         return f"tag {source.tag!r} already ends with {suffix!r}: already converted"
     if cfg.converter.cache_tag and source.tag == cfg.converter.cache_tag:
@@ -67,6 +71,8 @@ def route_skip_reason(cfg: Config, source: reference.Reference, target: referenc
     """Why ``source`` must not be converted to an explicit ``target`` ("" when it may)."""
     if source.name == target.name and (source.tag or reference.DEFAULT_TAG) == target.tag:
         return f"the target {target} is the source itself"
+    if is_referrers_tag(source.tag):
+        return f"tag {source.tag!r} is an OCI referrers tag (an index of referrers, not an image)"
     if cfg.converter.cache_tag and source.tag == cfg.converter.cache_tag:
         return f"tag {source.tag!r} is the remote cache tag"
     return routes.output_reason(cfg.converter.routes, source)
@@ -108,8 +114,10 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
         except Exception as exc:  # housekeeping after success: GC trouble must not fail the conversion
             log.warning("content GC failed: %s", exc)
     durations["total"] = time.monotonic() - started
+    if converted.tag is None:  # the output is attached to the image (referrers): that image is the target
+        target = target.with_digest(converted.root.digest)
     session.progress(ProgressEvent("done", "", 1, 1, f"pushed {target}"))
-    return ConversionResult(source=str(src), target=str(target), digest=converted.digest,
+    return ConversionResult(source=str(src), target=str(target), digest=converted.root.digest,
                             source_size=session.source_size, target_size=session.target_size,
                             skipped=False, durations=durations, driver=driver.name(),
                             driver_version=driver.version())
@@ -117,7 +125,7 @@ def convert(cfg: Config, source: str, *, progress: Callable[[ProgressEvent], Non
 
 def _convert(cfg: Config, src: reference.Reference, target: reference.Reference, client: RegistryClient,
              store: ContentStore, driver: Driver, progress: Callable[[ProgressEvent], None] | None
-             ) -> tuple[ConversionSession, Descriptor, dict[str, float]]:
+             ) -> tuple[ConversionSession, PushPlan, dict[str, float]]:
     """Fetch the root, run the driver, push; the lease on what this conversion uses ends with it."""
     durations: dict[str, float] = {}
     with store.lease() as lease:
@@ -147,44 +155,61 @@ def _convert(cfg: Config, src: reference.Reference, target: reference.Reference,
         durations["convert"] = time.monotonic() - t
 
         t = time.monotonic()
-        push_image(session, converted, before_tag=(lambda: _verify(session, converted, driver))
-                   if cfg.converter.verify else None)
+        push_plan(session, converted, before_tag=(lambda: _verify(session, converted, driver))
+                  if cfg.converter.verify else None)
         if remote_cache is not None:
             remote_cache.save()
         durations["push"] = time.monotonic() - t
     return session, converted, durations
 
 
-def _verify(session: ConversionSession, converted: Descriptor, driver: Driver) -> None:
-    """``converter.verify``: check the image pushed by digest with the driver's reader; FAIL -> no tag."""
+def _verify(session: ConversionSession, plan: PushPlan, driver: Driver) -> None:
+    """``converter.verify``: check the image pushed by digest with the driver's reader; FAIL -> no tag.
+
+    Output attached as referrers is checked with each image manifest it is attached to (only those: a
+    platform left out by ``converter.platforms`` has none); its referrers are the plan's, since the referrers
+    tags are not written yet."""
     from .check import check_image
+    from .referrers import describe
 
-    result = check_image(session.client, session.target.with_digest(converted.digest),
-                         tmp_dir=session.store.tmp_dir, driver=driver)
-    if not result.ok:
-        for line in result.lines:
-            log.info("verify %s: %s", session.target, line)
-        raise ConversionError(f"verification of the pushed image failed, tag {session.target.tag!r} not written: "
-                              f"{result.verdict}", reference=str(session.source))
+    mine: dict[str, list[Descriptor]] = {}
+    for desc in plan.referrers:
+        ref = describe(session.store.read_bytes(desc.digest), desc)
+        mine.setdefault(ref.subject, []).append(Descriptor.from_dict(ref.entry))
+    checked = [plan.tag.digest] if plan.tag is not None else list(mine) or [plan.root.digest]
+    for digest in checked:
+        result = check_image(session.client, session.target.with_digest(digest), tmp_dir=session.store.tmp_dir,
+                             driver=driver, referrers=(lambda subject: mine.get(subject, [])) if mine else None)
+        if not result.ok:
+            for line in result.lines:
+                log.info("verify %s: %s", session.target, line)
+            unwritten = f"tag {session.target.tag!r} not written" if plan.tag is not None else \
+                "no referrers tag written"
+            raise ConversionError(f"verification of the pushed image failed, {unwritten}: {result.verdict}",
+                                  reference=str(session.source))
 
 
-def _run_driver(session: ConversionSession, driver: Driver) -> Descriptor:
-    """A LayerDriver gets the engine's walk (unless it converts whole images itself); a Driver converts alone."""
+def _run_driver(session: ConversionSession, driver: Driver) -> PushPlan:
+    """A LayerDriver gets the engine's walk (unless it converts whole images itself); a Driver converts alone,
+    returning its image (tagged at the target) or a :class:`PushPlan`."""
     if isinstance(driver, LayerDriver) and type(driver).convert is LayerDriver.convert:
-        return walk_image(session, driver)
+        return PushPlan.tagged(walk_image(session, driver))
     content = EngineProvider(session)
     try:
         converted = driver.convert(content, str(session.source))
         content.verify_sources()
     finally:
         content.close()
+    plan = converted if isinstance(converted, PushPlan) else PushPlan.tagged(converted)
     # the walk counts sizes as it goes; a whole-image driver's are counted from the manifests afterwards
     try:
         session.source_size = _image_bytes(session, session.root)
-        session.target_size = _image_bytes(session, converted)
+        # output attached to the source image (no tag): the image plus what was added to it
+        session.target_size = sum(_image_bytes(session, m) for m in plan.manifests) + \
+            (session.source_size if plan.tag is None else 0)
     except (AccelError, ValueError, KeyError) as exc:  # sizes are a report: they never fail a conversion
         log.warning("sizes of %s not counted: %s", session.source, exc)
-    return converted
+    return plan
 
 
 def _image_bytes(session: ConversionSession, root: Descriptor) -> int:

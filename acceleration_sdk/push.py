@@ -3,18 +3,63 @@
 A converted layer usually reaches the registry while the driver writes it (:class:`UploadingIngest`); the
 push phase then finds it present. Blobs that only the store has are uploaded from there; unchanged source
 blobs we never pulled are mounted from the source repository (on another host: copied through the store).
+
+What is pushed is a :class:`PushPlan`: by default the tree under the driver's result, tagged at the target.
+A driver whose output is attached to the source instead of tagged (SOCI index v1: a referrer of each image
+manifest) returns a plan from ``convert`` with no tag and its referrers; the referrers tags (on a registry
+without the referrers API) are moved last, like a tag, after everything is pushed by digest and verified.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from typing import Callable
+import dataclasses
+import logging
+from typing import Callable, Mapping
 
+from . import referrers as referrers_mod
 from .driver import ProgressEvent
-from .oci import INDEX_TYPES, Descriptor, Index, Manifest
+from .errors import ConversionError
+from .oci import INDEX_TYPES, OCI_INDEX, Descriptor, Index, Manifest
 from .session import ConversionSession
 
+log = logging.getLogger("acceleration_sdk.engine")
+
 PUSH_CONCURRENCY = 4  # blobs uploaded at once
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PushPlan:
+    """What a conversion publishes. ``Driver.convert`` returns a plain Descriptor for the usual case (the
+    image it made, tagged at the target: :meth:`tagged`) and a plan when its output is not one tagged image.
+
+    - ``manifests``: pushed by digest in this order, each with everything it points at;
+    - ``tag``: the manifest written at the target tag, last; ``None``: no tag is written;
+    - ``referrers``: manifests among ``manifests`` that carry a ``subject`` (in the target repository); on a
+      registry without the referrers API each subject's referrers tag lists them afterwards
+      (:mod:`acceleration_sdk.referrers`); ``replaces``: annotations that mark an older output of the same
+      producer in that list, which the new entry replaces (empty: nothing is replaced, only added);
+    - ``attached_to``: the image the output belongs to when there is no tag (the source image): the result
+      records it, pinned by digest, as the conversion's target.
+    """
+
+    manifests: tuple[Descriptor, ...]
+    tag: Descriptor | None = None
+    referrers: tuple[Descriptor, ...] = ()
+    replaces: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    attached_to: Descriptor | None = None
+
+    @classmethod
+    def tagged(cls, root: Descriptor) -> "PushPlan":
+        return cls(manifests=(root,), tag=root)
+
+    @property
+    def root(self) -> Descriptor:
+        """What the result records: the tagged manifest, else the image the output is attached to."""
+        found = self.tag or self.attached_to or (self.manifests[0] if self.manifests else None)
+        if found is None:
+            raise ConversionError("the driver's push plan names nothing to push")
+        return found
 
 
 def push_image(session: ConversionSession, root: Descriptor, before_tag: Callable[[], None] | None = None) -> None:
@@ -23,8 +68,23 @@ def push_image(session: ConversionSession, root: Descriptor, before_tag: Callabl
     ``before_tag`` runs once everything is pushed by digest (the engine's ``converter.verify`` check); if it
     raises, the tag is never written.
     """
-    pushed: set[str] = set()
+    push_plan(session, PushPlan.tagged(root), before_tag)
+
+
+def push_plan(session: ConversionSession, plan: PushPlan, before_tag: Callable[[], None] | None = None) -> None:
+    """Push ``plan``: every manifest by digest (children before parents), ``before_tag``, then the tags.
+
+    Referrers need their subject in the target repository (checked before anything is pushed). After
+    ``before_tag``, the new referrers indexes are pushed by digest; only then are the tags moved -- the
+    referrers tags, then the target tag -- so a failure before the end moves no tag.
+    """
     client, store, target = session.client, session.store, session.target
+    referrers = [referrers_mod.describe(store.read_bytes(d.digest), d) for d in plan.referrers]
+    for subject in dict.fromkeys(r.subject for r in referrers):
+        if client.head_manifest(target.with_digest(subject)) is None:
+            raise ConversionError(f"the subject {subject} of the output is not in {target.name}: a referrer is "
+                                  "attached to an image in its own repository", reference=str(session.source))
+    pushed: set[str] = set()
 
     def push_manifest(desc: Descriptor) -> None:
         if not store.has(desc.digest):
@@ -45,10 +105,23 @@ def push_image(session: ConversionSession, root: Descriptor, before_tag: Callabl
             client.put_manifest(target.with_digest(desc.digest), raw, desc.media_type)
             pushed.add(desc.digest)
 
-    push_manifest(root)
+    for desc in plan.manifests:
+        push_manifest(desc)
     if before_tag is not None:
         before_tag()
-    client.put_manifest(target, store.read_bytes(root.digest), root.media_type)  # the tag, last
+    updates = []
+    for subject in dict.fromkeys(r.subject for r in referrers):
+        if client.referrers(target, subject) is not None:
+            continue  # the registry has the referrers API: it indexed them when they were pushed
+        mine = [r.entry for r in referrers if r.subject == subject]
+        update = referrers_mod.prepare_tag_update(client, target, subject, mine, plan.replaces)
+        if update is not None:
+            updates.append(update)
+    for update in updates:  # the tags, last
+        client.put_manifest(update.tag, update.raw, OCI_INDEX)
+        log.info("referrers tag %s -> %s", update.tag, update.digest)
+    if plan.tag is not None:
+        client.put_manifest(target, store.read_bytes(plan.tag.digest), plan.tag.media_type)
 
 
 def push_blobs(session: ConversionSession, blobs: list[Descriptor]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -181,6 +182,30 @@ class RegistryClient:
         with resp:
             if resp.status_code not in (200, 202, 204):
                 raise t.error(resp, target, what, unknown="manifest unknown")
+
+    def referrers(self, ref: Reference, subject: str) -> list[oci.Descriptor] | None:
+        """The OCI 1.1 referrers API: the manifests whose ``subject`` is ``subject`` in ``ref``'s repository,
+        or ``None`` when the registry has no referrers API (a 404: distribution 2.8, Harbor < 2.8; an API
+        registry answers an unknown subject with 200 and an empty index). :mod:`acceleration_sdk.referrers`
+        falls back to the referrers tag then."""
+        t = self._transport
+        repo = _repo_ref(ref)
+        what = f"list referrers of {repo.with_digest(subject)}"
+        resp = t.request("GET", ref, f"/v2/{ref.repository}/referrers/{subject}",
+                         scopes=(repository_scope(ref.repository, "pull"),), what=what,
+                         headers={"Accept": oci.OCI_INDEX})
+        with resp:
+            if resp.status_code == 404:
+                return None
+            if resp.status_code != 200:
+                raise t.error(resp, repo, what)
+            try:
+                raw = resp.raw.read(MAX_MANIFEST + 1, decode_content=True)
+                listed = json.loads(raw).get("manifests") or []
+                return [oci.Descriptor.from_dict(d) for d in listed]
+            except (ValueError, AttributeError, *WIRE_ERRORS) as exc:
+                raise RegistryError(f"{what}: {ref.api_host} sent an unreadable referrers list",
+                                    reference=str(repo)) from exc
 
     def list_tags(self, ref: Reference) -> list[str]:
         """All tags of ``ref``'s repository, following ``Link: <…>; rel="next"`` pages."""

@@ -1,8 +1,9 @@
 """``accelctl check`` for SOCI images: the driver's :class:`ImageChecker`.
 
 A SOCI conversion leaves every layer as pushed; what can be wrong is the index beside it. The image manifest
-names its SOCI index (annotation ``com.amazon.soci.index-digest``); :meth:`SociChecker.bind` fetches that
-index and its ztocs (each must decode and name, by annotation, a layer of this manifest with its media type and
+names its SOCI index (annotation ``com.amazon.soci.index-digest``, v2) or the index refers to the manifest
+(v1: its first SOCI v1 referrer, as the snapshotter picks it); :meth:`SociChecker.bind` fetches that index and
+its ztocs (each must decode and name, by annotation, a layer of this manifest with its media type and
 a span size). Per layer, the ztoc is derived again from the spooled blob with our builder (byte-identical to
 upstream's, tests/drivers/test_soci_ztoc.py) and compared field by field: sizes, every TOC entry, every span
 digest and the checkpoints (bit offsets + 32 KiB windows) -- so a snapshotter's span reads would get the
@@ -37,22 +38,36 @@ class SociChecker:
     allowances = Allowances()  # the layers are the source's, byte for byte
 
     def __init__(self, manifest):
+        self.digest = ""  # the image manifest's own, from bind (SOCI v1: the index's subject)
         self.index_digest = (manifest.raw.get("annotations") or {}).get(layout.ANN_INDEX_DIGEST, "")
         self.layers = {d.digest: d for d in manifest.layers}
         self.ztocs: dict[str, Descriptor] = {}  # layer digest -> its ztoc's descriptor
         self.get_blob: Callable[[Descriptor], bytes] | None = None
 
-    def bind(self, get_manifest: Callable[[str], bytes], get_blob: Callable[[Descriptor], bytes]) -> None:
+    def bind(self, get_manifest: Callable[[str], bytes], get_blob: Callable[[Descriptor], bytes], *,
+             image: Descriptor | None = None, get_referrers: Callable[[], list[Descriptor]] | None = None) -> None:
         """Fetch the SOCI index and check its ztoc descriptors before the layers are checked; each ztoc is
-        fetched with its layer (a ztoc of a big layer holds a 32 KiB window per span: one at a time in memory)."""
+        fetched with its layer (a ztoc of a big layer holds a 32 KiB window per span: one at a time in memory).
+
+        v2: the index the manifest's annotation names. Without the annotation, v1: the first referrer of the
+        manifest with the v1 artifact type, as the snapshotter picks it (fs/fs.go:97 SelectFirstPolicy)."""
         self.get_blob = get_blob
+        self.digest = image.digest if image is not None else ""
+        version = layout.SOCI_INDEX_V2
         if not self.index_digest:
-            raise LayerError(f"the image manifest has no {layout.ANN_INDEX_DIGEST} annotation: not a SOCI v2 image")
+            found = [d for d in (get_referrers() if get_referrers else ()) if d.artifact_type == layout.SOCI_INDEX_V1]
+            if not found:
+                raise LayerError(f"the image manifest has no {layout.ANN_INDEX_DIGEST} annotation (SOCI v2) and no "
+                                 f"referrer of type {layout.SOCI_INDEX_V1} (SOCI v1): not a SOCI image")
+            self.index_digest, version = found[0].digest, layout.SOCI_INDEX_V1
         index = json.loads(get_manifest(self.index_digest))
-        if index.get("artifactType") != layout.SOCI_INDEX_V2 and \
-                (index.get("config") or {}).get("mediaType") != layout.SOCI_INDEX_V2:
-            raise LayerError(f"{self.index_digest} is not a SOCI index v2 (artifactType "
-                             f"{index.get('artifactType')!r})")
+        got = (index.get("config") or {}).get("mediaType")
+        if got != version:  # what upstream's DecodeIndex goes by (soci_index.go:222-237)
+            raise LayerError(f"{self.index_digest} is not a SOCI index {version.split('.')[-1][:2]} "
+                             f"(config media type {got!r}, want {version})")
+        if version == layout.SOCI_INDEX_V1 and (index.get("subject") or {}).get("digest") != self.digest:
+            raise LayerError(f"the SOCI index {self.index_digest} has subject "
+                             f"{(index.get('subject') or {}).get('digest')!r}, not this image manifest")
         for raw in index.get("layers") or ():
             desc = Descriptor.from_dict(raw)
             ann = desc.annotations

@@ -1,4 +1,10 @@
-"""The ``soci`` driver: a SOCI index manifest v2 next to the image; every layer stays byte for byte as pushed.
+"""The ``soci`` driver: a SOCI index next to the image; every layer stays byte for byte as pushed.
+
+``index_version: v2`` (default, ``soci convert``): a new OCI index, the target tag, holds the re-serialised
+image manifest(s) annotated with their SOCI index and the SOCI index descriptors. ``v1`` (``soci create`` +
+``soci push``): the image is not touched and nothing is tagged; one SOCI index per image manifest, its
+``subject`` that manifest, pushed by digest and listed as a referrer (the engine keeps the referrers tag on a
+registry without the referrers API): the driver returns a ``PushPlan`` with no tag.
 
 One pass per indexed layer (inflate with checkpoints + tar headers, drivers/soci/ztoc.py), layers in
 parallel (zlib runs outside the GIL through ctypes). The driver writes only the ztocs, the ``{}`` config, the
@@ -17,6 +23,8 @@ from acceleration_sdk.driver import ContentProvider, Driver, ProgressEvent
 from acceleration_sdk.errors import ConversionError, LayerError
 from acceleration_sdk.oci import Descriptor
 from acceleration_sdk.options import Option, OptionSchema, option_error
+from acceleration_sdk.push import PushPlan
+from acceleration_sdk.session import HARBOR_DRIVER_NAME
 
 from . import layout, ztoc
 from .gzindex import GzipIndexError
@@ -36,9 +44,6 @@ def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
         if o != "xattr":
             raise option_error(f"{path}.optimizations", f"unknown optimization {o!r} (known: xattr)")
     values["optimizations"] = tuple(opts)
-    if values["index_version"] == "v1":
-        raise option_error(f"{path}.index_version", "the legacy v1 (referrers-based) SOCI index is not supported "
-                                                    "yet; use v2, which current soci-snapshotter reads")
     return values
 
 
@@ -51,7 +56,9 @@ OPTIONS = OptionSchema(
            help="upstream's optimizations; xattr marks layers without xattrs or opaque dirs "
                 "com.amazon.soci.disable-xattrs"),
     Option("index_version", str, "v2", choices=("v2", "v1"),
-           help="v2 (default: the OCI index binding current soci-snapshotter reads); v1 is refused (not yet)"),
+           help="v2 (default): a new OCI index at the target tag binds image and SOCI index, as current "
+                "soci-snapshotter reads it; v1: the legacy index, a referrer of each source image manifest "
+                "(no new tag; the referrers tag sha256-<hex> where the registry has no referrers API)"),
     check=_check,
 )
 
@@ -71,10 +78,12 @@ class SociDriver(Driver):
         return "soci"
 
     def version(self) -> str:
-        return f"v2/ztoc-{ztoc.VERSION}"
+        return f"{self.options['index_version']}/ztoc-{ztoc.VERSION}"
 
     # ------------------------------------------------------------------ the image
-    def convert(self, content: ContentProvider, source: str) -> Descriptor:
+    def convert(self, content: ContentProvider, source: str) -> Descriptor | PushPlan:
+        if self.options["index_version"] == "v1":
+            return self._convert_v1(content, source)
         root: Descriptor = content.root
         raw = content.store.read_bytes(root.digest)
         top = json.loads(raw)
@@ -129,6 +138,35 @@ class SociDriver(Driver):
         top_desc = self._write_json(content, top)
         return top_desc.replace(media_type=oci.OCI_INDEX)
 
+    def _convert_v1(self, content: ContentProvider, source: str) -> PushPlan:
+        """One SOCI index v1 per image manifest of the source (the selected platforms), each a referrer of it;
+        the source is not rewritten (soci_index.go:614-626: ``refers`` = the image manifest's descriptor)."""
+        root: Descriptor = content.root
+        if root.media_type in oci.INDEX_TYPES:
+            children = [Descriptor.from_dict(d) for d in json.loads(content.store.read_bytes(root.digest))
+                        .get("manifests") or ()]
+            images = [d for d in children if d.media_type in oci.MANIFEST_TYPES and not d.is_attestation
+                      and not d.artifact_type and content.wants_platform(d)]
+        else:
+            images = [root]
+        harbor = content.harbor_annotations(self)  # on the SOCI index itself: nothing else is new
+        indexes = []
+        for desc in images:
+            manifest = json.loads(content.read_manifest(desc) if desc is not root
+                                  else content.store.read_bytes(root.digest))
+            index_desc = self._soci_index(content, manifest, dict(desc.platform or {}), subject=desc.to_dict(),
+                                          annotations=harbor)
+            if index_desc is not None:
+                indexes.append(Descriptor.from_dict(index_desc))
+        if not indexes:
+            raise ConversionError(f"{source}: no layer to index: SOCI indexes gzip or uncompressed tar layers of at "
+                                  f"least min_layer_size ({self.options['min_layer_size']} bytes); upstream refuses "
+                                  "an empty index too", reference=source)
+        # an earlier index of ours (Harbor's driver annotation) is replaced in the list, others stay
+        replaces = {HARBOR_DRIVER_NAME: harbor[HARBOR_DRIVER_NAME]} if HARBOR_DRIVER_NAME in harbor else {}
+        return PushPlan(manifests=tuple(indexes), tag=None, referrers=tuple(indexes), replaces=replaces,
+                        attached_to=root)
+
     def _write_json(self, content: ContentProvider, obj: Any) -> Descriptor:
         data = oci.canonical_json(obj)
         with content.blob_writer() as w:
@@ -142,15 +180,18 @@ class SociDriver(Driver):
             return w.commit()
 
     # ------------------------------------------------------------------ one platform
-    def _soci_index(self, content: ContentProvider, manifest: dict, platform: dict) -> dict | None:
-        """Build, write and describe the SOCI index of one image manifest; None when no layer qualifies."""
+    def _soci_index(self, content: ContentProvider, manifest: dict, platform: dict, subject: dict | None = None,
+                    annotations: dict | None = None) -> dict | None:
+        """Build, write and describe the SOCI index of one image manifest; None when no layer qualifies.
+        With ``subject`` (v1) the index refers to that image manifest and carries ``annotations`` too."""
         span, minimum = self.options["span_size"], self.options["min_layer_size"]
         layers = [dict(x) for x in manifest.get("layers") or ()]
         todo = [x for x in layers if x["mediaType"] in GZIP_TYPES + TAR_TYPES and x["size"] >= minimum]
         if not todo:
             return None
-        # a ztoc depends on the layer and the span size only: reusable across images, hosts and the other options
-        key = f"{self.name()}/{self.version()}/span_size={span}"
+        # a ztoc depends on the layer and the span size only: reusable across images, hosts, the other options
+        # and both index versions (the key predates v1: kept, so caches stay valid)
+        key = f"{self.name()}/v2/ztoc-{ztoc.VERSION}/span_size={span}"
         cached = {x["digest"]: content.cached_conversion(key, Descriptor.from_dict(x)) for x in todo}
         missing = [x for x in todo if cached[x["digest"]] is None]
         built = {}
@@ -173,8 +214,9 @@ class SociDriver(Driver):
             disable = "xattr" in self.options["optimizations"] and not has_xattrs
             ztocs.append(layout.ztoc_descriptor(desc.digest, desc.size, layer, span, disable))
         self._write_blob(content, layout.EMPTY_CONFIG)
-        desc = self._write_json(content, layout.soci_index(ztocs, ztoc.BUILD_TOOL))
-        return dict(desc.to_dict(), artifactType=layout.SOCI_INDEX_V2)
+        version = layout.SOCI_INDEX_V1 if subject is not None else layout.SOCI_INDEX_V2
+        desc = self._write_json(content, layout.soci_index(ztocs, ztoc.BUILD_TOOL, version, subject, annotations))
+        return dict(desc.to_dict(), artifactType=version)
 
     def _build_all(self, content: ContentProvider, layers: list[dict]) -> dict[str, ztoc.Ztoc]:
         """The ztocs of ``layers``, WORKERS at once; the first failure stops the others at their next read."""
@@ -202,7 +244,10 @@ class SociDriver(Driver):
                 else:
                     z = ztoc.build_tar(raw, span)
         except (GzipIndexError, TarTocError) as exc:
-            raise LayerError(f"layer {desc.digest} ({layer['mediaType']}): {exc}", digest=desc.digest) from None
+            kind = "gzip-compressed tar" if layer["mediaType"] in GZIP_TYPES else "tar"
+            raise LayerError(f"layer {desc.digest} ({layer['mediaType']}): {exc}; the blob is not the {kind} its "
+                             "media type says: push the image again with an intact layer (SOCI indexes layers "
+                             "as they are, it cannot repair one)", digest=desc.digest) from None
         if z.compressed_size != desc.size:
             raise LayerError(f"layer {desc.digest}: read {z.compressed_size} bytes, the manifest says {desc.size}",
                              digest=desc.digest)

@@ -1,4 +1,5 @@
-"""The SOCI index manifest v2 layout, as upstream ``soci convert`` writes it (facts: /work/shared/SOCI.md §1).
+"""The SOCI index layouts as upstream writes them (facts: /work/shared/SOCI.md §1): v2 (``soci convert``) and
+the legacy v1 (``soci create`` + ``soci push``: the same index with a ``subject``, found as a referrer).
 
 Go's ``encoding/json`` writes struct fields in declaration order and map keys sorted; these builders do the
 same, so our manifests read like upstream's (soci-snapshotter soci/soci_convert.go:243-351,
@@ -11,6 +12,7 @@ from typing import Any, Mapping
 from acceleration_sdk import oci
 
 SOCI_INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
+SOCI_INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"  # soci_index.go:52: config type, found as referrer
 SOCI_LAYER = "application/octet-stream"
 EMPTY_CONFIG = b"{}"
 ANN_INDEX_DIGEST = "com.amazon.soci.index-digest"
@@ -53,12 +55,20 @@ def ztoc_descriptor(digest: str, size: int, layer: Mapping[str, Any], span_size:
     return descriptor({"mediaType": SOCI_LAYER, "digest": digest, "size": size, "annotations": ann})
 
 
-def soci_index(ztocs: list[dict[str, Any]], build_tool: str) -> dict[str, Any]:
-    """The SOCI index: an OCI image manifest, config = the ``{}`` blob typed as the v2 index, no subject."""
-    return {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
-            "config": {"mediaType": SOCI_INDEX_V2, "digest": oci.sha256_digest(EMPTY_CONFIG),
-                       "size": len(EMPTY_CONFIG)},
-            "layers": ztocs, "annotations": {ANN_BUILD_TOOL: build_tool}}
+def soci_index(ztocs: list[dict[str, Any]], build_tool: str, version: str = SOCI_INDEX_V2,
+               subject: Mapping[str, Any] | None = None,
+               extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The SOCI index: an OCI image manifest, config = the ``{}`` blob typed as the index version; v2 has no
+    subject, v1's ``subject`` is the image manifest (mediaType, digest, size only: soci_index.go:619-626)
+    and it has no top-level artifactType either (MarshalIndex, :241-250; ocispec.Manifest field order)."""
+    out: dict[str, Any] = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                           "config": {"mediaType": version, "digest": oci.sha256_digest(EMPTY_CONFIG),
+                                      "size": len(EMPTY_CONFIG)},
+                           "layers": ztocs}
+    if subject is not None:
+        out["subject"] = {"mediaType": subject["mediaType"], "digest": subject["digest"], "size": subject["size"]}
+    out["annotations"] = _sorted({**(extra_annotations or {}), ANN_BUILD_TOOL: build_tool})
+    return out
 
 
 def image_manifest(source: Mapping[str, Any], index_digest: str | None) -> dict[str, Any]:

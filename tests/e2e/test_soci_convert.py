@@ -256,7 +256,7 @@ def test_an_image_without_a_large_enough_layer_fails_with_a_reason(tmp_path, reg
 
 @pytest.mark.parametrize("key, value, words", [
     ("optimizations", ["prefetch"], "unknown optimization"),
-    ("index_version", "v1", "not supported yet"),
+    ("index_version", "v3", "index_version"),
     ("span_size", 10, "span_size"),
 ])
 def test_bad_options_are_config_errors(tmp_path, key, value, words):
