@@ -9,7 +9,7 @@ web process reports the same, ever-growing total.
 """
 from __future__ import annotations
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Case, F, IntegerField, Value, When
 
 from .models import ConversionTask, FinishedCount, Status
@@ -25,23 +25,42 @@ DURATION_COUNT = "conversion_duration_count"
 IGNORED = "pushes_ignored"  # pushed images no route converts (converter.routes), route outputs among them
 
 
+class _RowMissing(Exception):
+    """Raised inside add()'s savepoint to undo an UPDATE that found only some of its rows."""
+
+
 def add(**deltas: int) -> None:
-    """Add to the totals, in the caller's transaction (one UPDATE; a missing row is created)."""
+    """Add to the totals, in the caller's transaction: one UPDATE once each total has a row.
+
+    A total nobody has added to yet has no row. Reading back which rows exist and inserting the rest is a
+    race on PostgreSQL (READ COMMITTED): another transaction may insert and commit the row between our
+    UPDATE (which did not see it) and our read (which does), and the addition is lost -- the first two
+    conversions to finish on a fresh database lost one conversion and its followers
+    (tests/service/test_counters_concurrency.py). So a short UPDATE is undone, every row is made with
+    INSERT ... ON CONFLICT DO NOTHING (which waits for a concurrent insert of the same name to commit or
+    roll back), and the UPDATE is done again: it then finds every row, and F() adds to the newest value.
+    """
     deltas = {name: int(n) for name, n in deltas.items() if n}
     if not deltas:
         return
-    bump = Case(*(When(name=name, then=Value(n)) for name, n in deltas.items()), output_field=IntegerField())
     with transaction.atomic():
-        updated = FinishedCount.objects.filter(name__in=deltas).update(value=F("value") + bump)
-        if updated == len(deltas):
-            return
-        existing = set(FinishedCount.objects.filter(name__in=deltas).values_list("name", flat=True))
-        for name in sorted(set(deltas) - existing):
-            try:
-                with transaction.atomic():
-                    FinishedCount.objects.create(name=name, value=deltas[name])
-            except IntegrityError:  # another transaction created it first (PostgreSQL): add to that row
-                FinishedCount.objects.filter(name=name).update(value=F("value") + deltas[name])
+        try:
+            with transaction.atomic():  # a savepoint, so that a partial UPDATE can be undone
+                if _bump(deltas) == len(deltas):
+                    return
+                raise _RowMissing
+        except _RowMissing:
+            pass
+        FinishedCount.objects.bulk_create([FinishedCount(name=name, value=0) for name in sorted(deltas)],
+                                          ignore_conflicts=True)
+        updated = _bump(deltas)
+        if updated != len(deltas):  # cannot happen: the rows were just made or already there
+            raise RuntimeError(f"counters: {updated} of {len(deltas)} totals found after creating them")
+
+
+def _bump(deltas: dict[str, int]) -> int:
+    bump = Case(*(When(name=name, then=Value(n)) for name, n in deltas.items()), output_field=IntegerField())
+    return FinishedCount.objects.filter(name__in=deltas).update(value=F("value") + bump)
 
 
 def count_finished(task: ConversionTask, *, followers: int = 0) -> None:
