@@ -9,10 +9,14 @@ web process reports the same, ever-growing total.
 """
 from __future__ import annotations
 
-from django.db import transaction
-from django.db.models import Case, F, IntegerField, Value, When
+import datetime
+from typing import Iterable
 
-from .models import ConversionTask, FinishedCount, Status
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, IntegerField, Value, When
+from django.utils import timezone
+
+from .models import ConversionTask, FinishedCount, IgnoredPush, Status
 
 COMPLETED = "conversions_completed"  # leaders that pulled, converted and pushed an image
 FAILED = "conversions_failed"  # leaders that ended FAILED (their followers fail with them)
@@ -23,6 +27,9 @@ TARGET_BYTES = "target_bytes"
 DURATION_MS = "conversion_duration_ms"  # summed over completed conversions that reported a total time
 DURATION_COUNT = "conversion_duration_count"
 IGNORED = "pushes_ignored"  # pushed images no route converts (converter.routes), route outputs among them
+# How long an ignored push's event id is remembered: a generous bound on how late a redelivery of one
+# event comes (Harbor retries a failed delivery; an operator may resend one from its UI).
+IGNORED_MEMORY = datetime.timedelta(days=7)
 
 
 class _RowMissing(Exception):
@@ -83,9 +90,32 @@ def count_skipped() -> None:
     add(**{SKIPPED: 1})
 
 
-def count_ignored(n: int = 1) -> None:
-    """Pushes that made no task: no route matched them, or they were a route's output."""
-    add(**{IGNORED: n})
+def count_ignored(sources: Iterable[str], *, event_id: str = "") -> int:
+    """Pushed images that made no task: no route matched them, or they were a route's output.
+
+    With the delivery's ``event_id`` each image of an event counts once: a redelivery (same id) finds
+    the :class:`IgnoredPush` rows of the first and adds nothing. A delivery without an id cannot be
+    told from a new push (Harbor's own format sends none, FORMATS.md) and counts each time, as it
+    would make a task each time. Returns how many were counted.
+    """
+    sources = sorted(set(sources))
+    if not sources:
+        return 0
+    with transaction.atomic():
+        new = len(sources)
+        if event_id:
+            now = timezone.now()
+            IgnoredPush.objects.filter(seen__lt=now - IGNORED_MEMORY).delete()  # bounded: a week of events
+            new = 0
+            for source in sources:
+                try:
+                    with transaction.atomic():  # PostgreSQL: waits for a concurrent delivery's row, then refuses
+                        IgnoredPush.objects.create(event_id=event_id, source=source, seen=now)
+                except IntegrityError:  # an earlier delivery of this event counted it
+                    continue
+                new += 1
+        add(**{IGNORED: new})
+    return new
 
 
 def totals() -> dict[str, int]:

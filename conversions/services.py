@@ -206,13 +206,12 @@ def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, even
         distinct.setdefault(str(ref), (ref, digest))
     plans = [(ref, digest, routing.distinct_targets(ref, routing.routes_for(cfg, ref, route)))
              for ref, digest in distinct.values()]
-    ignored = sum(1 for _, _, chosen in plans if not chosen)
+    ignored = [ref for ref, _, chosen in plans if not chosen]
     if ignored and strict:
-        ref = next(ref for ref, _, chosen in plans if not chosen)
-        why = routes.output_reason(cfg.converter.routes, ref) or "no route's match selects it"
-        raise IllegalParameter(f"not converting {ref}: {why}")
-    if ignored:
-        counters.count_ignored(ignored)
+        why = routes.output_reason(cfg.converter.routes, ignored[0]) or "no route's match selects it"
+        raise IllegalParameter(f"not converting {ignored[0]}: {why}")
+    if ignored:  # a redelivery of the event (same event_id) counts none again
+        counters.count_ignored([str(ref) for ref in ignored], event_id=event_id)
     return [_create_atomic(cfg, ref, r, trigger=trigger, digest=digest, event_id=event_id)
             for ref, digest, chosen in plans for r in chosen]
 

@@ -142,6 +142,22 @@ def test_a_finish_racing_its_own_takeover_counts_once():
     assert (totals[counters.COMPLETED], totals[counters.SHARED]) == (1, 3), totals
 
 
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_of_one_ignored_event_at_once_count_once():
+    FinishedCount.objects.all().delete()
+    image = f"{HOST}/other/app:v1"
+    counted = []
+    t1 = FirstTransaction(lambda: counted.append(counters.count_ignored([image], event_id="ev-1")))
+    t1.start()
+    assert t1.did_work.wait(20)
+    # The redelivery waits for the first delivery's row, then finds it.
+    counted.append(counters.count_ignored([image], event_id="ev-1"))
+    t1.join(20)
+    assert t1.error is None and counted == [1, 0]
+    assert counters.totals()[counters.IGNORED] == 1
+
+
 @pytest.mark.slow
 def test_the_same_on_postgresql(tmp_path):
     """The tests above in a child pytest whose database is a real PostgreSQL."""
@@ -156,6 +172,6 @@ def test_the_same_on_postgresql(tmp_path):
                               "-k", "not the_same_on_postgresql"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=600)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-        assert "3 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
+        assert "4 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
     finally:
         server.stop()
