@@ -11,7 +11,7 @@ import pytest
 from acceleration_sdk import oci
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
-from tests.service.stack import ServiceStack, manifest_exists
+from tests.service.stack import manifest_exists
 from tests.support import soci_tools
 from tests.support.images import push_image, simple_tar
 
@@ -19,21 +19,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    from tests.support.registry import RegistryServer
-    reg = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(registry, tmp_path_factory):
+def stack(module_stack):
     soci = {"driver": {"type": "soci", "config": {"span_size": 65536, "min_layer_size": 100000,
                                                   "optimizations": ["xattr"]}},
             "rules": [{"tag_suffix": "-soci"}]}
-    s = ServiceStack(tmp_path_factory.mktemp("stack"), registry.host, converter=soci).start()
-    yield s
-    s.stop()
+    return module_stack(converter=soci)
 
 
 def _big_tar() -> bytes:
@@ -41,8 +31,8 @@ def _big_tar() -> bytes:
     return simple_tar({f"usr/lib/f{i}": rnd.randbytes(40_000) for i in range(10)})
 
 
-def test_a_pushed_image_converts_to_soci_through_the_service(stack, registry):
-    repo = f"{registry.host}/library/app"
+def test_a_pushed_image_converts_to_soci_through_the_service(stack, module_registry):
+    repo = f"{module_registry.host}/library/app"
     with RegistryClient() as client:
         push_image(client, f"{repo}:1", [_big_tar(), simple_tar({"etc/app.conf": b"x=1\n"})])
     resp = stack.post(f"{repo}:1", sync=True)
@@ -54,8 +44,8 @@ def test_a_pushed_image_converts_to_soci_through_the_service(stack, registry):
     assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_a_layer_that_is_not_gzip_fails_the_task_with_its_reason(stack, registry):
-    repo = f"{registry.host}/library/broken"
+def test_a_layer_that_is_not_gzip_fails_the_task_with_its_reason(stack, module_registry):
+    repo = f"{module_registry.host}/library/broken"
     with RegistryClient() as client:
         src = push_image(client, f"{repo}:1", [_big_tar()], compression="")
         manifest = dict(src.manifest, layers=[dict(src.manifest["layers"][0], mediaType=oci.OCI_LAYER_GZIP)])
@@ -65,4 +55,4 @@ def test_a_layer_that_is_not_gzip_fails_the_task_with_its_reason(stack, registry
     task = next(t for t in stack.tasks() if t["source"] == f"{repo}:1")
     assert task["status"] == "FAILED" and "not a valid gzip stream" in task["reason"], task
     assert "Traceback" not in task["reason"]
-    assert not manifest_exists(registry.host, "library/broken:1-soci")
+    assert not manifest_exists(module_registry.host, "library/broken:1-soci")
