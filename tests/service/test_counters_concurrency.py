@@ -10,12 +10,9 @@ not committed; T1 commits; T2 then read the rows back, found them, and added not
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from django.db import connection, connections, transaction
@@ -24,7 +21,6 @@ from conversions import counters, services
 from conversions.models import ConversionTask, FinishedCount, Status
 from tests.service.conftest import HOST
 
-ROOT = Path(__file__).resolve().parents[2]
 on_postgresql = pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                                    reason="needs PostgreSQL (run by test_the_same_on_postgresql)")
 
@@ -159,19 +155,10 @@ def test_two_deliveries_of_one_ignored_event_at_once_count_once():
 
 
 @pytest.mark.slow
-def test_the_same_on_postgresql(tmp_path):
+def test_the_same_on_postgresql():
     """The tests above in a child pytest whose database is a real PostgreSQL."""
-    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        pytest.skip("this run is the PostgreSQL one")
-    from tests.support.dbservers import PostgresServer
+    from tests.support.dbservers import pytest_on_postgresql
 
-    server = PostgresServer().start()
-    try:
-        env = {**os.environ, "DATABASE_URL": server.url}
-        run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-                              "-k", "not the_same_on_postgresql"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=600)
-        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-        assert "4 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
-    finally:
-        server.stop()
+    run = pytest_on_postgresql(__file__, deselect="the_same_on_postgresql")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "4 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
