@@ -1,5 +1,5 @@
-"""``conversions.counters`` under concurrent transactions on PostgreSQL (READ COMMITTED), where two hosts'
-workers finish tasks at the same instant. SQLite lets one writer at a time, so these interleavings cannot
+"""The services and ``conversions.counters`` under concurrent transactions on PostgreSQL (READ COMMITTED), where
+two hosts' workers finish tasks, and webhooks arrive, at the same instant. SQLite lets one writer at a time, so these interleavings cannot
 happen there: the tests run only against PostgreSQL, in a child pytest that
 test_the_same_on_postgresql starts with a real server (tests/support/dbservers.py).
 
@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from django.db import connection, connections, transaction
@@ -154,6 +155,37 @@ def test_two_deliveries_of_one_ignored_event_at_once_count_once():
     assert counters.totals()[counters.IGNORED] == 1
 
 
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_request_arriving_as_its_leader_finishes_leads_a_new_conversion(settings):
+    """A request finds a conversion of its source running (the unique index refuses it as a leader), and the
+    conversion finishes before the request looks it up to follow it: the request leads a conversion itself."""
+    from tests.service.conftest import FAKE_CONVERTER, make_config
+
+    settings.ACCELD = make_config(Path(settings.ACCELD_WORK_DIR))
+    settings.ACCELD_CONVERTER = FAKE_CONVERTER
+    leader = leader_with_followers("img03", 0)
+    finisher = threading.Thread(target=lambda: (complete(leader)(), connections.close_all()))
+
+    def finish_leader_after_the_refusal(execute, sql, params, many, context):
+        try:
+            return execute(sql, params, many, context)
+        except Exception:
+            if not finisher.is_alive() and finisher.ident is None:
+                finisher.start()  # commits COMPLETED before this request's lookup of the running leader
+                finisher.join(20)
+            raise
+
+    with connection.execute_wrapper(finish_leader_after_the_refusal):
+        task = services.conversion_create(source=leader.source)
+    assert finisher.ident is not None, "the leader was not finished in the window"
+    leader.refresh_from_db()
+    task.refresh_from_db()
+    assert leader.status == Status.COMPLETED
+    assert (task.status, task.shared_with_id, task.target) == (Status.PROCESSING, None, leader.target)
+    assert task.run_token is not None
+
+
 @pytest.mark.slow
 def test_the_same_on_postgresql():
     """The tests above in a child pytest whose database is a real PostgreSQL."""
@@ -161,4 +193,4 @@ def test_the_same_on_postgresql():
 
     run = pytest_on_postgresql(__file__, deselect="the_same_on_postgresql")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "4 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
+    assert "5 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
