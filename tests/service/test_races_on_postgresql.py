@@ -87,6 +87,51 @@ def test_two_first_additions_to_a_total_both_count():
         name: 3, counters.FAILED: 30}
 
 
+def blocking_others(cursor) -> bool:
+    """Whether another backend waits for a lock this connection's transaction holds."""
+    cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))")
+    return bool(cursor.fetchone()[0])
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_an_addition_waiting_for_anothers_new_row_counts_both():
+    """T1 has made a missing row and not yet added to it; T2 (adding to that row and to one that exists)
+    waits for T1's row. Both additions count, nothing deadlocks (the old code lost T2's addition to the
+    new row: its UPDATE did not see it, its read-back did)."""
+    made, new = f"made_{uuid.uuid4().hex[:8]}", f"new_{uuid.uuid4().hex[:8]}"
+    counters.add(**{made: 100})
+    inserted, t2_waited = threading.Event(), threading.Event()
+
+    def pause_after_making_the_row(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith("INSERT") and FinishedCount._meta.db_table in sql:
+            inserted.set()
+            with connection.cursor() as cursor:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    if blocking_others(cursor):
+                        t2_waited.set()
+                        break
+                    time.sleep(0.01)
+        return result
+
+    def first():
+        with connection.execute_wrapper(pause_after_making_the_row):
+            counters.add(**{made: 1, new: 1})
+
+    t1 = FirstTransaction(first)
+    t1.start()
+    assert inserted.wait(20)
+    with transaction.atomic():
+        counters.add(**{made: 2, new: 2})
+    t1.join(20)
+    assert t1.error is None, t1.error
+    assert t2_waited.is_set(), "T2 never waited for T1's new row: the interleaving did not happen"
+    assert dict(FinishedCount.objects.filter(name__in=[made, new]).values_list("name", "value")) == {
+        made: 103, new: 3}
+
+
 def leader_with_followers(repo: str, followers: int) -> ConversionTask:
     source = f"{HOST}/scale/{repo}:1"
     leader = ConversionTask.objects.create(source=source, target=f"{source}-esgz", status=Status.PROCESSING,
@@ -193,4 +238,4 @@ def test_the_same_on_postgresql():
 
     run = pytest_on_postgresql(__file__, deselect="the_same_on_postgresql")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "5 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
+    assert "6 passed" in run.stdout.splitlines()[-1], run.stdout[-2000:]
