@@ -9,10 +9,14 @@ web process reports the same, ever-growing total.
 """
 from __future__ import annotations
 
+import datetime
+from typing import Iterable
+
 from django.db import IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Value, When
+from django.utils import timezone
 
-from .models import ConversionTask, FinishedCount, Status
+from .models import ConversionTask, FinishedCount, IgnoredPush, Status
 
 COMPLETED = "conversions_completed"  # leaders that pulled, converted and pushed an image
 FAILED = "conversions_failed"  # leaders that ended FAILED (their followers fail with them)
@@ -23,25 +27,47 @@ TARGET_BYTES = "target_bytes"
 DURATION_MS = "conversion_duration_ms"  # summed over completed conversions that reported a total time
 DURATION_COUNT = "conversion_duration_count"
 IGNORED = "pushes_ignored"  # pushed images no route converts (converter.routes), route outputs among them
+# How long an ignored push's event id is remembered: a generous bound on how late a redelivery of one
+# event comes (Harbor retries a failed delivery; an operator may resend one from its UI).
+IGNORED_MEMORY = datetime.timedelta(days=7)
+
+
+class _RowMissing(Exception):
+    """Raised inside add()'s savepoint to undo an UPDATE that found only some of its rows."""
 
 
 def add(**deltas: int) -> None:
-    """Add to the totals, in the caller's transaction (one UPDATE; a missing row is created)."""
+    """Add to the totals, in the caller's transaction: one UPDATE once each total has a row.
+
+    A total nobody has added to yet has no row. Reading back which rows exist and inserting the rest is a
+    race on PostgreSQL (READ COMMITTED): another transaction may insert and commit the row between our
+    UPDATE (which did not see it) and our read (which does), and the addition is lost -- the first two
+    conversions to finish on a fresh database lost one conversion and its followers
+    (tests/service/test_races_on_postgresql.py). So a short UPDATE is undone, every row is made with
+    INSERT ... ON CONFLICT DO NOTHING (which waits for a concurrent insert of the same name to commit or
+    roll back), and the UPDATE is done again: it then finds every row, and F() adds to the newest value.
+    """
     deltas = {name: int(n) for name, n in deltas.items() if n}
     if not deltas:
         return
-    bump = Case(*(When(name=name, then=Value(n)) for name, n in deltas.items()), output_field=IntegerField())
     with transaction.atomic():
-        updated = FinishedCount.objects.filter(name__in=deltas).update(value=F("value") + bump)
-        if updated == len(deltas):
-            return
-        existing = set(FinishedCount.objects.filter(name__in=deltas).values_list("name", flat=True))
-        for name in sorted(set(deltas) - existing):
-            try:
-                with transaction.atomic():
-                    FinishedCount.objects.create(name=name, value=deltas[name])
-            except IntegrityError:  # another transaction created it first (PostgreSQL): add to that row
-                FinishedCount.objects.filter(name=name).update(value=F("value") + deltas[name])
+        try:
+            with transaction.atomic():  # a savepoint, so that a partial UPDATE can be undone
+                if _bump(deltas) == len(deltas):
+                    return
+                raise _RowMissing
+        except _RowMissing:
+            pass
+        FinishedCount.objects.bulk_create([FinishedCount(name=name, value=0) for name in sorted(deltas)],
+                                          ignore_conflicts=True)
+        updated = _bump(deltas)
+        if updated != len(deltas):  # cannot happen: the rows were just made or already there
+            raise RuntimeError(f"counters: {updated} of {len(deltas)} totals found after creating them")
+
+
+def _bump(deltas: dict[str, int]) -> int:
+    bump = Case(*(When(name=name, then=Value(n)) for name, n in deltas.items()), output_field=IntegerField())
+    return FinishedCount.objects.filter(name__in=deltas).update(value=F("value") + bump)
 
 
 def count_finished(task: ConversionTask, *, followers: int = 0) -> None:
@@ -64,9 +90,32 @@ def count_skipped() -> None:
     add(**{SKIPPED: 1})
 
 
-def count_ignored(n: int = 1) -> None:
-    """Pushes that made no task: no route matched them, or they were a route's output."""
-    add(**{IGNORED: n})
+def count_ignored(sources: Iterable[str], *, event_id: str = "") -> int:
+    """Pushed images that made no task: no route matched them, or they were a route's output.
+
+    With the delivery's ``event_id`` each image of an event counts once: a redelivery (same id) finds
+    the :class:`IgnoredPush` rows of the first and adds nothing. A delivery without an id cannot be
+    told from a new push (Harbor's own format sends none, FORMATS.md) and counts each time, as it
+    would make a task each time. Returns how many were counted.
+    """
+    sources = sorted(set(sources))
+    if not sources:
+        return 0
+    with transaction.atomic():
+        new = len(sources)
+        if event_id:
+            now = timezone.now()
+            IgnoredPush.objects.filter(seen__lt=now - IGNORED_MEMORY).delete()  # bounded: a week of events
+            new = 0
+            for source in sources:
+                try:
+                    with transaction.atomic():  # PostgreSQL: waits for a concurrent delivery's row, then refuses
+                        IgnoredPush.objects.create(event_id=event_id, source=source, seen=now)
+                except IntegrityError:  # an earlier delivery of this event counted it
+                    continue
+                new += 1
+        add(**{IGNORED: new})
+    return new
 
 
 def totals() -> dict[str, int]:

@@ -99,3 +99,22 @@ class FinishedCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} = {self.value}"
+
+
+class IgnoredPush(models.Model):
+    """An image of a webhook event that made no task (``conversions.counters.count_ignored``).
+
+    Remembered by the event's id so that a redelivery of the event is not counted again in
+    ``acceld_pushes_ignored_total`` (a task remembers its own event id; an ignored push has no task).
+    Rows older than ``counters.IGNORED_MEMORY`` are deleted as new ones are written.
+    """
+
+    event_id = models.CharField(max_length=200)
+    source = models.CharField(max_length=512)
+    seen = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["event_id", "source"], name="one_ignored_push_per_event")]
+
+    def __str__(self) -> str:
+        return f"{self.source} ({self.event_id})"

@@ -78,6 +78,11 @@ def _enqueue_on_commit(task: ConversionTask) -> None:
     transaction.on_commit(lambda: tasks.enqueue_run(task_id, token), robust=True)
 
 
+# Tries to lead or follow: each failed one saw a conversion of the source finish in between; three in a
+# row would take three conversions finishing within milliseconds, or another constraint refusing the task.
+LEAD_ATTEMPTS = 3
+
+
 def _lead_or_follow(task: ConversionTask) -> None:
     """Save ``task`` as PROCESSING: lead a new conversion of its source, else follow the one already running.
 
@@ -86,21 +91,26 @@ def _lead_or_follow(task: ConversionTask) -> None:
     leader looked up and followed. A lookup before every save cost a webhook more CPU than the rest of its
     database work together (bench/api.py); following is the rare case.
     """
-    task.status = Status.PROCESSING
-    task.shared_with = None
-    task.run_token = uuid.uuid4()
-    task.queued = timezone.now()
-    task.heartbeat = None
-    try:
-        with transaction.atomic():
-            task.save()
-    except IntegrityError:
-        leader = _running_leader(task.source, task.target, exclude=task.pk)
-        if leader is None:
-            raise
-    else:
-        _enqueue_on_commit(task)
-        return
+    for attempt in range(LEAD_ATTEMPTS):
+        task.status = Status.PROCESSING
+        task.shared_with = None
+        task.run_token = uuid.uuid4()
+        task.queued = timezone.now()
+        task.heartbeat = None
+        try:
+            with transaction.atomic():
+                task.save()
+        except IntegrityError:
+            leader = _running_leader(task.source, task.target, exclude=task.pk)
+            if leader is not None:
+                break
+            if attempt == LEAD_ATTEMPTS - 1:
+                raise
+            # The running leader finished between the index's refusal and the lookup (another worker or
+            # host committed it): nothing to follow now, so lead after all.
+        else:
+            _enqueue_on_commit(task)
+            return
     task.shared_with = leader
     task.run_token = None
     task.queued = None
@@ -206,13 +216,12 @@ def conversions_create(*, sources: Iterable[tuple[str, str]], trigger: str, even
         distinct.setdefault(str(ref), (ref, digest))
     plans = [(ref, digest, routing.distinct_targets(ref, routing.routes_for(cfg, ref, route)))
              for ref, digest in distinct.values()]
-    ignored = sum(1 for _, _, chosen in plans if not chosen)
+    ignored = [ref for ref, _, chosen in plans if not chosen]
     if ignored and strict:
-        ref = next(ref for ref, _, chosen in plans if not chosen)
-        why = routes.output_reason(cfg.converter.routes, ref) or "no route's match selects it"
-        raise IllegalParameter(f"not converting {ref}: {why}")
-    if ignored:
-        counters.count_ignored(ignored)
+        why = routes.output_reason(cfg.converter.routes, ignored[0]) or "no route's match selects it"
+        raise IllegalParameter(f"not converting {ignored[0]}: {why}")
+    if ignored:  # a redelivery of the event (same event_id) counts none again
+        counters.count_ignored([str(ref) for ref in ignored], event_id=event_id)
     return [_create_atomic(cfg, ref, r, trigger=trigger, digest=digest, event_id=event_id)
             for ref, digest, chosen in plans for r in chosen]
 

@@ -16,7 +16,6 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.service.images import push_image
 from tests.service.stack import ServiceStack, manifest_exists
-from tests.support.registry import RegistryServer
 from tests.support.stackctl import admin_session, csrf_token
 
 pytestmark = pytest.mark.slow
@@ -49,13 +48,6 @@ def browser(tmp_path):
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
-
-
-@pytest.fixture
-def registry(tmp_path):
-    reg = RegistryServer(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture

@@ -22,19 +22,11 @@ import requests
 
 from tests.service.stack import AUTH, ServiceStack
 from tests.support.quickpush import push_small_image
-from tests.support.registry import RegistryServer
 from tests.support.stackctl import tag_pushes
 
 pytestmark = pytest.mark.slow
 
 IMAGES, PER_IMAGE, CLIENTS = 50, 20, 20
-
-
-@pytest.fixture
-def registry(tmp_path):
-    reg = RegistryServer(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 def test_1000_webhooks_for_50_images_make_50_conversions(registry, tmp_path):

@@ -15,19 +15,11 @@ import requests
 from tests.service.images import push_image, random_files
 from tests.service.stack import ServiceStack, manifest_exists
 from tests.support.quickpush import push_small_image
-from tests.support.registry import RegistryServer
 from tests.support.stackctl import FAST_RECOVERY_ENV, crash, group_gone, restart_web, tag_pushes, wait_for
 
 pytestmark = pytest.mark.slow
 
 OCI_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
-
-
-@pytest.fixture
-def registry(tmp_path):
-    reg = RegistryServer(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 def assert_image_whole(registry_host: str, repo: str, tag: str) -> None:

@@ -64,6 +64,14 @@ def conversions_processed(host: ServiceStack) -> list[str]:
     return re.findall(r"Processed 'conversions\.tasks\.run' \(convert-([0-9a-f-]{36})-", _cluster_log(host))
 
 
+def service_logs(hosts: dict[str, ServiceStack], pg: PostgresServer, tail: int = 60_000) -> str:
+    """Every host's gunicorn and qcluster log and PostgreSQL's (deadlocks, lock waits): printed when the
+    test fails, since the temp directory holding them is gone with a CI job."""
+    out = [f"===== host {name} ({host.root})\n{host.logs(tail=tail)}" for name, host in hosts.items()]
+    out.append(f"===== postgres\n{pg.log_path.read_text(errors='replace')[-tail:] if pg.log_path.exists() else ''}")
+    return "\n".join(out)
+
+
 def busy_after_some_work(host: ServiceStack) -> bool:
     """The host finished a conversion and has another one running."""
     done = conversions_processed(host)
@@ -79,6 +87,7 @@ def test_two_hosts_share_the_queue_dedupe_and_survive_losing_one(backends, tmp_p
     key = secrets.token_urlsafe(40)
     a = make_host("host-a", tmp_path, reg, pg, redis, key)
     b = make_host("host-b", tmp_path, reg, pg, redis, key)
+    passed = False
     try:
         a.start(qcluster=False)
         b.start(qcluster=False)
@@ -152,6 +161,9 @@ def test_two_hosts_share_the_queue_dedupe_and_survive_losing_one(backends, tmp_p
         # No shared work_dir: each host converted in a content store of its own.
         for host in (a, b):
             assert any((host.root / "work" / "content" / "blobs" / "sha256").iterdir()), host.root
+        passed = True
     finally:
         b.stop()
         a.stop()
+        if not passed:  # pytest shows a failed test's captured output: the whole story of both hosts
+            print(service_logs({"A": a, "B": b}, pg))

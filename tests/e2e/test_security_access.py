@@ -6,7 +6,6 @@ import pytest
 import requests
 
 from tests.service.stack import AUTH, ServiceStack
-from tests.support.registry import RegistryServer
 from tests.support.stackctl import admin_session, csrf_token, reconfigure
 
 pytestmark = pytest.mark.slow
@@ -15,23 +14,12 @@ CHANGELIST = "/admin/conversions/conversiontask/"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(registry, tmp_path_factory):
-    s = ServiceStack(tmp_path_factory.mktemp("stack"), registry.host,
-                     extra_env={"ACCELD_ADMIN_PASSWORD": ADMIN_PW}).start()
-    try:
-        s.manage("acceld_admin")
-        # A task with a recognisable source, FAILED at once (the image does not exist).
-        assert s.post(s.source("secret-project/hidden-image:7"), sync=True).status_code == 500
-        yield s
-    finally:
-        s.stop()
+def stack(module_stack):
+    s = module_stack(extra_env={"ACCELD_ADMIN_PASSWORD": ADMIN_PW})
+    s.manage("acceld_admin")
+    # A task with a recognisable source, FAILED at once (the image does not exist).
+    assert s.post(s.source("secret-project/hidden-image:7"), sync=True).status_code == 500
+    return s
 
 
 def failed_task(stack) -> dict:
@@ -120,8 +108,8 @@ def test_the_list_needs_credentials(stack):
         assert resp.status_code == 200 and "hidden-image" in resp.text
 
 
-def test_public_list_opens_the_list_and_nothing_else(registry, tmp_path):
-    stack = ServiceStack(tmp_path, registry.host, public_list=True)
+def test_public_list_opens_the_list_and_nothing_else(module_registry, tmp_path):
+    stack = ServiceStack(tmp_path, module_registry.host, public_list=True)
     reconfigure(stack, lambda cfg: cfg["server"].update(public_list=True))
     stack.start(qcluster=False)
     try:

@@ -20,7 +20,6 @@ import pytest
 import requests
 
 from tests.service.stack import AUTH, ServiceStack
-from tests.support.registry import RegistryServer
 from tests.support.stackctl import admin_session, all_output, csrf_token, reconfigure, wait_for
 
 pytestmark = pytest.mark.slow
@@ -29,24 +28,13 @@ WRONG_PREFIX = "wrong-guess-" + secrets.token_hex(4) + "-"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(registry, tmp_path_factory):
+def stack(module_stack):
     """`make run`'s defaults: no TLS proxy, no extra host names."""
-    s = ServiceStack(tmp_path_factory.mktemp("stack"), registry.host,
-                     extra_env={"ACCELD_ADMIN_PASSWORD": ADMIN_PW}).start(qcluster=False)
-    try:
-        s.manage("acceld_admin")
-        for i in range(3):  # three queued tasks (no qcluster runs them), for pagination
-            assert s.post(s.source(f"nowhere/img:{i}"), sync=False).status_code == 200
-        yield s
-    finally:
-        s.stop()
+    s = module_stack(qcluster=False, extra_env={"ACCELD_ADMIN_PASSWORD": ADMIN_PW})
+    s.manage("acceld_admin")
+    for i in range(3):  # three queued tasks (no qcluster runs them), for pagination
+        assert s.post(s.source(f"nowhere/img:{i}"), sync=False).status_code == 200
+    return s
 
 
 def login_attempt(stack, password: str, username: str = "admin", proxied: str = "") -> requests.Response:
@@ -130,9 +118,9 @@ def test_the_access_log_has_the_path_but_not_the_basic_user(stack):
 
 
 @pytest.fixture
-def tls_stack(registry, tmp_path):
+def tls_stack(module_registry, tmp_path):
     """Behind a TLS proxy on loopback (gunicorn trusts 127.0.0.1 for X-Forwarded-Proto), a short lockout."""
-    s = ServiceStack(tmp_path, registry.host, extra_env={
+    s = ServiceStack(tmp_path, module_registry.host, extra_env={
         "ACCELD_ADMIN_PASSWORD": ADMIN_PW, "ACCELD_LOGIN_FAILURE_LIMIT": "3", "ACCELD_LOGIN_LOCKOUT_SECONDS": "4"})
     reconfigure(s, lambda cfg: cfg["server"].update(tls_proxy=True, allowed_hosts=["acceld.example.com"]))
     s.start(qcluster=False)

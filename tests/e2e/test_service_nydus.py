@@ -11,33 +11,23 @@ import requests
 from acceleration_sdk.registry import RegistryClient
 from drivers.nydus.driver import BOOTSTRAP_ANNOTATION, NYDUS_BLOB
 from tests.service.images import push_image
-from tests.service.stack import ServiceStack, manifest_exists
+from tests.service.stack import manifest_exists
 from tests.support import tars
 from tests.support.images import push_image as push_layers
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(registry, tmp_path_factory):
+def stack(module_stack):
     nydus = {"driver": {"type": "nydus", "config": {"work_dir": "/tmp", "with_referrer": True,
                                                     "fs_chunk_size": "0x1000"}},
              "rules": [{"tag_suffix": "-nydus"}]}
-    s = ServiceStack(tmp_path_factory.mktemp("stack"), registry.host, converter=nydus).start()
-    yield s
-    s.stop()
+    return module_stack(converter=nydus)
 
 
-def test_a_pushed_image_converts_to_nydus_through_the_service(stack, registry, tmp_path):
-    push_image(registry.host, "library/app:1", tmp_path, files={"bin/app": b"#!/bin/sh\n" * 3000,
+def test_a_pushed_image_converts_to_nydus_through_the_service(stack, module_registry, tmp_path):
+    push_image(module_registry.host, "library/app:1", tmp_path, files={"bin/app": b"#!/bin/sh\n" * 3000,
                                                                  "etc/app.conf": b"x=1\n"})
     src = stack.source("library/app:1")
     resp = stack.post(src, sync=True)
@@ -45,15 +35,15 @@ def test_a_pushed_image_converts_to_nydus_through_the_service(stack, registry, t
     task = next(t for t in stack.tasks() if t["source"] == src)
     assert task["status"] == "COMPLETED" and task["reason"] == "", task
     assert task["target"] == src + "-nydus" and task["driver"] == "nydus"
-    raw = requests.get(f"http://{registry.host}/v2/library/app/manifests/1-nydus", timeout=30,
+    raw = requests.get(f"http://{module_registry.host}/v2/library/app/manifests/1-nydus", timeout=30,
                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).content
     manifest = json.loads(raw)
     assert [layer["mediaType"] for layer in manifest["layers"][:-1]] == [NYDUS_BLOB]
     assert manifest["layers"][-1]["annotations"][BOOTSTRAP_ANNOTATION] == "true" and "subject" in manifest
 
 
-def test_a_broken_layer_fails_the_task_with_its_reason(stack, registry):
-    repo = f"{registry.host}/library/broken"
+def test_a_broken_layer_fails_the_task_with_its_reason(stack, module_registry):
+    repo = f"{module_registry.host}/library/broken"
     with RegistryClient() as client:
         push_layers(client, f"{repo}:1", [tars.build_tar([tars.reg("../escape", b"out of the layer")])])
     resp = stack.post(f"{repo}:1", sync=True)   # a sync caller gets the failure as a JSON body
@@ -62,4 +52,4 @@ def test_a_broken_layer_fails_the_task_with_its_reason(stack, registry):
     task = next(t for t in stack.tasks() if t["source"] == f"{repo}:1")
     assert task["status"] == "FAILED" and "leaves the layer" in task["reason"], task
     assert "Traceback" not in task["reason"]
-    assert not manifest_exists(registry.host, "library/broken:1-nydus")
+    assert not manifest_exists(module_registry.host, "library/broken:1-nydus")

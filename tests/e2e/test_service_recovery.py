@@ -5,16 +5,8 @@ import pytest
 
 from tests.service.images import push_image, random_files
 from tests.service.stack import ServiceStack, count_requests, manifest_exists
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def registry(tmp_path):
-    reg = RegistryServer(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 def test_killed_qcluster_mid_conversion_is_finished_by_the_next(registry, tmp_path):

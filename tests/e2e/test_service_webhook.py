@@ -9,34 +9,24 @@ import pytest
 
 from tests.service.images import push_image, random_files
 from tests.service.stack import AUTH, ServiceStack, count_requests, manifest_exists
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def images(registry, tmp_path_factory):
+def images(module_registry, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("images")
     for repo_tag in ("library/nginx:latest", "library/redis:7", "library/httpd:2", "library/event:1"):
-        push_image(registry.host, repo_tag, workdir)
+        push_image(module_registry.host, repo_tag, workdir)
     return workdir
 
 
 @pytest.fixture(scope="module")
-def stack(registry, images, tmp_path_factory):
-    s = ServiceStack(tmp_path_factory.mktemp("stack"), registry.host).start()
-    yield s
-    s.stop()
+def stack(module_stack, images):
+    return module_stack()
 
 
-def test_sync_conversion_pushes_the_esgz_tag(stack, registry):
+def test_sync_conversion_pushes_the_esgz_tag(stack, module_registry):
     src = stack.source("library/nginx:latest")
     resp = stack.post(src, sync=True)
     assert (resp.status_code, resp.content) == (200, b'"Ok"\n'), stack.logs()
@@ -45,11 +35,11 @@ def test_sync_conversion_pushes_the_esgz_tag(stack, registry):
     assert task["source_size"] > 0 and task["target_size"] > 0
     assert task["target"] == src + "-esgz" and task["driver"] == "estargz" and task["attempts"] == 1
     assert task["progress"]["percent"] == 100 and task["progress"]["layers"]  # per-layer progress was kept
-    assert manifest_exists(registry.host, "library/nginx:latest-esgz")
-    assert count_requests(registry.log(), "PUT", "/v2/library/nginx/manifests/latest-esgz") == 1
+    assert manifest_exists(module_registry.host, "library/nginx:latest-esgz")
+    assert count_requests(module_registry.log(), "PUT", "/v2/library/nginx/manifests/latest-esgz") == 1
 
 
-def test_async_answers_at_once_and_completes(stack, registry):
+def test_async_answers_at_once_and_completes(stack, module_registry):
     src = stack.source("library/redis:7")
     started = time.monotonic()
     resp = stack.post(src)
@@ -57,17 +47,17 @@ def test_async_answers_at_once_and_completes(stack, registry):
     assert time.monotonic() - started < 5
     stack.wait_tasks(lambda ts: any(t["source"] == src and t["status"] == "COMPLETED" for t in ts),
                      what="redis:7 to complete")
-    assert manifest_exists(registry.host, "library/redis:7-esgz")
+    assert manifest_exists(module_registry.host, "library/redis:7-esgz")
 
 
-def test_pushing_the_converted_tag_does_not_loop(stack, registry):
+def test_pushing_the_converted_tag_does_not_loop(stack, module_registry):
     stack.post(stack.source("library/nginx:latest"), sync=True)
-    before = registry.log()
+    before = module_registry.log()
     resp = stack.post(stack.source("library/nginx:latest-esgz"), sync=True)
     assert resp.status_code == 200
     task = stack.tasks(source="latest-esgz")[0]
     assert task["status"] == "COMPLETED" and task["skipped"] is True and task["attempts"] == 0
-    assert registry.log() == before  # nothing pulled, nothing pushed
+    assert module_registry.log() == before  # nothing pulled, nothing pushed
 
 
 def test_sync_failure_is_500_with_the_reason(stack):
@@ -81,17 +71,17 @@ def test_sync_failure_is_500_with_the_reason(stack):
     assert AUTH not in resp.text and "Traceback" not in resp.text
 
 
-def test_auth_is_checked_before_anything_is_fetched(stack, registry):
-    before, tasks_before = registry.log(), len(stack.tasks())
+def test_auth_is_checked_before_anything_is_fetched(stack, module_registry):
+    before, tasks_before = module_registry.log(), len(stack.tasks())
     for auth in (None, "", "Bearer wrong"):
         resp = stack.post(stack.source("library/nginx:latest"), auth=auth)
         assert resp.status_code == 401 and resp.json()["code"] == "ERR_UNAUTHORIZED"
     resp = stack.post("127.0.0.2:9/library/nginx:latest")  # not a configured source: no SSRF
     assert resp.status_code == 401
-    assert registry.log() == before and len(stack.tasks()) == tasks_before
+    assert module_registry.log() == before and len(stack.tasks()) == tasks_before
 
 
-def test_cloudevents_and_redelivery(stack, registry):
+def test_cloudevents_and_redelivery(stack, module_registry):
     src = stack.source("library/event:1")
     event = {"specversion": "1.0", "type": "harbor.artifact.pushed", "source": "/projects/1", "id": "ev-e2e-1",
              "time": "2023-04-03T06:04:53Z", "datacontenttype": "application/json",
@@ -104,7 +94,7 @@ def test_cloudevents_and_redelivery(stack, registry):
         assert resp.status_code == 200, resp.text
     tasks = [t for t in stack.tasks() if t["source"] == src]
     assert len(tasks) == 1 and tasks[0]["event_id"] == "ev-e2e-1" and tasks[0]["trigger"] == "webhook"
-    assert count_requests(registry.log(), "PUT", "/v2/library/event/manifests/1-esgz") == 1
+    assert count_requests(module_registry.log(), "PUT", "/v2/library/event/manifests/1-esgz") == 1
 
 
 def test_list_health_metrics_over_http(stack):
@@ -124,9 +114,9 @@ def test_list_health_metrics_over_http(stack):
 # ------------------------------------------------------------ ten requests, one conversion
 
 
-def test_ten_concurrent_requests_share_one_conversion(registry, tmp_path):
-    push_image(registry.host, "library/shared:1", tmp_path, random_files(8, 1 << 20))
-    stack = ServiceStack(tmp_path, registry.host, worker=4).start(qcluster=False)
+def test_ten_concurrent_requests_share_one_conversion(module_registry, tmp_path):
+    push_image(module_registry.host, "library/shared:1", tmp_path, random_files(8, 1 << 20))
+    stack = ServiceStack(tmp_path, module_registry.host, worker=4).start(qcluster=False)
     try:
         src = stack.source("library/shared:1")
         with concurrent.futures.ThreadPoolExecutor(10) as pool:
@@ -143,14 +133,14 @@ def test_ten_concurrent_requests_share_one_conversion(registry, tmp_path):
         assert [t["status"] for t in tasks] == ["COMPLETED"] * 10
         assert len({t["finished"] for t in tasks}) == 1  # they ended together
         assert len({(t["source_size"], t["target_size"]) for t in tasks}) == 1
-        log = registry.log()
+        log = module_registry.log()
         assert count_requests(log, "GET", "/v2/library/shared/manifests/1") == 1  # one pull
         assert count_requests(log, "PUT", "/v2/library/shared/manifests/1-esgz") == 1  # one push
     finally:
         stack.stop()
 
 
-def test_accelctl_task_create_and_list_like_acceld_scripts(stack, registry):
+def test_accelctl_task_create_and_list_like_acceld_scripts(stack, module_registry):
     import subprocess
     import sys
 
@@ -167,4 +157,4 @@ def test_accelctl_task_create_and_list_like_acceld_scripts(stack, registry):
     statuses = {row[4]: row[3] for row in rows}  # awk '{print $4}' is the STATUS
     assert statuses[src] == "COMPLETED"
     assert set(statuses.values()) <= {"COMPLETED", "FAILED", "PROCESSING"}
-    assert manifest_exists(registry.host, "library/httpd:2-esgz")
+    assert manifest_exists(module_registry.host, "library/httpd:2-esgz")

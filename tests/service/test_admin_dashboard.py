@@ -10,9 +10,6 @@ import datetime
 import os
 import random
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -26,7 +23,6 @@ from conversions.models import ConversionTask, Status
 from tests.service.conftest import HOST
 
 DASH = "/admin/dashboard/"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def day_start(days_ago: int) -> datetime.datetime:
@@ -205,19 +201,10 @@ def test_who_may_see_it(acceld):
 
 
 @pytest.mark.slow
-def test_the_same_on_postgresql(tmp_path):
+def test_the_same_on_postgresql():
     """Every test above again, in a child pytest whose database is a real PostgreSQL."""
-    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        pytest.skip("this run is the PostgreSQL one")
-    from tests.support.dbservers import PostgresServer
+    from tests.support.dbservers import pytest_on_postgresql
 
-    server = PostgresServer().start()
-    try:
-        env = {**os.environ, "DATABASE_URL": server.url, "DASHBOARD_TEST_VENDOR": "postgresql"}
-        run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-                              "-k", "not postgresql"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=600)
-        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-        assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1]
-    finally:
-        server.stop()
+    run = pytest_on_postgresql(__file__, deselect="postgresql", env={"DASHBOARD_TEST_VENDOR": "postgresql"})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1]

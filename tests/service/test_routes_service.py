@@ -2,10 +2,12 @@
 route and target in the list API and the admin, a route's own target and driver handed to the converter."""
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from acceleration_sdk import cli_task
 from conversions import services
@@ -63,6 +65,43 @@ def test_a_push_no_route_matches_is_ok_no_task_and_counted(routed, api):
     # excluded tag: only the route that does not exclude it runs
     post_webhook(api, push_payload(f"{HOST}/library/nginx:v1-debug"))
     assert [t.route for t in ConversionTask.objects.all()] == ["all-esgz"]
+
+
+def test_a_redelivered_ignored_push_counts_once(routed, api):
+    before = ignored(api)
+    other = push_payload(f"{HOST}/other/app:v1", f"{HOST}/other/db:v1")
+    for _ in range(3):  # Harbor redelivers an event it thinks failed: same id, same images
+        assert post_webhook(api, other, headers={"X-Harbor-Event-Id": "ev-ignored"}).status_code == 200
+    assert ignored(api) == before + 2
+    # one more image in a redelivery counts; another event of the same images counts again
+    post_webhook(api, push_payload(f"{HOST}/other/app:v1", f"{HOST}/other/web:v1"),
+                 headers={"X-Harbor-Event-Id": "ev-ignored"})
+    assert ignored(api) == before + 3
+    post_webhook(api, other, headers={"X-Harbor-Event-Id": "ev-ignored-2"})
+    assert ignored(api) == before + 5
+    # CloudEvents: the event's own id
+    cloud = {"specversion": "1.0", "type": "harbor.artifact.pushed", "source": "harbor", "id": "ce-7",
+             "data": other["event_data"]}
+    for _ in range(2):
+        post_webhook(api, cloud, content_type="application/cloudevents+json")
+    assert ignored(api) == before + 7
+    # no id: nothing tells a redelivery from a new push (Harbor's default format sends none)
+    for _ in range(2):
+        post_webhook(api, push_payload(f"{HOST}/other/app:v1"))
+    assert ignored(api) == before + 9
+    assert ConversionTask.objects.count() == 0
+
+
+def test_ignored_event_ids_are_forgotten_after_a_week(routed, api):
+    from conversions import counters
+    from conversions.models import IgnoredPush
+
+    counters.count_ignored([f"{HOST}/other/app:v1"], event_id="old")
+    IgnoredPush.objects.update(seen=timezone.now() - counters.IGNORED_MEMORY - datetime.timedelta(seconds=1))
+    before = ignored(api)
+    post_webhook(api, push_payload(f"{HOST}/other/app:v2"), headers={"X-Harbor-Event-Id": "new"})
+    assert list(IgnoredPush.objects.values_list("event_id", flat=True)) == ["new"]  # the old one pruned
+    assert ignored(api) == before + 1
 
 
 @pytest.mark.parametrize("output", [

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,6 +141,23 @@ class PostgresServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def pytest_on_postgresql(test_file: str, *, deselect: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``test_file`` again in a child pytest whose ``DATABASE_URL`` is a fresh PostgreSQL (stopped after),
+    leaving out the tests ``-k`` matches with ``deselect`` (the caller). Skips when this run already is on
+    PostgreSQL. The caller asserts on the returned run (its stdout holds pytest's summary)."""
+    import pytest
+
+    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        pytest.skip("this run is the PostgreSQL one")
+    server = PostgresServer().start()
+    try:
+        return subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider",
+                               "-k", f"not {deselect}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, **(env or {}), "DATABASE_URL": server.url})
+    finally:
+        server.stop()
 
 
 class RedisServer:
