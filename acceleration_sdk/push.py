@@ -63,9 +63,11 @@ def push_blobs(session: ConversionSession, blobs: list[Descriptor]) -> None:
 
         # a blob of another image the driver linked (nydus: a chunk dict's blob) comes from that image's repository
         origin = session.linked_blobs.get(desc.digest, session.source)
-        if store.has(desc.digest):
+        if store.has(desc.digest):  # a linked blob the store has too: still a mount first, when one can be
+            mount = origin if desc.digest in session.linked_blobs and origin.api_host == session.target.api_host \
+                else None
             how = client.push_blob(session.target, desc.digest, desc.size, store.path(desc.digest),
-                                   mount_from=None, progress=on_bytes)
+                                   mount_from=mount, progress=on_bytes)
         elif client.blob_exists(session.target, desc.digest):
             how = "exists"
         elif origin.api_host != session.target.api_host:

@@ -1,0 +1,209 @@
+"""``chunk_dict_ref`` end to end with the real registry: image A converted to nydus is the chunk dict of image B.
+
+B's blobs hold only the chunks A's blobs do not; B's manifest lists A's blobs it uses after its own (as
+nydus-snapshotter appends them), mounted into B's repository from A's; every file of B reads back through our
+reader from B's and A's blobs, and the kernel mounts it. The dict is read with the engine's registry client, only
+from a configured registry; a layer converted against a dict is cached under that dict's digest.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import stat
+import tarfile
+
+import pytest
+
+from acceleration_sdk import config as config_mod
+from acceleration_sdk.engine import convert
+from acceleration_sdk.errors import ConfigError, ConversionError, NotFoundError
+from acceleration_sdk.reference import parse
+from acceleration_sdk.registry import RegistryClient
+from drivers.nydus.blobfile import BlobFile
+from drivers.nydus.media import BLOB_ANNOTATION, NYDUS_BLOB
+from drivers.nydus.reader import Rafs
+from drivers.nydus.validate import validate
+from tests.drivers.nydus_oracle import compare, flatten
+from tests.support import erofs, tars
+from tests.support.images import push_image
+
+needs_kernel = erofs.requires_kernel()
+SHARED = tars.payload(9 * 0x1000 + 5, "shared")
+LIB = tars.payload(6 * 0x1000, "lib")
+
+
+def cfg(work_dir, host, suffix="-nydus", **opts):
+    return config_mod.from_dict({
+        "provider": {"work_dir": str(work_dir), "source": {host: {}}},
+        "converter": {"driver": {"type": "nydus", "config": {"fs_chunk_size": "0x1000", **opts}},
+                      "rules": [{"tag_suffix": suffix}]}})
+
+
+def layers_a() -> list[bytes]:
+    return [tars.build_tar([tars.directory("usr"), tars.reg("usr/shared", SHARED), tars.reg("etc/a", b"a\n")]),
+            tars.build_tar([tars.reg("usr/lib", LIB), tars.reg("a-only", tars.payload(4 * 0x1000, "a-only"))])]
+
+
+def layers_b() -> list[bytes]:
+    lib = LIB[:3 * 0x1000] + tars.payload(0x1000, "patched") + LIB[4 * 0x1000:]
+    return [tars.build_tar([tars.directory("usr"), tars.reg("usr/shared", SHARED), tars.reg("etc/b", b"b\n")]),
+            tars.build_tar([tars.reg("usr/lib", lib), tars.hardlink("usr/lib2", "usr/lib"),
+                            tars.reg("b-only", tars.payload(3 * 0x1000 + 1, "b-only")), tars.symlink("l", "usr/lib")])]
+
+
+@pytest.fixture
+def client(registry):
+    with RegistryClient() as c:
+        yield c
+
+
+def manifest_of(client, ref: str) -> dict:
+    return json.loads(client.get_manifest(parse(ref)).raw)
+
+
+def blob(client, repo: str, digest: str) -> bytes:
+    buf = io.BytesIO()
+    client.download_blob(parse(repo), digest, buf)
+    return buf.getvalue()
+
+
+def pulled(client, repo: str, manifest: dict, tmp_path):
+    """Every blob layer downloaded (by its digest, from ``repo``) and the merged bootstrap."""
+    *blob_layers, boot_layer = manifest["layers"]
+    blobs = {}
+    for layer in blob_layers:
+        path = tmp_path / layer["digest"][7:]
+        path.write_bytes(blob(client, repo, layer["digest"]))
+        blobs[layer["digest"][7:]] = BlobFile(path)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(client, repo, boot_layer["digest"])))) as tf:
+        files = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+    boot = tmp_path / "image.boot"
+    boot.write_bytes(files["image/image.boot"])
+    return boot, blobs, files
+
+
+def read_files(rafs: Rafs, blobs: dict[str, BlobFile]) -> dict[str, bytes]:
+    out = {}
+    for path, inode in rafs.walk():
+        if stat.S_ISREG(inode.mode):
+            data = b""
+            for chunk in rafs.file_chunks(inode):
+                entry = rafs.blobs[chunk.blob_index]
+                with open(blobs[entry.blob_id].path, "rb") as fh:
+                    data += blobs[entry.blob_id].read_chunk(fh, chunk.index, entry.compressor)
+            out[path] = data[:inode.size]
+    return out
+
+
+def expected_files(layers: list[bytes]) -> dict[str, bytes]:
+    out = {}
+    for layer in layers:
+        with tarfile.open(fileobj=io.BytesIO(layer)) as tf:
+            out.update({m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isreg() or m.islnk()})
+    return out
+
+
+def own_sizes(manifest: dict, count: int) -> int:
+    return sum(layer["size"] for layer in manifest["layers"][:count])
+
+
+@needs_kernel
+def test_image_b_built_against_image_a(tmp_path, registry, client):
+    host = registry.host
+    push_image(client, f"{host}/base/dict:v1", layers_a())
+    dict_result = convert(cfg(tmp_path / "dict-work", host), f"{host}/base/dict:v1")   # made elsewhere
+    dict_manifest = manifest_of(client, dict_result.target)
+    dict_blobs = dict_manifest["layers"][:-1]
+
+    src = push_image(client, f"{host}/apps/app:v1", layers_b())
+    plain = convert(cfg(tmp_path / "work", host, suffix="-plain"), f"{host}/apps/app:v1")
+    mark = len(registry.log())
+    events = []
+    result = convert(cfg(tmp_path / "work", host, chunk_dict_ref=dict_result.target), f"{host}/apps/app:v1",
+                     progress=events.append)
+    # not the plain conversion's layers from the cache: a layer built against a dict is another blob
+    assert [e.message for e in events if e.phase == "convert"].count("cached") == 0
+
+    manifest = manifest_of(client, result.target)
+    layers = manifest["layers"]
+    # B's two blobs, then A's blobs B uses (both: usr/shared is in A's first, usr/lib's chunks in its second),
+    # then the bootstrap; diff_ids follow, history gets the bootstrap's entry only (nydus-snapshotter's layout)
+    assert [layer["digest"] for layer in layers[2:4]] == sorted(
+        [b["digest"] for b in dict_blobs], key=[layer["digest"] for layer in layers[2:4]].index)
+    assert {json.dumps(layer, sort_keys=True) for layer in layers[2:4]} == {
+        json.dumps(b, sort_keys=True) for b in dict_blobs}
+    assert all(layer["mediaType"] == NYDUS_BLOB and layer["annotations"] == {BLOB_ANNOTATION: "true"}
+               for layer in layers[:4])
+    config = json.loads(blob(client, f"{host}/apps/app", manifest["config"]["digest"]))
+    assert config["rootfs"]["diff_ids"][:4] == [layer["digest"] for layer in layers[:4]]
+    assert len(config["rootfs"]["diff_ids"]) == len(layers)
+    assert config["history"] == src.config["history"] + [{"created_by": "Nydus Converter",
+                                                          "comment": "Nydus Bootstrap Layer"}]
+    # A's blobs reached B's repository by a cross-repository mount from A's, not by an upload
+    log = registry.log()[mark:]
+    for b in dict_blobs:
+        assert f"mount=sha256%3A{b['digest'][7:]}&from=base%2Fdict" in log
+
+    plain_manifest = manifest_of(client, plain.target)
+    assert own_sizes(manifest, 2) < own_sizes(plain_manifest, 2) / 2        # B's own blobs: most chunks are A's
+
+    boot, blobs, files = pulled(client, f"{host}/apps/app", manifest, tmp_path)
+    rafs = Rafs(boot.read_bytes())
+    assert sorted(b.blob_id for b in rafs.blobs) == sorted(layer["digest"][7:] for layer in layers[:4])
+    assert sorted(files) == sorted(["image/image.boot"] + [f"image/{b.blob_id}.blob.meta" for b in rafs.blobs])
+    validate(rafs, blobs, strict=True)                                   # nydusd's rules, every chunk's data
+    assert read_files(rafs, blobs) == expected_files(layers_b())
+    devices = []
+    for i, entry in enumerate(rafs.blobs):
+        dev = tmp_path / f"device{i}"
+        blobs[entry.blob_id].write_device(dev, entry.compressor)
+        devices.append(dev)
+    with erofs.mounted(boot, devices) as root:                           # loop devices detached in finally
+        compare(flatten(layers_b()), erofs.snapshot(root))
+
+    # again: both layers from the cache (keyed by the dict's digest), the very same image
+    events = []
+    again = convert(cfg(tmp_path / "work", host, chunk_dict_ref=dict_result.target), f"{host}/apps/app:v1",
+                    progress=events.append)
+    assert again.digest == result.digest
+    assert [e.message for e in events if e.phase == "convert"].count("cached") == 2
+
+    # the dict's tag moves to another image: the layers are converted again, against the new dict
+    push_image(client, f"{host}/base/dict:v1", [layers_a()[0]])
+    convert(cfg(tmp_path / "work", host), f"{host}/base/dict:v1")
+    events = []
+    moved = convert(cfg(tmp_path / "work", host, chunk_dict_ref=dict_result.target), f"{host}/apps/app:v1",
+                    progress=events.append)
+    assert [e.message for e in events if e.phase == "convert"].count("converted") == 2
+    assert len(manifest_of(client, moved.target)["layers"]) == 4                # one dict blob now
+
+
+def test_the_dict_must_be_on_a_configured_registry(tmp_path, registry, client):
+    host = registry.host
+    push_image(client, f"{host}/apps/app:v1", layers_b())
+    mark = len(registry.log())
+    with pytest.raises(ConversionError, match=r"not a configured registry \(provider.source\)") as info:
+        convert(cfg(tmp_path / "work", host, chunk_dict_ref="dict.example.com/base/dict:v1"), f"{host}/apps/app:v1")
+    assert "chunk_dict_ref dict.example.com/base/dict:v1" in str(info.value)
+    assert '"PUT ' not in registry.log()[mark:]                             # nothing pushed, no tag
+    with pytest.raises(NotFoundError):
+        client.get_manifest(parse(f"{host}/apps/app:v1-nydus"))
+
+
+def test_a_dict_that_is_no_nydus_image_fails_with_the_reason(tmp_path, registry, client):
+    host = registry.host
+    push_image(client, f"{host}/base/plain:v1", layers_a())
+    push_image(client, f"{host}/apps/app:v1", layers_b())
+    with pytest.raises(ConversionError, match="is not a nydus image"):
+        convert(cfg(tmp_path / "work", host, chunk_dict_ref=f"{host}/base/plain:v1"), f"{host}/apps/app:v1")
+    # built with another chunk size: refused by name (nydus's check_compatibility)
+    convert(cfg(tmp_path / "work", host, fs_chunk_size="0x2000"), f"{host}/base/plain:v1")
+    with pytest.raises(ConversionError, match="fs_chunk_size 0x2000; this conversion uses zstd, blake3, 0x1000"):
+        convert(cfg(tmp_path / "work", host, chunk_dict_ref=f"{host}/base/plain:v1-nydus"), f"{host}/apps/app:v1")
+
+
+def test_a_bad_reference_is_a_config_error_at_load(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        cfg(tmp_path, "127.0.0.1:5000", chunk_dict_ref="Not A Reference")
+    assert info.value.path == "converter.driver.config.chunk_dict_ref"
