@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import stat
 import tarfile
 
@@ -100,7 +101,8 @@ def expected_files(layers: list[bytes]) -> dict[str, bytes]:
     out = {}
     for layer in layers:
         with tarfile.open(fileobj=io.BytesIO(layer)) as tf:
-            out.update({m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isreg() or m.islnk()})
+            out.update({m.name.removeprefix("./"): tf.extractfile(m).read() for m in tf.getmembers()
+                        if m.isreg() or m.islnk()})
     return out
 
 
@@ -207,3 +209,41 @@ def test_a_bad_reference_is_a_config_error_at_load(tmp_path):
     with pytest.raises(ConfigError) as info:
         cfg(tmp_path, "127.0.0.1:5000", chunk_dict_ref="Not A Reference")
     assert info.value.path == "converter.driver.config.chunk_dict_ref"
+
+
+@pytest.mark.slow
+@needs_kernel
+def test_two_debian_rootfs_variants(tmp_path, registry, client):
+    """bench/chunkdict.py's pair (minbase, and minbase + curl, ca-certificates, less; debootstrap once, cached in
+    the git-ignored bench/cache): B against A keeps under a sixth of its blob bytes, and reads back whole."""
+    import pathlib
+
+    from bench.chunkdict import build_variant
+    from bench.images import build_rootfs, push_layer_image
+
+    cache = pathlib.Path(__file__).resolve().parents[2] / "bench" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    rootfs_a, rootfs_b = build_rootfs(str(cache)), build_variant(str(cache))
+    host = registry.host
+    push_layer_image(client, f"{host}/debian/minbase:v1", rootfs_a)
+    push_layer_image(client, f"{host}/debian/curl:v1", rootfs_b)
+    dict_image = convert(cfg(tmp_path / "a", host, fs_chunk_size="0x100000"), f"{host}/debian/minbase:v1")
+    result = convert(cfg(tmp_path / "b", host, fs_chunk_size="0x100000", chunk_dict_ref=dict_image.target),
+                     f"{host}/debian/curl:v1")
+    manifest = manifest_of(client, result.target)
+    (a_blob,) = manifest_of(client, dict_image.target)["layers"][:-1]
+    own, linked, _boot = manifest["layers"]
+    assert linked == a_blob and own["size"] < os.path.getsize(rootfs_b) / 6
+    boot, blobs, _files = pulled(client, f"{host}/debian/curl", manifest, tmp_path)
+    rafs = Rafs(boot.read_bytes())
+    validate(rafs, blobs, strict=True)
+    with gzip.open(rootfs_b) as fh:
+        layer = fh.read()
+    assert read_files(rafs, blobs) == expected_files([layer])
+    devices = []
+    for i, entry in enumerate(rafs.blobs):
+        dev = tmp_path / f"device{i}"
+        blobs[entry.blob_id].write_device(dev, entry.compressor)
+        devices.append(dev)
+    with erofs.mounted(boot, devices) as root:
+        compare(flatten([layer]), erofs.snapshot(root))
