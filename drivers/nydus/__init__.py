@@ -20,7 +20,8 @@ bootstrap to nydusd's rules and appends it as the last layer (NYDUS.md section 3
 blob layer back for the conformance suite (tests/test_driver_contract.py); tests/e2e/test_nydus_convert.py
 converts through a real registry and mounts the result with the kernel.
 
-Not yet (issue 11): ``merge_manifest``, ``oci_ref`` (zran), ``chunk_dict_ref``, storage backends, ``batch_size``,
+``chunk_dict_ref`` (``chunkdict``): chunks a nydus image's blobs already hold are referenced there, not stored.
+Not yet (issue 11): ``merge_manifest``, ``oci_ref`` (zran), storage backends, ``batch_size``,
 ``encrypt_recipients``; refused by name at config load.
 Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); figures in bench/README.md (the
 stdlib tar parser is the main remaining cost).

@@ -7,7 +7,10 @@ and :meth:`NydusDriver.finalize_manifest` appends a gzip'd tar of ``image/image.
 and ``image/<blob id>.blob.meta`` files, with its diff_id and a history entry.
 
 A blob depends only on the source layer, the compressor, the digester and the chunk size, so it is reusable
-across images (the layer caches); the bootstrap is per image. ``finalize_manifest`` takes the tree of a layer
+across images (the layer caches); the bootstrap is per image. With ``chunk_dict_ref`` it depends on the dict too:
+its cache key then names the dict manifest's digest (``layer_cache_key``), and ``finalize_manifest`` appends the
+dict blobs the bootstrap uses to the layers, linked so the push mounts them from the dict's repository
+(``.chunkdict``). ``finalize_manifest`` takes the tree of a layer
 this driver has just converted from memory (handed over once, then forgotten), and reads any other layer -- a
 layer-cache hit, local or remote -- back from its blob's own per-layer bootstrap (:func:`layer_from_blob`).
 """
