@@ -27,7 +27,7 @@ from drivers.nydus.reader import Rafs
 from drivers.nydus.validate import validate
 from tests.drivers.nydus_oracle import compare, flatten
 from tests.support import erofs, tars
-from tests.support.images import push_image
+from tests.support.images import push_image, push_index
 
 needs_kernel = erofs.requires_kernel()
 SHARED = tars.payload(9 * 0x1000 + 5, "shared")
@@ -179,6 +179,41 @@ def test_image_b_built_against_image_a(tmp_path, registry, client):
                     progress=events.append)
     assert [e.message for e in events if e.phase == "convert"].count("converted") == 2
     assert len(manifest_of(client, moved.target)["layers"]) == 4                # one dict blob now
+
+
+
+def test_a_multi_arch_dict_gives_each_platform_its_own(tmp_path, registry, client):
+    """A dict that is an index (our multi-arch output): each platform of B is built against the dict manifest
+    of its platform, and Docker manifests (docker2oci: false) carry the dict blobs as nydus blob layers too."""
+    host = registry.host
+    amd_lib, arm_lib = tars.payload(5 * 0x1000, "amd-lib"), tars.payload(5 * 0x1000, "arm-lib")
+    dicts = [push_image(client, f"{host}/base/multi:{arch}", [tars.build_tar([tars.reg("lib", lib)])],
+                        platform=("linux", arch), tag=False, docker=True)
+             for arch, lib in (("amd64", amd_lib), ("arm64", arm_lib))]
+    push_index(client, f"{host}/base/multi:v1", dicts, docker=True)
+    dict_result = convert(cfg(tmp_path / "work", host, docker2oci=False), f"{host}/base/multi:v1")
+    dict_index = manifest_of(client, dict_result.target)
+    dict_blob = {m["platform"]["architecture"]: manifest_of(client, f"{host}/base/multi@{m['digest']}")["layers"][0]
+                 for m in dict_index["manifests"]}
+
+    apps = [push_image(client, f"{host}/apps/multi:{arch}", [tars.build_tar([tars.reg("lib", lib),
+                                                                              tars.reg(arch, arch.encode())])],
+                       platform=("linux", arch), tag=False, docker=True)
+            for arch, lib in (("amd64", amd_lib), ("arm64", arm_lib))]
+    push_index(client, f"{host}/apps/multi:v1", apps, docker=True)
+    result = convert(cfg(tmp_path / "work", host, docker2oci=False, chunk_dict_ref=dict_result.target),
+                     f"{host}/apps/multi:v1")
+    for child in manifest_of(client, result.target)["manifests"]:
+        arch = child["platform"]["architecture"]
+        manifest = manifest_of(client, f"{host}/apps/multi@{child['digest']}")
+        own, linked, _boot = manifest["layers"]
+        assert linked == dict_blob[arch]                                      # its own platform's dict blob
+        (tmp_path / arch).mkdir()
+        boot, blobs, _files = pulled(client, f"{host}/apps/multi", manifest, tmp_path / arch)
+        rafs = Rafs(boot.read_bytes())
+        validate(rafs, blobs, strict=True)
+        assert read_files(rafs, blobs) == {"lib": amd_lib if arch == "amd64" else arm_lib, arch: arch.encode()}
+        assert BlobFile(blobs[own["digest"][7:]].path).chunk_count == 1      # only the file "amd64"/"arm64"
 
 
 def test_the_dict_must_be_on_a_configured_registry(tmp_path, registry, client):
