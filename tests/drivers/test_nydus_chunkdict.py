@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pathlib
 import stat
 import tarfile
 
@@ -186,3 +187,54 @@ def test_the_kernel_reads_a_deduplicated_image_through_the_dict_blob(tmp_path):
         seen = erofs.snapshot(root)
     compare(flatten([image_b()]), seen)
     assert seen["copy"].sha256.endswith(hashlib.sha256(SHARED).hexdigest())
+
+
+FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "nydus"
+GOLDEN_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
+
+
+@needs_kernel
+def test_nydus_images_own_bootstrap_as_the_dict(tmp_path):
+    """nydus-image's golden bootstrap and blob (tests/fixtures/nydus) as the dict: a layer holding the same two
+    files stores none of their chunks, and the kernel reads them from nydus-image's blob."""
+    boot_a = (FIXTURES / "bootstrap" / "rafs-v6-2.2.boot").read_bytes()
+    golden = BlobFile(FIXTURES / "blobs" / GOLDEN_ID)
+    golden_rafs = Rafs(boot_a)
+    files = {path: read_files(golden_rafs, {GOLDEN_ID: golden})[path] for path in ("lib.rs", "sync_io.rs")}
+    opts = BuildOptions()   # zstd, blake3, 1 MiB chunks: what nydus-image wrote
+    desc = Descriptor(media_type=NYDUS_BLOB, digest="sha256:" + GOLDEN_ID, size=golden.size)
+    cdict = chunkdict.from_bootstrap(boot_a, {GOLDEN_ID: desc}, {}, reference="r", manifest_digest="d",
+                                     compressor="zstd", digester="blake3", chunk_size=0x100000)
+    assert len(cdict.chunks) == 2
+    layer = tars.build_tar([tars.reg("src/lib.rs", files["lib.rs"]), tars.reg("src/sync_io.rs", files["sync_io.rs"]),
+                            tars.reg("README", b"new\n")])
+    path = tmp_path / "blob"
+    with open(path, "wb") as sink:
+        result = convert_layer(tars.stream(layer, 1000), sink, opts, chunk_dict=cdict)
+    assert BlobFile(path).chunk_count == 1 and result.dict_bytes == 16931 + 13400
+    boot = tmp_path / "image.boot"
+    boot.write_bytes(merge_bootstrap([result], opts, chunk_dict=cdict))
+    rafs = Rafs(boot.read_bytes())
+    own_id = result.blob.digest.split(":")[1]
+    assert [b.blob_id for b in rafs.blobs] == [own_id, GOLDEN_ID]
+    blobs = {own_id: BlobFile(path), GOLDEN_ID: golden}
+    validate(rafs, blobs, strict=True)
+    assert read_files(rafs, blobs) == expected_files(layer)
+    devices = []
+    for i, entry in enumerate(rafs.blobs):
+        dev = tmp_path / f"device{i}"
+        blobs[entry.blob_id].write_device(dev, entry.compressor)
+        devices.append(dev)
+    with erofs.mounted(boot, devices) as root:
+        compare(flatten([layer]), erofs.snapshot(root))
+
+
+def test_an_older_multi_entry_nydus_bootstrap_loads_as_a_dict():
+    """acceld's testdata bootstrap (3,517 entries, nydus-image, lz4): its chunk table becomes the dict."""
+    boot = (FIXTURES / "bootstrap" / "v6-image-raw-size-438272.boot").read_bytes()
+    (blob,) = Rafs(boot).blobs
+    desc = Descriptor(media_type=NYDUS_BLOB, digest="sha256:" + blob.blob_id, size=blob.compressed_size)
+    cdict = chunkdict.from_bootstrap(boot, {blob.blob_id: desc}, {}, reference="r", manifest_digest="d",
+                                     compressor="lz4_block", digester="blake3", chunk_size=0x100000)
+    assert len(cdict.chunks) > 2000 and cdict.label(blob.blob_id) == chunkdict.DICT_LABEL
+    assert all(c.blob_index == chunkdict.DICT_LABEL for c in cdict.chunks.values())
