@@ -216,6 +216,32 @@ def test_a_multi_arch_dict_gives_each_platform_its_own(tmp_path, registry, clien
         assert BlobFile(blobs[own["digest"][7:]].path).chunk_count == 1      # only the file "amd64"/"arm64"
 
 
+
+def test_a_dict_on_another_configured_registry_is_copied_to_the_target(tmp_path, registry, client):
+    """No mount across registries: the dict's blobs B uses are fetched from the dict's registry (verified) into
+    the content store and uploaded to B's repository."""
+    from tests.support.registry import RegistryServer
+
+    with RegistryServer(tmp_path / "other-registry") as other:
+        push_image(client, f"{other.host}/base/dict:v1", layers_a())
+        both = {"provider": {"work_dir": str(tmp_path / "work"), "source": {registry.host: {}, other.host: {}}}}
+
+        def cfg2(**opts):
+            return config_mod.from_dict({**both, "converter": {"driver": {"type": "nydus", "config": {
+                "fs_chunk_size": "0x1000", **opts}}}})
+        dict_result = convert(cfg2(), f"{other.host}/base/dict:v1")
+        dict_blobs = manifest_of(client, dict_result.target)["layers"][:-1]
+        push_image(client, f"{registry.host}/apps/app:v1", layers_b())
+        (tmp_path / "work").rename(tmp_path / "work-old")            # nothing of A's in the content store
+        result = convert(cfg2(chunk_dict_ref=dict_result.target), f"{registry.host}/apps/app:v1")
+        manifest = manifest_of(client, result.target)
+        assert sorted(layer["digest"] for layer in manifest["layers"][2:-1]) == sorted(b["digest"] for b in dict_blobs)
+        boot, blobs, _files = pulled(client, f"{registry.host}/apps/app", manifest, tmp_path)
+        rafs = Rafs(boot.read_bytes())
+        validate(rafs, blobs, strict=True)
+        assert read_files(rafs, blobs) == expected_files(layers_b())
+
+
 def test_the_dict_must_be_on_a_configured_registry(tmp_path, registry, client):
     host = registry.host
     push_image(client, f"{host}/apps/app:v1", layers_b())
