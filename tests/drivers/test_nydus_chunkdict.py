@@ -238,3 +238,28 @@ def test_an_older_multi_entry_nydus_bootstrap_loads_as_a_dict():
                                      compressor="lz4_block", digester="blake3", chunk_size=0x100000)
     assert len(cdict.chunks) > 2000 and cdict.label(blob.blob_id) == chunkdict.DICT_LABEL
     assert all(c.blob_index == chunkdict.DICT_LABEL for c in cdict.chunks.values())
+
+
+def test_read_layer_follows_chunks_into_the_dict_blobs_it_is_given(tmp_path):
+    """The conformance reader (and accelctl check's) reads a deduplicated layer with the dict blobs beside it,
+    checks each dict chunk against its digest, and says which blob it lacks without them."""
+    from drivers.nydus.entries import read_layer
+
+    cdict, dict_blobs = dict_of(tmp_path, [image_a()])
+    (a_id,) = dict_blobs
+    path, _result = convert(tmp_path, "b", image_b(), cdict)
+    with open(path, "rb") as fh:
+        entries = {e.name: e for e in read_layer(fh, dict_blobs={a_id: dict_blobs[a_id].path})}
+    assert {n: e.data for n, e in entries.items() if e.kind == "reg"} == {
+        n: d for n, d in expected_files(image_b()).items() if n != "usr/shared-link"}
+    assert entries["usr/shared-link"].kind == "hardlink"
+    with open(path, "rb") as fh, pytest.raises(RafsError, match=f"also read from blob sha256:{a_id}, which was not"):
+        list(read_layer(fh))
+    # a dict blob whose chunk does not match: named, not read as the file's bytes
+    bad = tmp_path / "bad-dict"
+    data = bytearray(pathlib.Path(dict_blobs[a_id].path).read_bytes())
+    coff, csize, _uoff, _usize = dict_blobs[a_id].chunk(0)
+    data[coff + csize // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with open(path, "rb") as fh, pytest.raises(RafsError, match=f"of dict blob sha256:{a_id}"):
+        list(read_layer(fh, dict_blobs={a_id: str(bad)}))
