@@ -21,7 +21,7 @@ import hashlib
 from typing import BinaryIO, Iterator
 
 from . import reference
-from .errors import ContentError, ConversionError, DigestMismatchError, ReferenceError_
+from .errors import ContentError, ConversionError, DigestMismatchError, ReferenceError_, RegistryError
 from .oci import Descriptor
 from .reference import Reference
 
@@ -90,7 +90,10 @@ def resolve(session, text: str, what: str) -> ReferencedImage:
                               "for", reference=str(ref))
     if session.client is None:
         raise ContentError(f"{what} {ref}: there is no registry to read it from")
-    fetched = session.client.get_manifest(ref)
+    try:
+        fetched = session.client.get_manifest(ref)
+    except RegistryError as exc:   # which option named the image is what the reader needs first
+        raise ConversionError(f"{what} {ref}: {exc}", reference=str(ref)) from exc
     session.store.write_bytes(fetched.raw, expected=fetched.digest)
     session.lease.add([fetched.digest])
     image = ReferencedImage(session, ref, fetched.descriptor)

@@ -260,6 +260,8 @@ def test_a_dict_that_is_no_nydus_image_fails_with_the_reason(tmp_path, registry,
     push_image(client, f"{host}/apps/app:v1", layers_b())
     with pytest.raises(ConversionError, match="is not a nydus image"):
         convert(cfg(tmp_path / "work", host, chunk_dict_ref=f"{host}/base/plain:v1"), f"{host}/apps/app:v1")
+    with pytest.raises(ConversionError, match=f"chunk_dict_ref {host}/base/plain:gone: .*gone"):
+        convert(cfg(tmp_path / "work", host, chunk_dict_ref=f"{host}/base/plain:gone"), f"{host}/apps/app:v1")
     # built with another chunk size: refused by name (nydus's check_compatibility)
     convert(cfg(tmp_path / "work", host, fs_chunk_size="0x2000"), f"{host}/base/plain:v1")
     with pytest.raises(ConversionError, match="fs_chunk_size 0x2000; this conversion uses zstd, blake3, 0x1000"):
