@@ -96,7 +96,8 @@ def main() -> None:
         }
         print(json.dumps(out, indent=2))
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-        name = f"chunkdict-{out['date'].replace(':', '')}.json"
+        stamp = datetime.datetime.fromisoformat(out["date"]).strftime("%Y%m%dT%H%M%SZ")
+        name = f"chunkdict-{stamp}.json"
         with open(os.path.join(ROOT, "bench", "results", name), "w") as fh:
             json.dump(out, fh, indent=2)
 
