@@ -51,6 +51,8 @@ _builder_logged = threading.Event()
 class NydusDriver(LayerDriver):
     """nydus RAFS v6 images (nydus-snapshotter, nydusd, the kernel's EROFS), built natively in Python."""
 
+    image_ref_options = ("chunk_dict_ref",)  # config loading refuses a host not in provider.source
+
     options_schema = OPTIONS
     default_tag_suffix = "-nydus"  # acceld's example rules for nydus
     # nydus-snapshotter writes nydus blob layers into Docker manifests too (convert_unix.go:902-911)

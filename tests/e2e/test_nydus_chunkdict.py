@@ -17,6 +17,7 @@ import tarfile
 import pytest
 
 from acceleration_sdk import config as config_mod
+from acceleration_sdk.driver import load_driver
 from acceleration_sdk.engine import convert
 from acceleration_sdk.errors import ConfigError, ConversionError, NotFoundError
 from acceleration_sdk.reference import parse
@@ -244,10 +245,23 @@ def test_a_dict_on_another_configured_registry_is_copied_to_the_target(tmp_path,
 
 def test_the_dict_must_be_on_a_configured_registry(tmp_path, registry, client):
     host = registry.host
+    # refused when the config is loaded: converter.driver, and a route's own driver
+    with pytest.raises(ConfigError) as info:
+        cfg(tmp_path / "work", host, chunk_dict_ref="dict.example.com/base/dict:v1")
+    assert info.value.path == "converter.driver.config.chunk_dict_ref"
+    assert "dict.example.com is not a configured registry (provider.source)" in str(info.value)
+    route = {"name": "r", "match": {"repository": ["apps/*"]}, "target": "{host}/{path}:{tag}-r",
+             "driver": {"type": "nydus", "config": {"chunk_dict_ref": "dict.example.com/base/dict:v1"}}}
+    with pytest.raises(ConfigError) as info:
+        config_mod.from_dict({"provider": {"source": {host: {}}}, "converter": {"routes": [route]}})
+    assert info.value.path == "converter.routes[0].driver.config.chunk_dict_ref"
+
+    # and at run time, for a driver built without a config (the SDK): the engine reads configured hosts only
     push_image(client, f"{host}/apps/app:v1", layers_b())
+    driver = load_driver("nydus", {"fs_chunk_size": "0x1000", "chunk_dict_ref": "dict.example.com/base/dict:v1"})
     mark = len(registry.log())
     with pytest.raises(ConversionError, match=r"not a configured registry \(provider.source\)") as info:
-        convert(cfg(tmp_path / "work", host, chunk_dict_ref="dict.example.com/base/dict:v1"), f"{host}/apps/app:v1")
+        convert(cfg(tmp_path / "work", host), f"{host}/apps/app:v1", driver=driver)
     assert "chunk_dict_ref dict.example.com/base/dict:v1" in str(info.value)
     assert '"PUT ' not in registry.log()[mark:]                             # nothing pushed, no tag
     with pytest.raises(NotFoundError):
