@@ -18,7 +18,7 @@ import yaml
 
 from .config_fields import (as_mapping, check_keys, field_default, field_names, host_list, parse_size,
                             read_field, realm_hosts)
-from .errors import ConfigError, DriverError
+from .errors import AccelError, ConfigError, DriverError
 from .routes import Route, load_routes
 
 DEFAULT_PORT = 2077  # acceld's default
@@ -301,6 +301,11 @@ def from_dict(data: Any) -> Config:
     )
     if converter_cfg.verify:
         _check_verifiable(converter_cfg)
+    hosts = set(provider_cfg.source)
+    _check_image_refs(driver_cfg, "converter.driver", hosts)
+    for i, route in enumerate(converter_cfg.routes):
+        if route.driver is not None:
+            _check_image_refs(route.driver, f"converter.routes[{i}].driver", hosts)
     return Config(server=server_cfg, metric=metric_cfg, provider=provider_cfg, converter=converter_cfg)
 
 
@@ -313,6 +318,27 @@ def _check_verifiable(converter: ConverterConfig) -> None:
         if driver_class(driver.type).image_checker.__func__ is Driver.image_checker.__func__:
             raise ConfigError(f"driver {driver.type!r} cannot check its output (it has no image_checker); "
                               "set converter.verify: false", "converter.verify")
+
+
+def _check_image_refs(driver: DriverConfig, path: str, hosts: set[str]) -> None:
+    """Driver options that name an image the driver reads while converting (a driver class's
+    ``image_ref_options``, e.g. nydus's ``chunk_dict_ref``) must name a host in ``provider.source``: acceld never
+    reads a registry it is not configured for. Refused here at load; the engine refuses it again at run time."""
+    from . import reference
+    from .driver import driver_class  # the driver registry: config stays importable without it
+
+    for key in getattr(driver_class(driver.type), "image_ref_options", ()):
+        value = driver.config.get(key)
+        if not value:
+            continue
+        try:
+            host = reference.parse(str(value)).host
+        except AccelError as exc:
+            raise ConfigError(f"expected an image reference: {exc}", f"{path}.config.{key}") from None
+        if host not in hosts:
+            raise ConfigError(f"{host} is not a configured registry (provider.source): acceld reads images only "
+                              "from the registries it is configured for; add it there or use another image",
+                              f"{path}.config.{key}")
 
 
 CONFIG_NAMES = ("config.yaml", "config.example.yaml")  # what `make run` and accelctl look for, in this order

@@ -53,6 +53,7 @@ class ContentProvider(Protocol):
     def open_uncompressed(self, desc: Descriptor) -> ContextManager[Any]: ...  # the layer's tar stream
     def read_blob(self, desc: Descriptor) -> bytes: ...  # a small blob (config, manifest), verified
     def read_manifest(self, desc: Descriptor) -> bytes: ...  # a child manifest of the source index
+    def referenced_image(self, ref: str, what: str = "image") -> Any: ...  # another image (referenced.py)
     def wants_platform(self, desc: Descriptor) -> bool: ...  # converter.platforms selects this index child
     def harbor_annotations(self, driver: "Driver") -> dict[str, str]: ...  # for the converted root, or {}
     def cached_conversion(self, cache_key: str, source: Descriptor) -> "tuple[Descriptor, str] | None": ...
@@ -172,6 +173,12 @@ class LayerDriver(Driver):
         """What makes two outputs of the same layer differ: name, version and output-affecting options."""
         opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options))
         return f"{self.name()}/{self.version()}/{opts}"
+
+    def layer_cache_key(self, content: ContentProvider) -> str:
+        """The layer-cache key of this conversion's layers: :meth:`cache_key`, plus what the output depends on
+        beyond the options (nydus: the digest its ``chunk_dict_ref`` resolves to now). The walk asks once per
+        layer, before looking in the caches; ``content`` is that layer's provider."""
+        return self.cache_key()
 
     def finalize_manifest(self, content: ContentProvider, manifest: dict, config: dict) -> tuple[dict, dict]:
         """A hook for formats that must see the whole image; the default changes nothing.

@@ -28,6 +28,8 @@ from .driver import ProgressEvent
 from .errors import ContentError, ConversionError, LayerError
 from .oci import Descriptor
 from .push import UploadingIngest
+from .referenced import ReferencedImage
+from .referenced import resolve as resolve_referenced
 from .session import ConversionSession
 from .source_stream import PIPE_SIZE, download_stream, store_stream
 
@@ -84,8 +86,9 @@ class SourceStream:
 class EngineProvider:
     """What a driver gets: ``source``, ``store``, verified source streams, blob writers, progress."""
 
-    def __init__(self, session: ConversionSession):
+    def __init__(self, session: ConversionSession, platform: dict | None = None):
         self._session = session
+        self.platform = platform or {}  # os/architecture/variant of the manifest being converted ({}: unknown)
         self.source = session.source  # reference.Reference of the image being converted
         self.root = session.root  # the source's manifest or index (its bytes are in the store)
         self.store = session.store
@@ -118,6 +121,11 @@ class EngineProvider:
         """Harbor's acceleration annotations for the converted root (``converter.harbor_annotation``; else {})."""
         root = self._session.root
         return self._session.harbor_annotations(driver, root) if root is not None else {}
+
+    def referenced_image(self, ref: str, what: str = "image") -> ReferencedImage:
+        """Another image (an option names it, ``what``): on a host in ``provider.source`` only, resolved once per
+        conversion; its blobs can be read and linked into the converted image (:mod:`.referenced`)."""
+        return resolve_referenced(self._session, ref, what)
 
     def read_manifest(self, desc: Descriptor) -> bytes:
         """A child manifest of the source index, by digest (for drivers that convert whole images)."""

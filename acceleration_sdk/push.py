@@ -134,20 +134,24 @@ def push_blobs(session: ConversionSession, blobs: list[Descriptor]) -> None:
             done[0] += n
             session.progress(ProgressEvent("push", desc.digest, done[0], desc.size))
 
-        if store.has(desc.digest):
+        # a blob of another image the driver linked (nydus: a chunk dict's blob) comes from that image's repository
+        origin = session.linked_blobs.get(desc.digest, session.source)
+        if store.has(desc.digest):  # a linked blob the store has too: still a mount first, when one can be
+            mount = origin if desc.digest in session.linked_blobs and origin.api_host == session.target.api_host \
+                else None
             how = client.push_blob(session.target, desc.digest, desc.size, store.path(desc.digest),
-                                   mount_from=None, progress=on_bytes)
+                                   mount_from=mount, progress=on_bytes)
         elif client.blob_exists(session.target, desc.digest):
             how = "exists"
-        elif session.source.api_host != session.target.api_host:
+        elif origin.api_host != session.target.api_host:
             # another registry (a route's target host): no mount across hosts, so copy through the store
-            session.fetch(desc, session.source)
+            session.fetch(desc, origin)
             how = client.push_blob(session.target, desc.digest, desc.size, store.path(desc.digest),
                                    mount_from=None, progress=on_bytes)
-        else:  # unchanged source blob we never pulled: mount it from the source repository
-            with contextlib.closing(_FetchedOnRead(session, desc)) as src:
+        else:  # a blob we never pulled (the source's, or a linked one): mount it from its repository
+            with contextlib.closing(_FetchedOnRead(session, desc, origin)) as src:
                 how = client.push_blob(session.target, desc.digest, desc.size, src,
-                                       mount_from=session.source, progress=on_bytes)
+                                       mount_from=origin, progress=on_bytes)
         session.progress(ProgressEvent("push", desc.digest, desc.size, desc.size, how))
 
     with concurrent.futures.ThreadPoolExecutor(PUSH_CONCURRENCY, thread_name_prefix="push") as pool:
@@ -155,19 +159,20 @@ def push_blobs(session: ConversionSession, blobs: list[Descriptor]) -> None:
 
 
 class _FetchedOnRead:
-    """An unchanged source blob offered to the registry as a cross-repository mount. A registry may decline
-    a mount (202 and an upload session instead of 201): only then is it read, and reading fetches it from
-    the source repository into the content store (verified against its digest) and uploads it from there."""
+    """An unchanged source blob (or a linked one) offered to the registry as a cross-repository mount. A registry
+    may decline a mount (202 and an upload session instead of 201): only then is it read, and reading fetches it
+    from its repository into the content store (verified against its digest) and uploads it from there."""
 
-    def __init__(self, session: ConversionSession, desc: Descriptor):
+    def __init__(self, session: ConversionSession, desc: Descriptor, origin=None):
         self._session, self._desc, self._fh = session, desc, None
+        self._origin = origin or session.source
 
     def seekable(self) -> bool:
         return False
 
     def read(self, n: int = -1) -> bytes:
         if self._fh is None:
-            self._session.fetch(self._desc, self._session.source)
+            self._session.fetch(self._desc, self._origin)
             self._fh = open(self._session.store.path(self._desc.digest), "rb")
         return self._fh.read(n)
 

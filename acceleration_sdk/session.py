@@ -48,6 +48,11 @@ class ConversionSession:
     target_size: int = 0
     # set when one layer failed: the other layers' source streams stop at their next read
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # other images a driver reads (``referenced``: text -> ReferencedImage, resolved once per conversion) and
+    # their blobs the converted image uses (digest -> the repository push mounts or copies them from)
+    referenced: dict = dataclasses.field(default_factory=dict)
+    linked_blobs: dict = dataclasses.field(default_factory=dict)
+    referenced_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def progress(self, event: ProgressEvent) -> None:
         if self.on_progress is not None:

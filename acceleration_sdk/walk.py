@@ -169,7 +169,7 @@ class _Walk:
         out["layers"] = [layer.to_dict() for layer in layers]
         # the driver sees the converted manifest (its media type, the converted layers) and may add layers
         # that need the whole image (nydus: the merged bootstrap), with their diff_ids and history
-        finalizer = EngineProvider(s)
+        finalizer = EngineProvider(s, platform)
         try:
             out, config = driver.finalize_manifest(finalizer, out, config)
             finalizer.verify_sources()
@@ -217,20 +217,27 @@ class _Walk:
                 raise failed.exception()
             return [f.result() for f in futures]
 
-    def _cached(self, layer: Descriptor) -> ConvertedLayer | None:
+    def _cached(self, layer: Descriptor, key: str) -> ConvertedLayer | None:
         """A conversion done before: in the local layer cache, else in the remote cache."""
-        hit = self.s.cached_conversion(self.driver.cache_key(), layer)
+        hit = self.s.cached_conversion(key, layer)
         return ConvertedLayer(*hit) if hit is not None else None
 
     def layer(self, layer: Descriptor, platform: dict) -> ConvertedLayer | None:
         s, driver = self.s, self.driver
-        cached = self._cached(layer)
+        content = EngineProvider(s, platform)  # one per layer: its sources are verified before its blobs are committed
+        try:
+            key = driver.layer_cache_key(content)
+        except AccelError as exc:
+            content.close()
+            _name_layer(exc, layer)
+            raise
+        cached = self._cached(layer, key)
         if cached is not None:
+            content.close()
             s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "cached"))
-            s.remember_conversion(platform, driver.cache_key(), layer, cached.descriptor, cached.diff_id, local=False)
+            s.remember_conversion(platform, key, layer, cached.descriptor, cached.diff_id, local=False)
             return cached
         s.progress(ProgressEvent("convert", layer.digest, 0, layer.size, "converting"))
-        content = EngineProvider(s)  # one per layer: its sources are verified before its blobs are committed
         try:
             result = driver.convert_layer(content, layer)
             content.verify_sources()
@@ -243,7 +250,7 @@ class _Walk:
             return None
         self._check_committed(result, layer)
         s.lease.add([result.descriptor.digest])
-        s.remember_conversion(platform, driver.cache_key(), layer, result.descriptor, result.diff_id)
+        s.remember_conversion(platform, key, layer, result.descriptor, result.diff_id)
         s.progress(ProgressEvent("convert", layer.digest, layer.size, layer.size, "converted"))
         return result
 

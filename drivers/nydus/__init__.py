@@ -22,7 +22,8 @@ converts through a real registry and mounts the result with the kernel.
 
 ``merge_manifest`` (``merge.py``, through ``index_entries``): per platform, the source image with an empty layer
 first beside the nydus image marked with its artifactType, in one OCI index (tests/e2e/test_nydus_merge.py).
-Not yet (issue 11): ``oci_ref`` (zran), ``chunk_dict_ref``, storage backends, ``batch_size``,
+``chunk_dict_ref`` (``chunkdict``): chunks a nydus image's blobs already hold are referenced there, not stored.
+Not yet (issue 11): ``oci_ref`` (zran), storage backends, ``batch_size``,
 ``encrypt_recipients``; refused by name at config load.
 Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); figures in bench/README.md (the
 stdlib tar parser is the main remaining cost).

@@ -54,8 +54,13 @@ class BlobWriter:
     so the blob is byte-identical to a single-threaded one. A file's chunk list is complete after ``finish``."""
 
     def __init__(self, sink: BinaryIO, *, compressor: str = "zstd", digester: str = "blake3",
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, crc: bool = True, blob_index: int = 0, workers: int = 1):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, crc: bool = True, blob_index: int = 0, workers: int = 1,
+                 dict_lookup: Callable[[bytes, int], Chunk | None] | None = None):
         self._sink = sink
+        # a chunk dict (chunkdict.ChunkDict.lookup): a chunk it holds is referenced there, never stored here
+        self._dict = dict_lookup
+        self.dict_used: dict[int, None] = {}   # dict blob labels in order of first use
+        self.dict_bytes = 0                    # uncompressed bytes referenced instead of stored
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, "nydus-chunk") if workers > 1 else None
         self._window: collections.deque = collections.deque()
         self._depth = 2 * workers
@@ -81,13 +86,18 @@ class BlobWriter:
     def _prepare(self, data: bytes) -> tuple[bytes, bytes | None, int | None, int]:
         """(digest, stored bytes or None for a chunk already written, crc, size): the thread-safe part."""
         digest = codec.digest(self.digester, data)
-        if digest in self._chunks:
+        if digest in self._chunks or (self._dict is not None and self._dict(digest, len(data)) is not None):
             return digest, None, None, len(data)
         return digest, self._compressor.compress(data), codec.crc32c(data) if self._crc else None, len(data)
 
     def _commit(self, digest: bytes, stored: bytes | None, crc: int | None, size: int) -> Chunk:
         found = self._chunks.get(digest)
         if found is not None:
+            return found
+        if stored is None:   # not in this blob: the chunk dict has it (nydus looks there first, node.rs)
+            found = self._dict(digest, size)
+            self.dict_used.setdefault(found.blob_index)
+            self.dict_bytes += size
             return found
         chunk = Chunk(digest, self.blob_index, len(self._chunks), self.pos, len(stored), self._uncompressed_end,
                       size, crc)

@@ -7,7 +7,10 @@ and :meth:`NydusDriver.finalize_manifest` appends a gzip'd tar of ``image/image.
 and ``image/<blob id>.blob.meta`` files, with its diff_id and a history entry.
 
 A blob depends only on the source layer, the compressor, the digester and the chunk size, so it is reusable
-across images (the layer caches); the bootstrap is per image. ``finalize_manifest`` takes the tree of a layer
+across images (the layer caches); the bootstrap is per image. With ``chunk_dict_ref`` it depends on the dict too:
+its cache key then names the dict manifest's digest (``layer_cache_key``), and ``finalize_manifest`` appends the
+dict blobs the bootstrap uses to the layers, linked so the push mounts them from the dict's repository
+(``.chunkdict``). ``finalize_manifest`` takes the tree of a layer
 this driver has just converted from memory (handed over once, then forgotten), and reads any other layer -- a
 layer-cache hit, local or remote -- back from its blob's own per-layer bootstrap (:func:`layer_from_blob`).
 """
@@ -28,6 +31,7 @@ from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_MANIFEST, OCI_LAYER_GZIP
 
 from .builder import BuildOptions, LayerResult, at_position, convert_layer, layer_from_blob, merge_bootstrap
 from .merge import ARTIFACT_TYPE, merged_entries
+from .chunkdict import ChunkDict, DictCache
 from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .options import OPTIONS
 from .prefetch import patterns
@@ -49,6 +53,8 @@ _builder_logged = threading.Event()
 class NydusDriver(LayerDriver):
     """nydus RAFS v6 images (nydus-snapshotter, nydusd, the kernel's EROFS), built natively in Python."""
 
+    image_ref_options = ("chunk_dict_ref",)  # config loading refuses a host not in provider.source
+
     options_schema = OPTIONS
     default_tag_suffix = "-nydus"  # acceld's example rules for nydus
     # nydus-snapshotter writes nydus blob layers into Docker manifests too (convert_unix.go:902-911)
@@ -61,6 +67,7 @@ class NydusDriver(LayerDriver):
         self.build = BuildOptions(compressor=o["compressor"], digester=o["digester"], chunk_size=o["fs_chunk_size"],
                                   prefetch=patterns(o["prefetch_patterns"], o["prioritized_files"]),
                                   workers=o["workers"])
+        self._dicts = DictCache()   # chunk_dict_ref's loaded dicts, by the dict manifest's digest
         self._fresh: collections.OrderedDict[str, LayerResult] = collections.OrderedDict()
         self._fresh_lock = threading.Lock()
         if o["builder"] and not _builder_logged.is_set():
@@ -92,13 +99,29 @@ class NydusDriver(LayerDriver):
         b = self.build
         return f"nydus/v6.{WRITER_REVISION}/{b.compressor}/{b.digester}/{b.chunk_size:#x}/crc{int(b.crc)}"
 
+    def chunk_dict(self, content) -> ChunkDict | None:
+        """``chunk_dict_ref``'s dict for the manifest ``content`` converts (None without one); see ``.chunkdict``."""
+        ref = self.options["chunk_dict_ref"]
+        if not ref:
+            return None
+        image = content.referenced_image(ref, what="chunk_dict_ref")   # a configured registry only
+        b = self.build
+        return self._dicts.load(image, getattr(content, "platform", {}), compressor=b.compressor,
+                                digester=b.digester, chunk_size=b.chunk_size)
+
+    def layer_cache_key(self, content) -> str:
+        # a blob built against a chunk dict points into that dict's blobs: another dict, another blob
+        cdict = self.chunk_dict(content)
+        return self.cache_key() + (f"/dict:{cdict.manifest_digest}" if cdict is not None else "")
+
     # ------------------------------------------------------------------ one layer
     def convert_layer(self, content, desc: Descriptor) -> ConvertedLayer | None:
         if desc.annotations.get(BOOTSTRAP_ANNOTATION) == "true":
             raise DriverError(f"layer {desc.digest} is a nydus bootstrap: the source is a nydus image already",
                               digest=desc.digest)
+        cdict = self.chunk_dict(content)
         with content.open_uncompressed(desc) as tar, content.blob_writer() as out:
-            result = convert_layer(tar, out, self.build)  # position 0: the blob's bytes do not depend on it
+            result = convert_layer(tar, out, self.build, chunk_dict=cdict)  # position 0: the bytes do not depend on it
             digest = out.commit()  # the engine verifies the source first
         if digest != result.blob.digest:  # the builder hashes what it wrote: a mismatch is a bug, say so
             raise DriverError(f"layer {desc.digest}: the nydus blob was stored as {digest}, but the builder "
@@ -114,6 +137,7 @@ class NydusDriver(LayerDriver):
     # ------------------------------------------------------------------ the whole image
     def finalize_manifest(self, content, manifest: dict, config: dict) -> tuple[dict, dict]:
         """Append the bootstrap layer: the merged bootstrap of every blob layer, its diff_id and history."""
+        cdict = self.chunk_dict(content)
         layers = []
         for position, raw in enumerate(manifest.get("layers") or []):
             desc = Descriptor.from_dict(raw)
@@ -125,20 +149,24 @@ class NydusDriver(LayerDriver):
             if fresh is not None:
                 layers.append(at_position(fresh, position))
             else:
-                layers.append(layer_from_blob(content.converted_path(desc), position, self.build, desc.digest))
-        boot = merge_bootstrap(layers, self.build)
+                layers.append(layer_from_blob(content.converted_path(desc), position, self.build, desc.digest,
+                                              chunk_dict=cdict))
+        boot = merge_bootstrap(layers, self.build, chunk_dict=cdict)
         rafs = Rafs(boot)
         validate(rafs, strict=True)  # nydusd's load rules: never push a bootstrap nydusd would refuse
         metas = {r.blob.digest.split(":", 1)[1]: r.blob.blob_meta for r in layers if r.blob.entry is not None}
+        dict_layers = link_dict_blobs(content, cdict, rafs, manifest, self.options["chunk_dict_ref"], metas)
         with content.blob_writer() as out:
-            diff_id = write_bootstrap_layer(out, boot, [(b.blob_id, metas[b.blob_id]) for b in rafs.blobs])
+            diff_id = write_bootstrap_layer(out, boot, [(b.blob_id, metas[b.blob_id]) for b in rafs.blobs
+                                                        if b.blob_id in metas])
             digest = out.commit()
         docker = manifest.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST
         bootstrap = Descriptor(media_type=DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP, digest=digest,
                                size=out.size, annotations={BOOTSTRAP_ANNOTATION: "true", FS_VERSION_ANNOTATION: "6"})
-        manifest = {**manifest, "layers": list(manifest.get("layers") or []) + [bootstrap.to_dict()]}
+        manifest = {**manifest, "layers": list(manifest.get("layers") or []) + [d.to_dict() for d in dict_layers]
+                    + [bootstrap.to_dict()]}
         rootfs = config.setdefault("rootfs", {"type": "layers"})
-        rootfs["diff_ids"] = list(rootfs.get("diff_ids") or []) + [diff_id]
+        rootfs["diff_ids"] = list(rootfs.get("diff_ids") or []) + [d.digest for d in dict_layers] + [diff_id]
         config["history"] = list(config.get("history") or []) + [dict(BOOTSTRAP_HISTORY)]
         return manifest, config
 
@@ -147,6 +175,27 @@ class NydusDriver(LayerDriver):
         if not self.options["merge_manifest"]:
             return [converted]
         return merged_entries(content, source, converted)
+
+
+def link_dict_blobs(content, cdict: ChunkDict | None, rafs: Rafs, manifest: dict, ref: str,
+                    metas: dict[str, bytes]) -> list[Descriptor]:
+    """The chunk dict's blobs the merged bootstrap names that are no layer of the image, in blob table order
+    (nydus-snapshotter's mergeManifestBlobDigests): linked so the push mounts them from the dict's repository;
+    their blob.meta joins ``metas`` when the dict's bootstrap layer has it."""
+    if cdict is None:
+        return []
+    own = {Descriptor.from_dict(raw).digest for raw in manifest.get("layers") or []}
+    image = content.referenced_image(ref, what="chunk_dict_ref")
+    out = []
+    for entry in rafs.blobs:
+        desc = cdict.layers.get(entry.blob_id)
+        if desc is None or desc.digest in own:
+            continue
+        image.link_blob(desc)
+        out.append(desc)
+        if entry.blob_id in cdict.metas:
+            metas[entry.blob_id] = cdict.metas[entry.blob_id]
+    return out
 
 
 class _Hashing:

@@ -21,42 +21,66 @@ from typing import BinaryIO, Iterator
 from acceleration_sdk.oci import Descriptor
 from acceleration_sdk.testing.entries import LayerEntry, Sha256
 
+from . import codec
 from . import layout as L
 from .blobfile import BlobFile
 from .layout import RafsError
 from .reader import Rafs
-from .validate import validate
+from .validate import validate, validate_against_blobs
 
 _KINDS = {stat.S_IFREG: "reg", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
           stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
 
 
-def read_layer(blob: BinaryIO, desc: Descriptor | None = None, keep_data: bool = True) -> Iterator[LayerEntry]:
+def read_layer(blob: BinaryIO, desc: Descriptor | None = None, keep_data: bool = True,
+               dict_blobs: dict[str, str] | None = None) -> Iterator[LayerEntry]:
     """Every entry of the nydus blob layer in ``blob`` (a seekable file), file bytes included.
 
     ``keep_data=False`` (``accelctl check``): file bytes are hashed chunk by chunk into ``LayerEntry.digest``.
+    ``dict_blobs``: blob id -> path of the chunk dict blobs a layer built with ``chunk_dict_ref`` points into
+    (its per-layer bootstrap names them after its own); their chunks are checked against their digests as read.
     """
     path = getattr(blob, "name", None)
     if isinstance(path, str) and os.path.isfile(path):
-        yield from _read(path, keep_data)
+        yield from _read(path, keep_data, dict_blobs or {})
         return
     with tempfile.NamedTemporaryFile(prefix="nydus-blob-") as copy:  # BlobFile reads from a path
         blob.seek(0)
         shutil.copyfileobj(blob, copy)
         copy.flush()
-        yield from _read(copy.name, keep_data)
+        yield from _read(copy.name, keep_data, dict_blobs or {})
 
 
-def _read(path: str, keep_data: bool = True) -> Iterator[LayerEntry]:
+def _read(path: str, keep_data: bool = True, dict_paths: dict[str, str] | None = None) -> Iterator[LayerEntry]:
     blob = BlobFile(path)
     if blob.bootstrap is None:
         raise RafsError("the blob carries no image.boot: not a nydus blob layer")
     rafs = Rafs(blob.bootstrap)
-    if rafs.blobs and rafs.blobs[0].blob_id != L.INLINE_BLOB_ID:
-        raise RafsError(f"the per-layer bootstrap names blob {rafs.blobs[0].blob_id}, not the inline blob")
-    validate(rafs, {L.INLINE_BLOB_ID: blob} if rafs.blobs else None, strict=True)
+    others = [b.blob_id for b in rafs.blobs if b.blob_id != L.INLINE_BLOB_ID]
+    if any(b.blob_id == L.INLINE_BLOB_ID for b in rafs.blobs[1:]):   # its own blob first, then dict blobs
+        raise RafsError(f"the per-layer bootstrap names blob {rafs.blobs[0].blob_id}, not the inline blob, first")
+    missing = [b for b in others if b not in (dict_paths or {})]
+    if missing:
+        raise RafsError(f"the layer was built against a chunk dict: its files also read from blob sha256:{missing[0]}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + ", which was not given")
+    blobs = {L.INLINE_BLOB_ID: blob, **{b: BlobFile(dict_paths[b]) for b in others}}
+    # this blob's data in full; a dict blob's chunks are checked one by one as they are read (below)
+    validate(rafs, {L.INLINE_BLOB_ID: blob} if len(others) < len(rafs.blobs) else None, strict=True, partial=True)
+    if others:
+        validate_against_blobs(rafs, blobs, verify_data=False)
+    handles = {b: open(blobs[b].path, "rb") for b in others}
+    try:
+        yield from _walk(rafs, path, blobs, handles, keep_data)
+    finally:
+        for fh in handles.values():
+            fh.close()
+
+
+def _walk(rafs: Rafs, path: str, blobs: dict[str, BlobFile], handles: dict[str, BinaryIO],
+          keep_data: bool) -> Iterator[LayerEntry]:
     first_name: dict[int, str] = {}
     with open(path, "rb") as fh:
+        handles = {**handles, L.INLINE_BLOB_ID: fh}
         for name, inode in rafs.walk():
             kind = _KINDS.get(stat.S_IFMT(inode.mode))
             if kind is None:
@@ -69,11 +93,11 @@ def _read(path: str, keep_data: bool = True) -> Iterator[LayerEntry]:
             first_name[inode.nid] = name
             if kind == "reg":
                 if keep_data:
-                    data = b"".join(_file_chunks(rafs, blob, fh, inode))
+                    data = b"".join(_file_chunks(rafs, blobs, handles, inode))
                     yield LayerEntry(name, kind, size=len(data), data=data, **common)
                 else:
                     h = Sha256()
-                    for piece in _file_chunks(rafs, blob, fh, inode):
+                    for piece in _file_chunks(rafs, blobs, handles, inode):
                         h.update(piece)
                     yield LayerEntry(name, kind, size=h.size, digest=h.digest, **common)
             elif kind == "symlink":
@@ -86,14 +110,18 @@ def _read(path: str, keep_data: bool = True) -> Iterator[LayerEntry]:
                 yield LayerEntry(name, kind, **common)
 
 
-def _file_chunks(rafs: Rafs, blob: BlobFile, fh: BinaryIO, inode) -> Iterator[bytes]:
+def _file_chunks(rafs: Rafs, blobs: dict[str, BlobFile], handles: dict[str, BinaryIO], inode) -> Iterator[bytes]:
     """The file's bytes chunk by chunk (a chunk is at most 16 MiB), cut to the inode's size."""
     left = inode.size
     for chunk in rafs.file_chunks(inode):
         if left <= 0:
             break
         entry = rafs.blobs[chunk.blob_index]
-        data = blob.read_chunk(fh, chunk.index, entry.compressor)[:left]
+        data = blobs[entry.blob_id].read_chunk(handles[entry.blob_id], chunk.index, entry.compressor)
+        if entry.blob_id != L.INLINE_BLOB_ID and codec.digest(entry.digester, data) != chunk.digest:
+            raise RafsError(f"inode {inode.nid}: chunk {chunk.index} of dict blob sha256:{entry.blob_id} does not "
+                            "match its digest")
+        data = data[:left]
         left -= len(data)
         yield data
     if left > 0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from acceleration_sdk import reference
+from acceleration_sdk.errors import ReferenceError_
 from acceleration_sdk.options import Option, OptionSchema, option_error
 
 from .blob import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
@@ -16,7 +18,7 @@ from .blob import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 COMPRESSORS = ("zstd", "lz4_block", "none")
 DIGESTERS = ("blake3", "sha256")
 # acceld keys whose feature comes with the next nydus issue (issue 11): refused unless false/empty
-NOT_YET = ("oci_ref", "chunk_dict_ref")
+NOT_YET = ("oci_ref",)
 BACKEND_KEYS = ("backend_type", "backend_config", "backend_force_push")
 
 
@@ -51,6 +53,11 @@ def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
         if not pattern.startswith("/"):   # nydus-image skips it with a warning: refused here instead, by name
             raise fail("prefetch_patterns", f"{pattern!r} is relative; nydus prefetch patterns start at the root "
                                             f"(write /{pattern.lstrip('./')})")
+    if values["chunk_dict_ref"]:
+        try:
+            reference.parse(values["chunk_dict_ref"])
+        except ReferenceError_ as exc:
+            raise fail("chunk_dict_ref", f"expected an image reference (a nydus image), {exc}") from None
     if values["batch_size"] not in ("", "0", "0x0"):
         raise fail("batch_size", "batched chunks are not supported yet; remove batch_size")
     if values["encrypt_recipients"]:
@@ -91,7 +98,10 @@ OPTIONS = OptionSchema(
            help="the target is an OCI index of, per platform, the source image (an empty layer first) and the "
                 "nydus image (artifactType application/vnd.nydus.image.manifest.v1+json): one tag for both runtimes"),
     Option("oci_ref", bool, False, help="not supported yet (zran OCI-ref images); refused when true"),
-    Option("chunk_dict_ref", str, "", help="not supported yet; refused when set"),
+    Option("chunk_dict_ref", str, "",
+           help="a nydus image (on a host in provider.source) used as chunk dict: chunks its blobs hold are "
+                "referenced, not stored again, and its blobs used are added to the image's layers; it must use "
+                "the same compressor, digester and fs_chunk_size"),
     Option("batch_size", str, "", help="not supported yet (batched chunks); refused when set"),
     Option("encrypt_recipients", str, "", help="not supported yet (encrypted images); refused when set"),
     Option("workers", int, lambda o: min(2, os.cpu_count() or 1), range=(1, 64),

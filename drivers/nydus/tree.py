@@ -180,9 +180,10 @@ def _apply(lower: Node, upper: Node) -> None:
                 low.children[name] = child
 
 
-def from_bootstrap(rafs, position: int) -> Node:
+def from_bootstrap(rafs, position: int, labels: dict[int, int] | None = None) -> Node:
     """Rebuild a layer tree from its per-layer bootstrap (a cached nydus blob's image.boot), chunks labelled with
-    the layer's ``position``; hard links come back as one shared node. ``rafs`` is a :class:`reader.Rafs`."""
+    the layer's ``position`` (or ``labels[blob table index]``: a chunk dict's blobs); hard links come back as one
+    shared node. ``rafs`` is a :class:`reader.Rafs`."""
     kinds = {stat.S_IFREG: "reg", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
              stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
     nodes: dict[int, Node] = {}
@@ -203,7 +204,8 @@ def from_bootstrap(rafs, position: int) -> Node:
                 node.rdev = inode.rdev
             elif kind == "reg":
                 node.size = inode.size
-                node.chunks = [dataclasses.replace(c, blob_index=position) for c in rafs.file_chunks(inode)]
+                node.chunks = [dataclasses.replace(c, blob_index=labels[c.blob_index] if labels else position)
+                               for c in rafs.file_chunks(inode)]
             nodes[inode.nid] = node
         if root is None:
             root = node

@@ -161,10 +161,16 @@ def validate_tree(rafs: Rafs, strict: bool = False) -> None:
             _require(nlinks[nid] == count, f"inode {nid}: nlink {nlinks[nid]} but {count} names")
 
 
-def validate_against_blobs(rafs: Rafs, blobs: dict[str, BlobFile], verify_data: bool = True) -> None:
-    """The blob.meta, blob.digest and chunk data each blob carries agree with the bootstrap."""
+def validate_against_blobs(rafs: Rafs, blobs: dict[str, BlobFile], verify_data: bool = True,
+                           partial: bool = False) -> None:
+    """The blob.meta, blob.digest and chunk data each blob carries agree with the bootstrap. ``partial``: only
+    the blobs given are checked (a per-layer bootstrap that also names chunk dict blobs)."""
+    missing = [b.blob_id for b in rafs.blobs if b.blob_id not in blobs]
+    _require(partial or not missing, f"blob {missing[0] if missing else ''} named by the bootstrap is not given")
     for i, entry in enumerate(rafs.blobs):
-        blob = blobs[entry.blob_id]
+        blob = blobs.get(entry.blob_id)
+        if blob is None:
+            continue
         h = blob.header
         _require(h is not None, f"blob {entry.blob_id}: no blob.meta")
         _require((h.ci_compressor, h.ci_offset, h.ci_compressed_size, h.ci_uncompressed_size, h.ci_entries) ==
@@ -177,7 +183,9 @@ def validate_against_blobs(rafs: Rafs, blobs: dict[str, BlobFile], verify_data: 
                  f"blob {i}: features {entry.features:#x} != blob.meta {h.features:#x}")
     crcs: dict[int, dict[int, int]] = {}
     for chunk, _flags, _foff in rafs.chunks:
-        blob = blobs[rafs.blobs[chunk.blob_index].blob_id]
+        blob = blobs.get(rafs.blobs[chunk.blob_index].blob_id)
+        if blob is None:
+            continue
         coff, csize, uoff, usize = blob.chunk(chunk.index)
         # the kernel reads blkaddr, nydusd the ci index: they must name the same bytes
         _require((coff, csize, uoff, usize) == (chunk.compressed_offset, chunk.compressed_size,
@@ -190,15 +198,16 @@ def validate_against_blobs(rafs: Rafs, blobs: dict[str, BlobFile], verify_data: 
             crcs.setdefault(chunk.blob_index, {})[chunk.index] = chunk.crc32
     if verify_data:
         for i, entry in enumerate(rafs.blobs):
-            blobs[entry.blob_id].verify(entry.compressor, entry.digester, crcs.get(i))
+            if entry.blob_id in blobs:
+                blobs[entry.blob_id].verify(entry.compressor, entry.digester, crcs.get(i))
 
 
 def validate(rafs: Rafs, blobs: dict[str, BlobFile] | None = None, strict: bool = False,
-             verify_data: bool = True) -> None:
+             verify_data: bool = True, partial: bool = False) -> None:
     validate_superblock(rafs)
     validate_ext(rafs)
     validate_blobs(rafs, strict)
     validate_chunks(rafs)
     validate_tree(rafs, strict)
     if blobs is not None:
-        validate_against_blobs(rafs, blobs, verify_data)
+        validate_against_blobs(rafs, blobs, verify_data, partial)
