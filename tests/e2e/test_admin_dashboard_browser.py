@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conversions.charts import duration_text
-from tests.e2e.test_admin_browser import STAFF, browser, login, registry, stack  # noqa: F401 - fixtures
+from tests.e2e.test_admin_browser import STAFF, browser, login, stack  # noqa: F401 - fixtures
 from tests.service.images import push_image
 from tests.service.stack import manifest_exists
 
