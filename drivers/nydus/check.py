@@ -157,10 +157,12 @@ class NydusChecker:
         validate(rafs, {b.blob_id: self._blobs[b.blob_id] for b in rafs.blobs}, strict=True, verify_data=False)
         if any(i not in self._trees for i in range(self._last)):  # a blob layer failed (its own line says why)
             return
-        # the image's own layers by the history's count, else every blob layer (a source whose history misses
-        # some layers): the bootstrap must show one of the two merges
-        tried = [difference(merge([self._trees[i] for i in range(own)]), rafs)
-                 for own in dict.fromkeys((self._own, self._last))]
+        # the image's own layers by the history's count, else every blob layer but the dict blobs others read
+        # from, else every blob layer (a source whose history misses some layers): the bootstrap must show one
+        tried = [difference(merge([self._trees[i] for i in own]), rafs)
+                 for own in dict.fromkeys((tuple(range(self._own)),
+                                           tuple(i for i in range(self._last) if i not in self._dicts),
+                                           tuple(range(self._last))))]
         problems = min(tried, key=len)
         if problems:
             more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""

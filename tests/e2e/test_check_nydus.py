@@ -248,6 +248,11 @@ def test_a_chunk_dict_image_passes_with_its_source(tmp_path, registry, client, d
     assert out[5].startswith(f"ok   {layers[4]}: ") and "verified against the blob layers" in out[5]
     # each dict blob fetched once: ahead of the first layer reading from it, reused on its own turn
     assert all(log.count(f"GET /v2/check/app/blobs/{d} ") == 1 for d in layers[2:4]), log
+    # a config whose history does not count the image's own layers: the dict blobs B reads from are still left
+    # out of the merged view
+    bare = variant(client, target, "no-history", config_edit=lambda c: c.pop("history"))
+    result = check_image(client, parse(bare), tmp_dir=str(tmp_path))
+    assert result.ok, result.lines
 
 
 def test_converter_verify_passes_a_chunk_dict_conversion(tmp_path, registry, client, dict_pair):
