@@ -1,7 +1,9 @@
 """``accelctl check`` on nydus images against the real registry: a good image PASSes with ``--source``; images
 broken on purpose -- a blob layer's media type, the bootstrap not last, a chunk digest in the merged bootstrap,
 a file the merged bootstrap shows differently from its blob layer, a source whose file differs, a config that is
-not the source's -- each FAIL with one line that says what is wrong (nydusify check's rules, nydusd's reads)."""
+not the source's -- each FAIL with one line that says what is wrong (nydusify check's rules, nydusd's reads).
+An image converted with ``chunk_dict_ref`` PASSes (CLI with ``--source``, and ``converter.verify``); a lying dict
+chunk, a dict blob missing from the manifest, a dict blob layer's media type each FAIL by name."""
 from __future__ import annotations
 
 import gzip
