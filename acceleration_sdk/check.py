@@ -17,7 +17,10 @@ tag when ``converter.verify`` is on. Per image manifest (each platform of an ind
   fields, ``ArgsEscaped`` ignored: contrib/nydusify/pkg/checker/rule/manifest.go).
 
 A checker may also have ``check_manifest(manifest, config)``: rules about the whole manifest (a nydus image's
-bootstrap is its last layer), run before the layers; a problem is one ``FAIL <manifest>: <why>`` line.
+bootstrap is its last layer), run before the layers; a problem is one ``FAIL <manifest>: <why>`` line. A checker
+whose layers read from later layers (nydus ``chunk_dict_ref``: the dict's blobs come after the layers pointing
+into them) takes ``get_layer`` in ``bind``: ``get_layer(i)`` spools layer ``i`` ahead of its turn (streamed to
+the work dir, digest verified) and keeps it until the manifest is checked; its own turn reuses that file.
 """
 from __future__ import annotations
 
@@ -179,9 +182,20 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
         name, checker = _checker(manifest, driver, fallback)
     except _Failed as exc:
         raise _Failed(f"{where}: {exc}") from None
+    ahead = _Ahead(client, ref, manifest.layers, work)
+    try:
+        return _check_layers(client, ref, desc, manifest, name, checker, ahead, where, work, source, say, failures,
+                             referrers)
+    finally:
+        ahead.close()
+
+
+def _check_layers(client, ref, desc, manifest, name, checker, ahead, where, work, source, say, failures,
+                  referrers) -> int:
     bind = getattr(checker, "bind", None)
     if bind is not None:  # the format keeps an index beside the image (SOCI's ztocs): the checker fetches it
-        extra = {"image": desc, "get_referrers": lambda: referrers(desc.digest)}  # for SOCI v1's lookup
+        extra = {"image": desc, "get_referrers": lambda: referrers(desc.digest),  # for SOCI v1's lookup
+                 "get_layer": ahead.get}
         wanted = inspect.signature(bind).parameters
         try:
             bind(lambda digest: client.get_manifest(ref.with_digest(digest)).raw,
@@ -214,7 +228,7 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
     for i, layer in enumerate(manifest.layers):
         head = layer.digest
         try:
-            detail = _check_layer(client, ref, i, layer, diff_ids[i], checker, work, source, source_layers)
+            detail = _check_layer(client, ref, i, layer, diff_ids[i], checker, work, source, source_layers, ahead)
         except Exception as exc:  # a hostile blob may break a parser anywhere: a FAIL line, not a traceback
             why = str(exc) if isinstance(exc, AccelError) else f"unreadable ({type(exc).__name__}: {exc})"
             line = f"FAIL {head}: {why}"
@@ -236,8 +250,34 @@ def _spool(client: RegistryClient, ref: Reference, desc: oci.Descriptor, work: s
     return path
 
 
-def _check_layer(client, ref, i, layer, diff_id, checker, work, source, source_layers) -> str:
-    """One layer, spooled and removed again: the disk holds at most a layer and its source at a time."""
+class _Ahead:
+    """Layers a checker asked for before their turn (``get_layer``): spooled once, kept until the manifest is
+    checked -- on disk, never in memory (a nydus chunk-dict blob may be bigger than any bound we would set)."""
+
+    def __init__(self, client: RegistryClient, ref: Reference, layers: list[oci.Descriptor], work: str):
+        self._client, self._ref, self._layers, self._work = client, ref, layers, work
+        self.paths: dict[int, str] = {}
+
+    def get(self, index: int) -> str:
+        if not 0 <= index < len(self._layers):
+            raise LayerError(f"layer {index} asked for: the manifest has {len(self._layers)} layer(s)")
+        path = self.paths.get(index)
+        if path is None:  # a download that fails leaves no file and no entry: the next ask tries again
+            path = _spool(self._client, self._ref, self._layers[index], self._work, prefix=f"ahead{index}-")
+            self.paths[index] = path
+        return path
+
+    def close(self) -> None:
+        for path in self.paths.values():
+            os.unlink(path)
+        self.paths.clear()
+
+
+def _check_layer(client, ref, i, layer, diff_id, checker, work, source, source_layers, ahead: _Ahead) -> str:
+    """One layer, spooled and removed again: the disk holds at most a layer and its source at a time, besides
+    the layers the checker asked for ahead (kept, and not fetched again here)."""
+    if i in ahead.paths:
+        return _check_spooled(client, ahead.paths[i], i, layer, diff_id, checker, work, source, source_layers)
     path = _spool(client, ref, layer, work)
     try:
         return _check_spooled(client, path, i, layer, diff_id, checker, work, source, source_layers)
@@ -258,8 +298,11 @@ def _check_spooled(client, path, i, layer, diff_id, checker, work, source, sourc
             h.update(piece)
     if h.digest != diff_id:
         raise LayerError(f"diff_id {diff_id} in the config, but the uncompressed layer is {h.digest}")
-    detail = f"{len(seen)} entries, chunks verified" if seen is not None else "verified against the blob layers"
-    if seen is None or source_layers is None:
+    if seen is None:  # the checker words what it verified of a layer with no source counterpart
+        unpaired = getattr(checker, "unpaired_detail", None)
+        return unpaired(i) if unpaired is not None else "verified, no source layer"
+    detail = f"{len(seen)} entries, chunks verified"
+    if source_layers is None:
         return detail
     if i >= len(source_layers):
         raise LayerError(f"the source {source} has only {len(source_layers)} layer(s)")

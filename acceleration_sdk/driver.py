@@ -78,7 +78,7 @@ class ImageChecker(Protocol):
     def check_layer(self, index: int, desc: Descriptor, path: str) -> Iterable[Any] | None:
         """Check media type and annotations now; return the layer's entries (``LayerEntry`` with ``digest``,
         ``data`` empty), verified as they are read -- or ``None`` for a layer with no source counterpart (a
-        nydus bootstrap). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` is removed
+        nydus bootstrap, a chunk dict blob: verify it in check_layer then). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` is removed
         once the entries are read: keep what later layers need (parsed), not the path."""
 
     # Optional: ``bind(get_manifest, get_blob, *, image, get_referrers)`` -- called once per image manifest
@@ -87,7 +87,13 @@ class ImageChecker(Protocol):
     # ``get_blob(descriptor)`` a blob's bytes (bounded: 256 MiB), for the checker to fetch now or during
     # check_layer. The keywords are passed only when bind declares them: ``image`` is the image manifest's
     # descriptor, ``get_referrers()`` the descriptors of the manifests that refer to it (referrers API, else
-    # the referrers tag; SOCI index v1).
+    # the referrers tag; SOCI index v1). ``get_layer(index)`` returns the path of the manifest's layer ``index``
+    # spooled ahead of its turn (streamed to the check's work dir, digest and size verified, never held in
+    # memory) and kept until the manifest is checked, for a layer that reads from a later one (nydus
+    # ``chunk_dict_ref``: the dict's blobs follow the layers pointing into them); that layer's own turn reuses
+    # the file. A failed download raises ``AccelError`` (the asking layer's FAIL line).
+    # Optional: ``unpaired_detail(index) -> str`` -- the ``ok`` line's text for a layer ``check_layer`` returned
+    # ``None`` for (no source counterpart: a nydus bootstrap, a chunk dict blob).
     # Optional: ``check_manifest(manifest, config)`` -- rules about the whole manifest (nydus: the bootstrap is
     # the last layer), run before the layers; raising ``AccelError`` fails the manifest with one line.
 

@@ -8,6 +8,11 @@ cross-checked against every blob it names (blob.meta, blob.digest: :func:`.valid
 blob layers' own trees merged (:func:`.treediff.difference`: what nydusd mounts is what the layers hold).
 Before the layers, :meth:`NydusChecker.check_manifest` applies ``nydusify check``'s manifest rule
 (contrib/nydusify/pkg/checker/rule/manifest.go): the bootstrap is the last layer, and only it.
+
+A layer built with ``chunk_dict_ref`` names, after its own blob, the chunk dict blobs its files also read from;
+they are layers of the image after it (nydus-snapshotter appends them before the bootstrap), so the check fetches
+them ahead (``get_layer``, spooled to disk) and reads the layer with them, each dict chunk checked against its
+digest. A dict blob is the dict image's layer: its chunks are verified on its turn, but it has no source layer.
 """
 from __future__ import annotations
 
@@ -56,10 +61,18 @@ class NydusChecker:
         self._blobs: dict[str, BlobFile | None] = {}
         self._trees: dict[int, object] = {}   # layer index -> its tree (metadata only), for the merged view
         self._own = self._last                # blob layers of the image itself (check_manifest counts them)
+        self._at: dict[str, int] = {}         # blob id -> index of the blob layer holding it
+        self._dicts: dict[int, int | None] = {}   # chunk dict blob layers others read from -> entries on its turn
+        self._get_layer = None                # the check's get_layer (bind): a layer's path, ahead of its turn
+
+    def bind(self, get_manifest, get_blob, *, get_layer) -> None:
+        self._get_layer = get_layer
 
     def check_manifest(self, manifest, config) -> None:
         """nydusify's manifest rule; blob layers' media types and annotations are checked with each layer."""
         layers = manifest.layers
+        for i, d in enumerate(layers[:self._last]):
+            self._at.setdefault(d.digest.split(":", 1)[1], i)
         marked = [i for i, d in enumerate(layers) if d.annotations.get(BOOTSTRAP_ANNOTATION) == "true"]
         if self._last not in marked:
             found = f"; layer {marked[0] + 1} of {len(layers)} carries it" if marked else ""
@@ -85,22 +98,44 @@ class NydusChecker:
             raise LayerError(f"media type {desc.media_type} is not {NYDUS_BLOB}", digest=desc.digest)
         if desc.annotations.get(BLOB_ANNOTATION) != "true":
             raise LayerError(f"missing annotation {BLOB_ANNOTATION}: \"true\"", digest=desc.digest)
-        return self._entries(index, desc, path)
+        entries = self._entries(index, desc, path)
+        if index not in self._dicts:
+            return entries
+        # a chunk dict blob another layer read from: the dict image's files, not this image's (no source layer)
+        self._dicts[index] = sum(1 for _ in entries)
+        return None
+
+    def unpaired_detail(self, index: int) -> str:
+        """The line of a layer check_layer returned None for: the bootstrap, or a chunk dict blob."""
+        if index == self._last:
+            return "verified against the blob layers"
+        return f"{self._dicts.get(index)} entries, chunks verified (a chunk dict blob: no source layer)"
+
+    def _dict_paths(self, index: int, path: str) -> dict[str, str]:
+        """blob id -> spooled path of the chunk dict blobs the layer's own bootstrap names after its own blob."""
+        boot = BlobFile(path).bootstrap
+        if boot is None or self._get_layer is None:  # read_layer says what is missing
+            return {}
+        paths = {}
+        for b in Rafs(boot).blobs[1:]:
+            at = self._at.get(b.blob_id)
+            if at is None or at == index:
+                raise LayerError(f"the layer was built against chunk dict blob sha256:{b.blob_id}, which is no "
+                                 "other blob layer of the image (nydus-snapshotter appends the dict blobs a layer "
+                                 "uses before the bootstrap)")
+            self._dicts.setdefault(at, None)
+            paths[b.blob_id] = self._get_layer(at)
+        return paths
 
     def _entries(self, index: int, desc: Descriptor, path: str) -> Iterator[LayerEntry]:
         try:
+            dict_paths = self._dict_paths(index, path)
             with open(path, "rb") as fh:
-                yield from read_layer(fh, desc, keep_data=False)
+                yield from read_layer(fh, desc, keep_data=False, dict_blobs=dict_paths)
             # verified above: its tree is what the merged bootstrap must show of this layer
             self._trees[index] = from_bootstrap(Rafs(BlobFile(path).bootstrap), index)
         except RafsError as exc:
-            found = re.match(r"chunk (\d+):", str(exc))
-            if not found:
-                raise
-            # the blob is verified chunk by chunk before its tree is read: say which files the bad chunk holds
-            names = _files_with_chunk(path, int(found.group(1)))
-            shown = f"{names[0]!r}" + (f" (and {len(names) - 1} more files)" if len(names) > 1 else "")
-            raise RafsError(f"{shown}: {exc}" if names else str(exc)) from exc
+            raise RafsError(_naming_files(path, str(exc))) from exc
 
     def _check_bootstrap(self, desc: Descriptor, path: str) -> None:
         if desc.media_type not in (OCI_LAYER_GZIP, DOCKER_LAYER_GZIP):
@@ -122,10 +157,12 @@ class NydusChecker:
         validate(rafs, {b.blob_id: self._blobs[b.blob_id] for b in rafs.blobs}, strict=True, verify_data=False)
         if any(i not in self._trees for i in range(self._last)):  # a blob layer failed (its own line says why)
             return
-        # the image's own layers by the history's count, else every blob layer (a source whose history misses
-        # some layers): the bootstrap must show one of the two merges
-        tried = [difference(merge([self._trees[i] for i in range(own)]), rafs)
-                 for own in dict.fromkeys((self._own, self._last))]
+        # the image's own layers by the history's count, else every blob layer but the dict blobs others read
+        # from, else every blob layer (a source whose history misses some layers): the bootstrap must show one
+        tried = [difference(merge([self._trees[i] for i in own]), rafs)
+                 for own in dict.fromkeys((tuple(range(self._own)),
+                                           tuple(i for i in range(self._last) if i not in self._dicts),
+                                           tuple(range(self._last))))]
         problems = min(tried, key=len)
         if problems:
             more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
@@ -133,14 +170,25 @@ class NydusChecker:
                              + "; ".join(problems[:SHOWN]) + more, digest=desc.digest)
 
 
-def _files_with_chunk(path: str, index: int) -> list[str]:
-    """The regular files of a blob layer's own bootstrap whose data lies in chunk ``index``."""
+def _naming_files(path: str, message: str) -> str:
+    """``message`` about a bad chunk of a blob layer, led by the files of its own bootstrap the chunk holds: the
+    blob is verified chunk by chunk (its own, then what it reads from dict blobs) before its tree is read."""
     try:
         rafs = Rafs(BlobFile(path).bootstrap)
-        return [name for name, inode in rafs.walk() if stat.S_ISREG(inode.mode)
-                and any(chunk.index == index for chunk in rafs.file_chunks(inode))]
+        if found := re.match(r"inode (\d+): chunk \d+ of dict blob", message):   # read from a dict blob
+            names = [name for name, inode in rafs.walk() if inode.nid == int(found.group(1))][:1]
+        elif found := re.match(r"chunk (\d+)(?: of blob sha256:(\w+))?:", message):
+            index, blob_id = int(found.group(1)), found.group(2)
+            blobs = {i for i, b in enumerate(rafs.blobs) if b.blob_id == blob_id} if blob_id else {0}  # 0: its own
+            names = [name for name, inode in rafs.walk() if stat.S_ISREG(inode.mode)
+                     and any(c.index == index and c.blob_index in blobs for c in rafs.file_chunks(inode))]
+        else:
+            return message
     except RafsError:  # the tree is broken too: the chunk's own message has to do
-        return []
+        return message
+    if not names:
+        return message
+    return f"{names[0]!r}" + (f" (and {len(names) - 1} more files)" if len(names) > 1 else "") + f": {message}"
 
 
 def _bootstrap(path: str) -> bytes:
