@@ -86,6 +86,8 @@ class NydusDriver(LayerDriver):
     def cache_key(self) -> str:
         # what enters a blob's bytes; prefetch patterns only reach the bootstrap, workers only the speed
         b = self.build
+        if self.options["oci_ref"]:   # zran blobs: gzip/sha256 forced, only the chunk size counts
+            return f"nydus/v6.{WRITER_REVISION}/zran/{b.chunk_size:#x}"
         return f"nydus/v6.{WRITER_REVISION}/{b.compressor}/{b.digester}/{b.chunk_size:#x}/crc{int(b.crc)}"
 
     # ------------------------------------------------------------------ one layer
@@ -93,23 +95,37 @@ class NydusDriver(LayerDriver):
         if desc.annotations.get(BOOTSTRAP_ANNOTATION) == "true":
             raise DriverError(f"layer {desc.digest} is a nydus bootstrap: the source is a nydus image already",
                               digest=desc.digest)
+        if self.options["oci_ref"]:
+            from .refdriver import convert_ref
+            return convert_ref(self, content, desc)
         with content.open_uncompressed(desc) as tar, content.blob_writer() as out:
             result = convert_layer(tar, out, self.build)  # position 0: the blob's bytes do not depend on it
             digest = out.commit()  # the engine verifies the source first
         if digest != result.blob.digest:  # the builder hashes what it wrote: a mismatch is a bug, say so
             raise DriverError(f"layer {desc.digest}: the nydus blob was stored as {digest}, but the builder "
                               f"wrote {result.blob.digest}", digest=desc.digest)
-        with self._fresh_lock:  # layers convert on several threads
-            self._fresh[digest] = result
-            while len(self._fresh) > FRESH_LAYERS:
-                self._fresh.popitem(last=False)
+        self.keep_fresh(digest, result)
         blob = Descriptor(media_type=NYDUS_BLOB, digest=digest, size=out.size,
                           annotations={BLOB_ANNOTATION: "true"})
         return ConvertedLayer(blob, digest)  # a nydus blob is not compressed: its diff_id is its digest
 
+    def keep_fresh(self, digest: str, result: LayerResult) -> None:
+        with self._fresh_lock:  # layers convert on several threads
+            self._fresh[digest] = result
+            while len(self._fresh) > FRESH_LAYERS:
+                self._fresh.popitem(last=False)
+
+    def take_fresh(self, digest: str) -> LayerResult | None:
+        with self._fresh_lock:  # once: merging twice must not share a relabelled tree
+            return self._fresh.pop(digest, None)
+
     # ------------------------------------------------------------------ the whole image
     def finalize_manifest(self, content, manifest: dict, config: dict) -> tuple[dict, dict]:
         """Append the bootstrap layer: the merged bootstrap of every blob layer, its diff_id and history."""
+        if self.options["oci_ref"]:
+            from .refdriver import finalize_ref
+            descs, boot, files = finalize_ref(self, content, manifest)
+            return self._append_bootstrap(content, {**manifest, "layers": descs}, config, boot, files)
         layers = []
         for position, raw in enumerate(manifest.get("layers") or []):
             desc = Descriptor.from_dict(raw)
@@ -126,8 +142,13 @@ class NydusDriver(LayerDriver):
         rafs = Rafs(boot)
         validate(rafs, strict=True)  # nydusd's load rules: never push a bootstrap nydusd would refuse
         metas = {r.blob.digest.split(":", 1)[1]: r.blob.blob_meta for r in layers if r.blob.entry is not None}
+        return self._append_bootstrap(content, manifest, config, boot,
+                                      [(b.blob_id, metas[b.blob_id]) for b in rafs.blobs])
+
+    def _append_bootstrap(self, content, manifest: dict, config: dict, boot: bytes,
+                          metas: list[tuple[str, bytes]]) -> tuple[dict, dict]:
         with content.blob_writer() as out:
-            diff_id = write_bootstrap_layer(out, boot, [(b.blob_id, metas[b.blob_id]) for b in rafs.blobs])
+            diff_id = write_bootstrap_layer(out, boot, metas)
             digest = out.commit()
         docker = manifest.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST
         bootstrap = Descriptor(media_type=DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP, digest=digest,

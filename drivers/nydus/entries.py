@@ -16,7 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from acceleration_sdk.oci import Descriptor
 from acceleration_sdk.testing.entries import LayerEntry, Sha256
@@ -55,45 +55,51 @@ def _read(path: str, keep_data: bool = True) -> Iterator[LayerEntry]:
     if rafs.blobs and rafs.blobs[0].blob_id != L.INLINE_BLOB_ID:
         raise RafsError(f"the per-layer bootstrap names blob {rafs.blobs[0].blob_id}, not the inline blob")
     validate(rafs, {L.INLINE_BLOB_ID: blob} if rafs.blobs else None, strict=True)
-    first_name: dict[int, str] = {}
     with open(path, "rb") as fh:
-        for name, inode in rafs.walk():
-            kind = _KINDS.get(stat.S_IFMT(inode.mode))
-            if kind is None:
-                raise RafsError(f"{name!r}: inode mode {inode.mode:o} is not a kind a layer holds")
-            common = dict(mode=stat.S_IMODE(inode.mode), uid=inode.uid, gid=inode.gid, mtime=inode.mtime,
-                          xattrs=dict(inode.xattrs))
-            if kind != "dir" and inode.nid in first_name:
-                yield LayerEntry(name, "hardlink", linkname=first_name[inode.nid], **common)
-                continue
-            first_name[inode.nid] = name
-            if kind == "reg":
-                if keep_data:
-                    data = b"".join(_file_chunks(rafs, blob, fh, inode))
-                    yield LayerEntry(name, kind, size=len(data), data=data, **common)
-                else:
-                    h = Sha256()
-                    for piece in _file_chunks(rafs, blob, fh, inode):
-                        h.update(piece)
-                    yield LayerEntry(name, kind, size=h.size, digest=h.digest, **common)
-            elif kind == "symlink":
-                target = rafs.symlink(inode).decode("utf-8", "surrogateescape")
-                yield LayerEntry(name, kind, linkname=target, **common)
-            elif kind in ("char", "block"):
-                major, minor = inode.rdev
-                yield LayerEntry(name, kind, devmajor=major, devminor=minor, **common)
+        yield from walk_entries(rafs, lambda chunk: blob.read_chunk(fh, chunk.index, rafs.blobs[0].compressor),
+                                keep_data)
+
+
+def walk_entries(rafs: Rafs, read_chunk: Callable[[L.Chunk], bytes], keep_data: bool = True) -> Iterator[LayerEntry]:
+    """Every inode of ``rafs`` as a :class:`LayerEntry`; a file's bytes come chunk by chunk from ``read_chunk``
+    (an inline blob's chunk data, or a zran blob's gzip layer: ``refblob.read_ref_layer``)."""
+    first_name: dict[int, str] = {}
+    for name, inode in rafs.walk():
+        kind = _KINDS.get(stat.S_IFMT(inode.mode))
+        if kind is None:
+            raise RafsError(f"{name!r}: inode mode {inode.mode:o} is not a kind a layer holds")
+        common = dict(mode=stat.S_IMODE(inode.mode), uid=inode.uid, gid=inode.gid, mtime=inode.mtime,
+                      xattrs=dict(inode.xattrs))
+        if kind != "dir" and inode.nid in first_name:
+            yield LayerEntry(name, "hardlink", linkname=first_name[inode.nid], **common)
+            continue
+        first_name[inode.nid] = name
+        if kind == "reg":
+            if keep_data:
+                data = b"".join(_file_chunks(rafs, read_chunk, inode))
+                yield LayerEntry(name, kind, size=len(data), data=data, **common)
             else:
-                yield LayerEntry(name, kind, **common)
+                h = Sha256()
+                for piece in _file_chunks(rafs, read_chunk, inode):
+                    h.update(piece)
+                yield LayerEntry(name, kind, size=h.size, digest=h.digest, **common)
+        elif kind == "symlink":
+            target = rafs.symlink(inode).decode("utf-8", "surrogateescape")
+            yield LayerEntry(name, kind, linkname=target, **common)
+        elif kind in ("char", "block"):
+            major, minor = inode.rdev
+            yield LayerEntry(name, kind, devmajor=major, devminor=minor, **common)
+        else:
+            yield LayerEntry(name, kind, **common)
 
 
-def _file_chunks(rafs: Rafs, blob: BlobFile, fh: BinaryIO, inode) -> Iterator[bytes]:
+def _file_chunks(rafs: Rafs, read_chunk: Callable[[L.Chunk], bytes], inode) -> Iterator[bytes]:
     """The file's bytes chunk by chunk (a chunk is at most 16 MiB), cut to the inode's size."""
     left = inode.size
     for chunk in rafs.file_chunks(inode):
         if left <= 0:
             break
-        entry = rafs.blobs[chunk.blob_index]
-        data = blob.read_chunk(fh, chunk.index, entry.compressor)[:left]
+        data = read_chunk(chunk)[:left]
         left -= len(data)
         yield data
     if left > 0:

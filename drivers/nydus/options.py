@@ -16,7 +16,7 @@ from .blob import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 COMPRESSORS = ("zstd", "lz4_block", "none")
 DIGESTERS = ("blake3", "sha256")
 # acceld keys whose feature comes with the next nydus issue (issue 11): refused unless false/empty
-NOT_YET = ("merge_manifest", "oci_ref", "chunk_dict_ref")
+NOT_YET = ("merge_manifest", "chunk_dict_ref")
 BACKEND_KEYS = ("backend_type", "backend_config", "backend_force_push")
 
 
@@ -79,7 +79,11 @@ OPTIONS = OptionSchema(
     Option("backend_config", str, "", help="not supported yet; refused"),
     Option("backend_force_push", bool, False, help="not supported yet; refused when true"),
     Option("merge_manifest", bool, False, help="not supported yet; refused when true"),
-    Option("oci_ref", bool, False, help="not supported yet (zran OCI-ref images); refused when true"),
+    Option("oci_ref", bool, False,
+           help="OCI-referenced (zran) nydus: source gzip layers are not rewritten, each nydus blob layer holds "
+                "gzip checkpoints into its source layer (annotation containerd.io/snapshot/nydus-ref); chunks are "
+                "gzip/sha256 as nydus-image targz-ref forces (compressor and digester are not used); gzip layers "
+                "only"),
     Option("chunk_dict_ref", str, "", help="not supported yet; refused when set"),
     Option("batch_size", str, "", help="not supported yet (batched chunks); refused when set"),
     Option("encrypt_recipients", str, "", help="not supported yet (encrypted images); refused when set"),

@@ -1,0 +1,361 @@
+"""Random access into a gzip layer, the way nydus's zran does it (OCI-ref images, ``oci_ref: true``).
+
+    inflater = ZranInflater(gzip_stream)        # a readable stream of the layer's tar, inflated once
+    zran = ZranIndex(inflater)                  # checkpoints chosen per file chunk, as nydus chooses them
+    ci, ctx = zran.begin(tar_pos, size), ...    # begin(start) / end(end) around each chunk's read
+    data = decode_context(ctx, window, gzip_bytes_of_ctx)   # any checkpoint's slice, later, from the gzip alone
+
+Sources (dragonflyoss/nydus; /work/shared/NYDUS.md section 4): the inflater is ``ZranReader`` (gzip-mode
+inflate with ``Z_BLOCK``, 64 KiB input reads, the state at every deflate block end remembered with its window:
+utils/src/compress/zlib_random.rs:462-640); the checkpoint choice is ``ZranGenerator::begin_read``/``end_read``
+(zlib_random.rs:231-327) with storage/src/meta/zran.rs:113-128's limits; a checkpoint is a
+``ZranInflateContext`` (40 bytes, zran.rs:17-37); decoding is ``ZranDecoder::uncompress`` (zlib_random.rs:99-181).
+
+The tar parser reads ahead of the file data it hands out, so positions are not the inflater's *current*
+ones (nydus's tar crate reads exactly): every block end is kept until the parser has passed it, and the
+compressed position of an uncompressed one is the input consumed by the inflate call that produced it --
+enough input to decode that far, which is what a checkpoint's ``in_len`` must be.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import dataclasses
+import hashlib
+import struct
+from typing import BinaryIO
+
+from acceleration_sdk.zlib_raw import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, WINSIZE, ZStream, zlib_lib
+
+from .layout import RafsError
+
+READ_SIZE = 64 << 10                       # ZRAN_READER_BUF_SIZE (zlib_random.rs:26)
+OUT_SIZE = 256 << 10                       # inflate output per call (a block end stops a call earlier)
+DEFAULT_CHUNK = 1 << 20                    # RAFS_DEFAULT_CHUNK_SIZE: the limits derive from it, not from --chunk-size
+MIN_COMP, MAX_COMP, MAX_UNCOMP = DEFAULT_CHUNK // 2, DEFAULT_CHUNK, 2 * DEFAULT_CHUNK   # zran.rs:113-128
+MAX_OUT = 16 << 20                         # nydusd refuses a slice whose out_len exceeds RAFS_MAX_CHUNK_SIZE
+CONTEXT = struct.Struct("<QQQIIIBBBB")     # ZranInflateContext, 40 bytes (zran.rs:17-37)
+GZIP_MAGIC = b"\x1f\x8b\x08"
+
+
+def _lib():
+    lib = zlib_lib()
+    if not getattr(lib, "_zran_ready", False):   # inflateGetDictionary: the window at a block end
+        lib.inflateGetDictionary.argtypes = [ctypes.POINTER(ZStream), ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint)]
+        lib.inflateReset.argtypes = [ctypes.POINTER(ZStream)]
+        lib._zran_ready = True
+    return lib
+
+
+@dataclasses.dataclass(slots=True)
+class Context:
+    """One checkpoint: decode ``out_len`` bytes at ``out_offset`` from ``in_len`` gzip bytes at ``in_offset``."""
+
+    in_offset: int
+    out_offset: int
+    bits: int = 0              # unread bits of the byte before in_offset (data_type & 7)
+    byte: int = 0              # that byte
+    window: bytes = b""        # the 32 KiB (or fewer, at a member's start) before out_offset
+    in_len: int = 0
+    out_len: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Block:
+    in_pos: int
+    out_pos: int
+    bits: int
+    byte: int
+    window: bytes
+
+
+class ZranInflater:
+    """The inflated bytes of a gzip stream (``read``), with the inflate state at every deflate block end.
+
+    Also the sha256 and size of the compressed bytes read: the blob id and compressed size of a zran blob.
+    Concatenated members are followed (inflate reset at each member end); zero bytes after the last member
+    are allowed (registries pad some layers), anything else there is refused.
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self._raw, self._lib = raw, _lib()
+        self._strm = ZStream()
+        self._inbuf = ctypes.create_string_buffer(READ_SIZE)
+        self._outbuf = ctypes.create_string_buffer(OUT_SIZE)
+        self._dict = ctypes.create_string_buffer(WINSIZE)
+        if self._lib.inflateInit2_(ctypes.byref(self._strm), 31, self._lib.zlibVersion(),
+                                   ctypes.sizeof(ZStream)) != Z_OK:
+            raise MemoryError("zlib inflateInit2 failed")
+        self._open = True
+        self.sha = hashlib.sha256()
+        self.size = 0              # compressed bytes read
+        self.total_in = self.total_out = 0
+        self._chunk = b""          # the current input piece (for the byte before a checkpoint)
+        self._chunk_start = 0
+        self._last_byte = 0
+        self.blocks: collections.deque[_Block] = collections.deque()
+        self.marks: collections.deque[tuple[int, int]] = collections.deque()   # (total_out, total_in) per call
+        self.switched = False      # a member ended since the last block end: a new checkpoint is needed
+        self._member_end = False
+        self._eof = False
+        self._pending = bytearray()
+
+    def _feed(self) -> bool:
+        data = self._raw.read(READ_SIZE)
+        if not data:
+            return False
+        if self._chunk:
+            self._last_byte = self._chunk[-1]
+        self._chunk, self._chunk_start = bytes(data), self.total_in
+        self.sha.update(self._chunk)
+        self.size += len(self._chunk)
+        ctypes.memmove(self._inbuf, self._chunk, len(self._chunk))
+        self._strm.next_in, self._strm.avail_in = ctypes.addressof(self._inbuf), len(self._chunk)
+        return True
+
+    def _trailing(self) -> None:
+        """After a member: another member, or zero padding to the end, or an error."""
+        s = self._strm
+        rest = ctypes.string_at(s.next_in, s.avail_in) if s.avail_in else b""
+        while len(rest) < 3:
+            more = self._raw.read(READ_SIZE)
+            if not more:
+                break
+            self.sha.update(more)
+            self.size += len(more)
+            rest += more
+            # refeed what is left through the input buffer below
+        if rest.startswith(GZIP_MAGIC):
+            self._chunk, self._chunk_start = rest, self.total_in
+            buf = ctypes.create_string_buffer(rest, len(rest)) if len(rest) > READ_SIZE else None
+            if buf is not None:
+                self._inbuf = buf
+            else:
+                ctypes.memmove(self._inbuf, rest, len(rest))
+            s.next_in, s.avail_in = ctypes.addressof(self._inbuf), len(rest)
+            if self._lib.inflateReset(ctypes.byref(s)) != Z_OK:
+                raise RafsError("zlib inflateReset failed")
+            self.switched = True
+            return
+        while True:
+            if rest.strip(b"\0"):
+                raise RafsError(f"the gzip layer has non-gzip data after its last member (at byte {self.total_in})")
+            rest = self._raw.read(READ_SIZE)
+            if not rest:
+                break
+            self.sha.update(rest)
+            self.size += len(rest)
+        s.avail_in = 0
+        self._eof = True
+
+    def _step(self) -> None:
+        s = self._strm
+        if self._member_end:
+            self._member_end = False
+            self._trailing()
+            if self._eof:
+                return
+        if s.avail_in == 0 and not self._feed():
+            raise RafsError(f"the gzip layer is truncated: it ends at byte {self.total_in} inside a member")
+        s.next_out, s.avail_out = ctypes.addressof(self._outbuf), OUT_SIZE
+        before_in = s.avail_in
+        ret = self._lib.inflate(ctypes.byref(s), Z_BLOCK)
+        used, made = before_in - s.avail_in, OUT_SIZE - s.avail_out
+        self.total_in += used
+        self.total_out += made
+        if made:
+            self._pending += ctypes.string_at(self._outbuf, made)
+            self.marks.append((self.total_out, self.total_in))
+        if ret == Z_STREAM_END:
+            self._member_end = True
+            return
+        if ret not in (Z_OK, Z_BUF_ERROR):
+            msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
+            raise RafsError(f"the layer is not a valid gzip stream at byte {self.total_in}: {msg}")
+        if s.data_type & 0x80:   # a block end (or the end of a member's header): a possible checkpoint
+            bits = s.data_type & 7
+            byte = 0
+            if bits:
+                at = self.total_in - 1 - self._chunk_start
+                byte = self._chunk[at] if at >= 0 else self._last_byte
+            size = ctypes.c_uint(0)
+            if self._lib.inflateGetDictionary(ctypes.byref(s), self._dict, ctypes.byref(size)) != Z_OK:
+                raise RafsError("zlib inflateGetDictionary failed")
+            self.blocks.append(_Block(self.total_in, self.total_out, bits, byte, self._dict.raw[:size.value]))
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._pending) < n):
+            self._step()
+        if n < 0 or n >= len(self._pending):
+            out, self._pending = bytes(self._pending), bytearray()
+        else:
+            out = bytes(self._pending[:n])
+            del self._pending[:n]
+        return out
+
+    def in_at(self, out_pos: int) -> int:
+        """Compressed bytes that suffice to inflate the first ``out_pos`` bytes (marks before it are dropped)."""
+        while len(self.marks) > 1 and self.marks[1][0] <= out_pos:
+            self.marks.popleft()
+        for total_out, total_in in self.marks:
+            if total_out >= out_pos:
+                return total_in
+        return self.total_in
+
+    def block_at(self, out_pos: int) -> _Block:
+        """The last block end at or before ``out_pos`` (earlier ones are dropped: positions only grow)."""
+        while len(self.blocks) > 1 and self.blocks[1].out_pos <= out_pos:
+            self.blocks.popleft()
+        if not self.blocks or self.blocks[0].out_pos > out_pos:
+            raise RafsError(f"no gzip block boundary before uncompressed byte {out_pos}")
+        return self.blocks[0]
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._lib.inflateEnd(ctypes.byref(self._strm))
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ZranChunk:
+    """Where one chunk's bytes are: ``size`` bytes at ``offset`` in checkpoint ``index``'s slice."""
+
+    index: int
+    offset: int
+    size: int
+    in_pos: int                # compressed position when the chunk's read began (the chunk table's offset)
+    in_len: int
+
+
+class ZranIndex:
+    """Chooses checkpoints for file chunks as nydus's ZranGenerator does (zlib_random.rs:231-327)."""
+
+    def __init__(self, inflater: ZranInflater):
+        self.inflater = inflater
+        self.contexts: list[Context] = []
+        self._block_start = -1
+        self._start = self._start_in = 0
+
+    def _new_context(self, block: _Block) -> int:
+        self.contexts.append(Context(block.in_pos, block.out_pos, block.bits, block.byte, block.window))
+        self._block_start = block.in_pos
+        return len(self.contexts) - 1
+
+    def begin(self, pos: int, chunk_size: int) -> None:
+        """A chunk's data starts at uncompressed ``pos`` (the tar offset); ``chunk_size`` bytes will follow."""
+        z = self.inflater
+        block = z.block_at(pos)
+        in_pos = z.in_at(pos)
+        if self.contexts:
+            ctx = self.contexts[-1]
+            comp, uncomp = in_pos - ctx.in_offset, pos - ctx.out_offset
+            first = block.in_pos == self._block_start     # no block end passed since: no new checkpoint yet
+            switched, z.switched = z.switched, False
+            if switched and not first:
+                self._new_context(block)
+            elif not first and (comp >= MAX_COMP // 2 or uncomp + chunk_size >= MAX_UNCOMP):
+                self._new_context(block)
+            elif not first and comp > 2 * ctx.in_len and ctx.in_len > MIN_COMP:
+                self._new_context(block)   # a long gap since the last chunk of this slice
+        else:
+            self._new_context(block)
+            z.switched = False
+        self._start, self._start_in = pos, in_pos
+
+    def end(self, pos: int) -> ZranChunk:
+        """The chunk read since :meth:`begin` ends at uncompressed ``pos``."""
+        index = len(self.contexts) - 1
+        ctx = self.contexts[index]
+        in_pos = self.inflater.in_at(pos)
+        ctx.out_len, ctx.in_len = pos - ctx.out_offset, in_pos - ctx.in_offset
+        if ctx.out_len > MAX_OUT:
+            raise RafsError(f"a gzip slice of {ctx.out_len} bytes without a deflate block end: nydusd reads at "
+                            f"most {MAX_OUT} bytes per checkpoint")
+        return ZranChunk(index, self._start - ctx.out_offset, pos - self._start, self._start_in,
+                         in_pos - self._start_in)
+
+
+def pack_contexts(contexts: list[Context]) -> bytes:
+    """The ZRAN tables that follow the chunk-info array: contexts, then their windows back to back
+    (ZranContextGenerator::to_vec, zran.rs:188-216)."""
+    out, windows, dict_offset = bytearray(), bytearray(), 0
+    for c in contexts:
+        out += CONTEXT.pack(c.in_offset, c.out_offset, dict_offset, c.in_len, c.out_len, len(c.window), c.byte,
+                            c.bits, 0, 0)
+        windows += c.window
+        dict_offset += len(c.window)
+    return bytes(out + windows)
+
+
+def unpack_contexts(data: bytes, count: int) -> list[Context]:
+    """The inverse of :func:`pack_contexts`; every window must lie in the table (meta/mod.rs:1076-1100)."""
+    table = count * CONTEXT.size
+    if len(data) < table:
+        raise RafsError(f"the ZRAN table holds {len(data)} bytes, fewer than {count} contexts")
+    out = []
+    for i in range(count):
+        in_off, out_off, dict_off, in_len, out_len, dict_size, byte, bits, _r1, _r2 = CONTEXT.unpack_from(
+            data, i * CONTEXT.size)
+        start = table + dict_off
+        if dict_size > WINSIZE or start + dict_size > len(data):
+            raise RafsError(f"ZRAN context {i}: its window ({dict_off}+{dict_size}) lies outside the table")
+        if bits > 7 or out_len > MAX_OUT:
+            raise RafsError(f"ZRAN context {i}: {bits} pending bits / {out_len}-byte slice")
+        out.append(Context(in_off, out_off, bits, byte, data[start:start + dict_size], in_len, out_len))
+    return out
+
+
+def decode_context(ctx: Context, data: bytes) -> bytes:
+    """Inflate checkpoint ``ctx``'s ``out_len`` bytes from ``data`` (the ``in_len`` gzip bytes at ``in_offset``);
+    a member end inside the slice skips the trailer and the next header (zlib_random.rs:99-181)."""
+    if len(data) != ctx.in_len:
+        raise RafsError(f"a ZRAN slice needs {ctx.in_len} gzip bytes, got {len(data)}")
+    lib, s = _lib(), ZStream()
+    if lib.inflateInit2_(ctypes.byref(s), -15, lib.zlibVersion(), ctypes.sizeof(ZStream)) != Z_OK:
+        raise MemoryError("zlib inflateInit2 failed")
+    try:
+        inbuf = ctypes.create_string_buffer(data, len(data) or 1)
+        out = ctypes.create_string_buffer(ctx.out_len or 1)
+        if ctx.bits and lib.inflatePrime(ctypes.byref(s), ctx.bits, ctx.byte >> (8 - ctx.bits)) != Z_OK:
+            raise RafsError("zlib inflatePrime failed")
+        if ctx.window and lib.inflateSetDictionary(ctypes.byref(s), ctx.window, len(ctx.window)) != Z_OK:
+            raise RafsError("zlib inflateSetDictionary failed: a bad ZRAN window")
+        s.next_in, s.avail_in = ctypes.addressof(inbuf), len(data)
+        done = 0
+        while done < ctx.out_len:
+            s.next_out, s.avail_out = ctypes.addressof(out) + done, ctx.out_len - done
+            ret = lib.inflate(ctypes.byref(s), 0)
+            done = ctx.out_len - s.avail_out
+            if ret == Z_STREAM_END and done < ctx.out_len:
+                _skip_member_boundary(lib, s)
+            elif ret != Z_OK and done < ctx.out_len:
+                msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
+                raise RafsError(f"a ZRAN slice at gzip byte {ctx.in_offset} does not inflate "
+                                f"({done} of {ctx.out_len} bytes): {msg}")
+        return out.raw[:ctx.out_len]
+    finally:
+        lib.inflateEnd(ctypes.byref(s))
+
+
+def _skip_member_boundary(lib, s: ZStream) -> None:
+    if s.avail_in < 8:
+        raise RafsError("a ZRAN slice ends inside a gzip trailer")
+    s.next_in, s.avail_in = s.next_in + 8, s.avail_in - 8
+    scratch = ctypes.create_string_buffer(WINSIZE)
+    if lib.inflateReset2(ctypes.byref(s), 31) != Z_OK:
+        raise RafsError("zlib inflateReset2 failed")
+    while True:   # the next member's header: inflate(Z_BLOCK) stops right after it
+        s.next_out, s.avail_out = ctypes.addressof(scratch), WINSIZE
+        ret = lib.inflate(ctypes.byref(s), Z_BLOCK)
+        if ret != Z_OK:
+            raise RafsError(f"a ZRAN slice crosses a gzip member boundary it cannot decode (zlib {ret})")
+        if s.data_type & 0x80:
+            break
+    if lib.inflateReset2(ctypes.byref(s), -15) != Z_OK:
+        raise RafsError("zlib inflateReset2 failed")
