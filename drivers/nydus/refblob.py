@@ -75,11 +75,13 @@ class _Sink:
         self.toc += entries
 
 
-def convert_ref_layer(raw: BinaryIO, sink: BinaryIO, chunk_size: int, position: int = 0) -> LayerResult:
+def convert_ref_layer(raw: BinaryIO, sink: BinaryIO, chunk_size: int, position: int = 0,
+                      source: str | None = None) -> LayerResult:
     """Read the gzip layer ``raw`` once (inflated, tar parsed, checkpoints chosen per chunk) and write its
-    zran nydus blob to ``sink``. Chunks are deduplicated by sha256 inside the layer, as nydus-image does."""
+    zran nydus blob to ``sink``. Chunks are deduplicated by sha256 inside the layer, as nydus-image does.
+    ``source``: the layer's digest when the caller verifies it (the engine's provider does), else it is hashed."""
     check_chunk_size(chunk_size)
-    inflater = ZranInflater(raw)
+    inflater = ZranInflater(raw, hashing=source is None)
     index = ZranIndex(inflater)
     seen: dict[bytes, Chunk] = {}
     infos: list[tuple[Chunk, int, int]] = []   # (chunk, context, offset in its slice) per chunk info
@@ -111,7 +113,7 @@ def convert_ref_layer(raw: BinaryIO, sink: BinaryIO, chunk_size: int, position: 
             pass
     finally:
         inflater.close()
-    source = "sha256:" + inflater.sha.hexdigest()
+    source = source or "sha256:" + inflater.sha.hexdigest()
     out = _Sink(sink)
     entry, blob_meta = None, b""
     if infos:

@@ -26,7 +26,7 @@ def convert_ref(driver, content, desc: Descriptor) -> ConvertedLayer:
         raise LayerError(f"layer {desc.digest} is {desc.media_type}: oci_ref (zran) images reference gzip layers "
                          "only; convert this image without oci_ref", digest=desc.digest)
     with content.open_blob(desc) as raw, content.blob_writer() as out:
-        result = convert_ref_layer(raw, out, driver.build.chunk_size)
+        result = convert_ref_layer(raw, out, driver.build.chunk_size, source=desc.digest)
         digest = out.commit()   # the provider verified the source's digest first
     if digest != result.blob.digest or result.blob.source != desc.digest:
         raise DriverError(f"layer {desc.digest}: the zran blob was stored as {digest} for source "

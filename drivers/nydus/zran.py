@@ -77,8 +77,9 @@ class ZranInflater:
     are allowed (registries pad some layers), anything else there is refused.
     """
 
-    def __init__(self, raw: BinaryIO):
+    def __init__(self, raw: BinaryIO, hashing: bool = True):
         self._raw, self._lib = raw, _lib()
+        self._hashing = hashing    # off when the caller knows (and verifies) the layer digest
         self._strm = ZStream()
         self._inbuf = ctypes.create_string_buffer(READ_SIZE)
         self._outbuf = ctypes.create_string_buffer(OUT_SIZE)
@@ -98,7 +99,7 @@ class ZranInflater:
         self.switched = False      # a member ended since the last block end: a new checkpoint is needed
         self._member_end = False
         self._eof = False
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
 
     def _feed(self) -> bool:
         data = self._raw.read(READ_SIZE)
@@ -107,7 +108,8 @@ class ZranInflater:
         if self._chunk:
             self._last_byte = self._chunk[-1]
         self._chunk, self._chunk_start = bytes(data), self.total_in
-        self.sha.update(self._chunk)
+        if self._hashing:
+            self.sha.update(self._chunk)
         self.size += len(self._chunk)
         ctypes.memmove(self._inbuf, self._chunk, len(self._chunk))
         self._strm.next_in, self._strm.avail_in = ctypes.addressof(self._inbuf), len(self._chunk)
@@ -121,7 +123,8 @@ class ZranInflater:
             more = self._raw.read(READ_SIZE)
             if not more:
                 break
-            self.sha.update(more)
+            if self._hashing:
+                self.sha.update(more)
             self.size += len(more)
             rest += more
             # refeed what is left through the input buffer below
@@ -143,7 +146,8 @@ class ZranInflater:
             rest = self._raw.read(READ_SIZE)
             if not rest:
                 break
-            self.sha.update(rest)
+            if self._hashing:
+                self.sha.update(rest)
             self.size += len(rest)
         s.avail_in = 0
         self._eof = True
@@ -164,7 +168,7 @@ class ZranInflater:
         self.total_in += used
         self.total_out += made
         if made:
-            self._pending += ctypes.string_at(self._outbuf, made)
+            self._pending.append(ctypes.string_at(self._outbuf, made))
             self.marks.append((self.total_out, self.total_in))
         if ret == Z_STREAM_END:
             self._member_end = True
@@ -181,17 +185,25 @@ class ZranInflater:
             size = ctypes.c_uint(0)
             if self._lib.inflateGetDictionary(ctypes.byref(s), self._dict, ctypes.byref(size)) != Z_OK:
                 raise RafsError("zlib inflateGetDictionary failed")
-            self.blocks.append(_Block(self.total_in, self.total_out, bits, byte, self._dict.raw[:size.value]))
+            self.blocks.append(_Block(self.total_in, self.total_out, bits, byte,
+                                      ctypes.string_at(self._dict, size.value)))
 
     def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._pending) < n):
+        """Up to ``n`` inflated bytes (fewer is fine: readers of pipes loop); ``b""`` only at the end."""
+        while not self._pending and not self._eof:
             self._step()
-        if n < 0 or n >= len(self._pending):
-            out, self._pending = bytes(self._pending), bytearray()
-        else:
-            out = bytes(self._pending[:n])
-            del self._pending[:n]
-        return out
+        if not self._pending:
+            return b""
+        if n < 0:
+            while not self._eof:
+                self._step()
+            out, self._pending = b"".join(self._pending), []
+            return out
+        piece = self._pending[0]
+        if len(piece) <= n:
+            return self._pending.pop(0)
+        self._pending[0] = piece[n:]
+        return piece[:n]
 
     def in_at(self, out_pos: int) -> int:
         """Compressed bytes that suffice to inflate the first ``out_pos`` bytes (marks before it are dropped)."""

@@ -193,7 +193,7 @@ def test_decoder_on_a_checkpoint_of_a_known_stream():
     from drivers.nydus.zran import ZranIndex, ZranInflater
     inflater = ZranInflater(io.BytesIO(gz))
     index = ZranIndex(inflater)
-    out = inflater.read(len(data))
+    out = b"".join(iter(lambda: inflater.read(1 << 16), b""))   # short reads, b"" only at the end
     assert out == data
     index.begin(150_000, 4096)
     chunk = index.end(160_000)
