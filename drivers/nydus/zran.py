@@ -22,7 +22,9 @@ import collections
 import ctypes
 import dataclasses
 import hashlib
+import queue
 import struct
+import threading
 from typing import BinaryIO
 
 from acceleration_sdk.zlib_raw import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, WINSIZE, ZStream, zlib_lib
@@ -33,6 +35,7 @@ READ_SIZE = 64 << 10                       # ZRAN_READER_BUF_SIZE (zlib_random.r
 OUT_SIZE = 256 << 10                       # inflate output per call (a block end stops a call earlier)
 DEFAULT_CHUNK = 1 << 20                    # RAFS_DEFAULT_CHUNK_SIZE: the limits derive from it, not from --chunk-size
 MIN_COMP, MAX_COMP, MAX_UNCOMP = DEFAULT_CHUNK // 2, DEFAULT_CHUNK, 2 * DEFAULT_CHUNK   # zran.rs:113-128
+QUEUE_DEPTH = 32                           # inflate calls queued ahead of the reader (<= 8 MiB of output)
 MAX_OUT = 16 << 20                         # nydusd refuses a slice whose out_len exceeds RAFS_MAX_CHUNK_SIZE
 CONTEXT = struct.Struct("<QQQIIIBBBB")     # ZranInflateContext, 40 bytes (zran.rs:17-37)
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -75,9 +78,14 @@ class ZranInflater:
     Also the sha256 and size of the compressed bytes read: the blob id and compressed size of a zran blob.
     Concatenated members are followed (inflate reset at each member end); zero bytes after the last member
     are allowed (registries pad some layers), anything else there is refused.
+
+    ``threaded``: zlib inflates on a thread of its own (ctypes releases the GIL), one bounded queue ahead of
+    the reader, so inflating overlaps the tar parsing and chunk hashing. What the reader learns (block ends,
+    marks, member starts) arrives with the bytes they belong to, so the checkpoints do not depend on how far
+    ahead the inflater runs: the output is the same threaded or not.
     """
 
-    def __init__(self, raw: BinaryIO, hashing: bool = True):
+    def __init__(self, raw: BinaryIO, hashing: bool = True, threaded: bool = True):
         self._raw, self._lib = raw, _lib()
         self._hashing = hashing    # off when the caller knows (and verifies) the layer digest
         self._strm = ZStream()
@@ -89,25 +97,32 @@ class ZranInflater:
             raise MemoryError("zlib inflateInit2 failed")
         self._open = True
         self.sha = hashlib.sha256()
-        self.size = 0              # compressed bytes read
-        self.total_in = self.total_out = 0
+        self.size = 0              # compressed bytes read (final once read() returned b"")
+        # the inflating side
+        self._total_in = self._total_out = 0
         self._chunk = b""          # the current input piece (for the byte before a checkpoint)
         self._chunk_start = 0
         self._last_byte = 0
+        self._member_end = False
+        self._done = False
+        # the reading side: what arrived with the bytes read so far
         self.blocks: collections.deque[_Block] = collections.deque()
         self.marks: collections.deque[tuple[int, int]] = collections.deque()   # (total_out, total_in) per call
-        self.switched = False      # a member ended since the last block end: a new checkpoint is needed
-        self._member_end = False
+        self.switches: collections.deque[int] = collections.deque()   # output positions where a member starts
+        self._pending: collections.deque[bytes] = collections.deque()
         self._eof = False
-        self._pending: list[bytes] = []
+        self._stop = threading.Event()
+        self._queue: queue.Queue | None = queue.Queue(QUEUE_DEPTH) if threaded else None
+        self._thread: threading.Thread | None = None
 
+    # ------------------------------------------------------------------ the inflating side
     def _feed(self) -> bool:
         data = self._raw.read(READ_SIZE)
         if not data:
             return False
         if self._chunk:
             self._last_byte = self._chunk[-1]
-        self._chunk, self._chunk_start = bytes(data), self.total_in
+        self._chunk, self._chunk_start = bytes(data), self._total_in
         if self._hashing:
             self.sha.update(self._chunk)
         self.size += len(self._chunk)
@@ -115,93 +130,125 @@ class ZranInflater:
         self._strm.next_in, self._strm.avail_in = ctypes.addressof(self._inbuf), len(self._chunk)
         return True
 
-    def _trailing(self) -> None:
+    def _more(self) -> bytes:
+        data = self._raw.read(READ_SIZE)
+        if data:
+            if self._hashing:
+                self.sha.update(data)
+            self.size += len(data)
+        return data or b""
+
+    def _trailing(self, items: list) -> None:
         """After a member: another member, or zero padding to the end, or an error."""
         s = self._strm
         rest = ctypes.string_at(s.next_in, s.avail_in) if s.avail_in else b""
-        while len(rest) < 3:
-            more = self._raw.read(READ_SIZE)
-            if not more:
-                break
-            if self._hashing:
-                self.sha.update(more)
-            self.size += len(more)
+        while len(rest) < len(GZIP_MAGIC) and (more := self._more()):
             rest += more
-            # refeed what is left through the input buffer below
         if rest.startswith(GZIP_MAGIC):
-            self._chunk, self._chunk_start = rest, self.total_in
-            buf = ctypes.create_string_buffer(rest, len(rest)) if len(rest) > READ_SIZE else None
-            if buf is not None:
-                self._inbuf = buf
-            else:
-                ctypes.memmove(self._inbuf, rest, len(rest))
+            self._chunk, self._chunk_start = rest, self._total_in
+            if len(rest) > len(self._inbuf):
+                self._inbuf = ctypes.create_string_buffer(len(rest))
+            ctypes.memmove(self._inbuf, rest, len(rest))
             s.next_in, s.avail_in = ctypes.addressof(self._inbuf), len(rest)
             if self._lib.inflateReset(ctypes.byref(s)) != Z_OK:
                 raise RafsError("zlib inflateReset failed")
-            self.switched = True
+            items.append(("switch", self._total_out))
             return
-        while True:
+        while rest:
             if rest.strip(b"\0"):
-                raise RafsError(f"the gzip layer has non-gzip data after its last member (at byte {self.total_in})")
-            rest = self._raw.read(READ_SIZE)
-            if not rest:
-                break
-            if self._hashing:
-                self.sha.update(rest)
-            self.size += len(rest)
+                raise RafsError(f"the gzip layer has non-gzip data after its last member (at byte {self._total_in})")
+            rest = self._more()
         s.avail_in = 0
-        self._eof = True
+        self._done = True
+        items.append(("end",))
 
-    def _step(self) -> None:
-        s = self._strm
+    def _step(self) -> list:
+        """One inflate call (to a block end, a member end or a full buffer): what it produced, as items."""
+        s, items = self._strm, []
         if self._member_end:
             self._member_end = False
-            self._trailing()
-            if self._eof:
-                return
+            self._trailing(items)
+            if self._done:
+                return items
         if s.avail_in == 0 and not self._feed():
-            raise RafsError(f"the gzip layer is truncated: it ends at byte {self.total_in} inside a member")
+            raise RafsError(f"the gzip layer is truncated: it ends at byte {self._total_in} inside a member")
         s.next_out, s.avail_out = ctypes.addressof(self._outbuf), OUT_SIZE
         before_in = s.avail_in
         ret = self._lib.inflate(ctypes.byref(s), Z_BLOCK)
         used, made = before_in - s.avail_in, OUT_SIZE - s.avail_out
-        self.total_in += used
-        self.total_out += made
-        if made:
-            self._pending.append(ctypes.string_at(self._outbuf, made))
-            self.marks.append((self.total_out, self.total_in))
+        self._total_in += used
+        self._total_out += made
         if ret == Z_STREAM_END:
             self._member_end = True
-            return
-        if ret not in (Z_OK, Z_BUF_ERROR):
+        elif ret not in (Z_OK, Z_BUF_ERROR):
             msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
-            raise RafsError(f"the layer is not a valid gzip stream at byte {self.total_in}: {msg}")
-        if s.data_type & 0x80:   # a block end (or the end of a member's header): a possible checkpoint
+            raise RafsError(f"the layer is not a valid gzip stream at byte {self._total_in}: {msg}")
+        elif s.data_type & 0x80:   # a block end (or the end of a member's header): a possible checkpoint
             bits = s.data_type & 7
             byte = 0
             if bits:
-                at = self.total_in - 1 - self._chunk_start
+                at = self._total_in - 1 - self._chunk_start
                 byte = self._chunk[at] if at >= 0 else self._last_byte
             size = ctypes.c_uint(0)
             if self._lib.inflateGetDictionary(ctypes.byref(s), self._dict, ctypes.byref(size)) != Z_OK:
                 raise RafsError("zlib inflateGetDictionary failed")
-            self.blocks.append(_Block(self.total_in, self.total_out, bits, byte,
-                                      ctypes.string_at(self._dict, size.value)))
+            items.append(("block", _Block(self._total_in, self._total_out, bits, byte,
+                                          ctypes.string_at(self._dict, size.value))))
+        if made:   # the bytes go last: whoever reads them has everything known about them
+            items.append(("data", ctypes.string_at(self._outbuf, made), self._total_out, self._total_in))
+        return items
+
+    def _produce(self) -> None:
+        q = self._queue
+        try:
+            while not self._done and not self._stop.is_set():
+                for item in self._step():
+                    q.put(item)
+        except BaseException as exc:  # handed to the reader, raised there
+            q.put(("error", exc))
+
+    # ------------------------------------------------------------------ the reading side
+    def _next_items(self) -> list:
+        if self._queue is None:
+            return self._step()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, name="zran-inflate", daemon=True)
+            self._thread.start()
+        return [self._queue.get()]
+
+    def _take(self) -> None:
+        for item in self._next_items():
+            kind = item[0]
+            if kind == "data":
+                self._pending.append(item[1])
+                self.marks.append((item[2], item[3]))
+            elif kind == "block":
+                self.blocks.append(item[1])
+            elif kind == "switch":
+                self.switches.append(item[1])
+            elif kind == "end":
+                self._eof = True
+                self._join()
+            else:
+                self._eof = True
+                self._join()
+                raise item[1]
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` inflated bytes (fewer is fine: readers of pipes loop); ``b""`` only at the end."""
         while not self._pending and not self._eof:
-            self._step()
+            self._take()
         if not self._pending:
             return b""
         if n < 0:
             while not self._eof:
-                self._step()
-            out, self._pending = b"".join(self._pending), []
+                self._take()
+            out = b"".join(self._pending)
+            self._pending.clear()
             return out
         piece = self._pending[0]
         if len(piece) <= n:
-            return self._pending.pop(0)
+            return self._pending.popleft()
         self._pending[0] = piece[n:]
         return piece[:n]
 
@@ -212,7 +259,7 @@ class ZranInflater:
         for total_out, total_in in self.marks:
             if total_out >= out_pos:
                 return total_in
-        return self.total_in
+        raise RafsError(f"uncompressed byte {out_pos} has not been inflated yet")
 
     def block_at(self, out_pos: int) -> _Block:
         """The last block end at or before ``out_pos`` (earlier ones are dropped: positions only grow)."""
@@ -222,7 +269,28 @@ class ZranInflater:
             raise RafsError(f"no gzip block boundary before uncompressed byte {out_pos}")
         return self.blocks[0]
 
+    def switched_by(self, out_pos: int) -> bool:
+        """Whether a gzip member started at or before ``out_pos`` since the last call."""
+        found = False
+        while self.switches and self.switches[0] <= out_pos:
+            self.switches.popleft()
+            found = True
+        return found
+
+    def _join(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        while thread.is_alive():   # a producer blocked on a full queue must see the stop
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
     def close(self) -> None:
+        self._join()
         if self._open:
             self._open = False
             self._lib.inflateEnd(ctypes.byref(self._strm))
@@ -268,7 +336,7 @@ class ZranIndex:
             ctx = self.contexts[-1]
             comp, uncomp = in_pos - ctx.in_offset, pos - ctx.out_offset
             first = block.in_pos == self._block_start     # no block end passed since: no new checkpoint yet
-            switched, z.switched = z.switched, False
+            switched = z.switched_by(pos)
             if switched and not first:
                 self._new_context(block)
             elif not first and (comp >= MAX_COMP // 2 or uncomp + chunk_size >= MAX_UNCOMP):
@@ -277,7 +345,7 @@ class ZranIndex:
                 self._new_context(block)   # a long gap since the last chunk of this slice
         else:
             self._new_context(block)
-            z.switched = False
+            z.switched_by(pos)
         self._start, self._start_in = pos, in_pos
 
     def end(self, pos: int) -> ZranChunk:

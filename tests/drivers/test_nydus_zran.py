@@ -200,3 +200,20 @@ def test_decoder_on_a_checkpoint_of_a_known_stream():
     ctx = index.contexts[chunk.index]
     assert decode_context(ctx, gz[ctx.in_offset:ctx.in_offset + ctx.in_len])[chunk.offset:chunk.offset + 10_000] \
         == data[150_000:160_000]
+
+
+def test_threaded_inflater_writes_the_same_blob_and_passes_errors_on(tmp_path, monkeypatch):
+    """The inflate thread changes when bytes are ready, never which checkpoints are chosen."""
+    from drivers.nydus import zran
+    tar = _layer(20, 5)
+    gz = gzip.compress(tar, 6)
+    _, threaded = _convert(gz, 0x10000, tmp_path, "a")
+    init = zran.ZranInflater.__init__
+    monkeypatch.setattr(zran.ZranInflater, "__init__",
+                        lambda self, raw, hashing=True, threaded=True: init(self, raw, hashing, False))
+    _, plain = _convert(gz, 0x10000, tmp_path, "b")
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    assert threaded.blob.digest == plain.blob.digest
+    monkeypatch.undo()
+    with pytest.raises(RafsError, match="truncated"):   # raised on the inflate thread, re-raised to the reader
+        _convert(gz[:len(gz) // 2], 0x10000, tmp_path, "c")
