@@ -14,6 +14,7 @@ from acceleration_sdk.driver import ConvertedLayer
 from acceleration_sdk.errors import DriverError, LayerError
 from acceleration_sdk.oci import LAYER_TYPES, Descriptor
 
+from .builder import at_position
 from .media import BLOB_ANNOTATION, NYDUS_BLOB
 from .reader import Rafs
 from .refblob import REF_ANNOTATION, convert_ref_layer, merge_ref_bootstrap, ref_layer_from_blob
@@ -48,7 +49,6 @@ def finalize_ref(driver, content, manifest: dict) -> tuple[list, bytes, list[tup
                               "a nydus image cannot hold it", digest=desc.digest)
         fresh = driver.take_fresh(desc.digest)
         if fresh is not None:
-            from .builder import at_position
             layer = at_position(fresh, position)
         else:
             layer = ref_layer_from_blob(content.converted_path(desc), position, driver.build.chunk_size, desc.digest)

@@ -160,3 +160,30 @@ def test_a_debian_rootfs_mounts_as_its_source(tmp_path, registry, client):
     with gzip.open(ROOTFS) as fh:
         compare(flatten([fh.read()]), seen)
     assert len(seen) > 5000 and "etc/os-release" in seen
+
+
+def test_accelctl_check_and_converter_verify_read_zran_images(tmp_path, registry, client):
+    """accelctl check fetches each referenced gzip layer from the repository and decodes every chunk from it;
+    converter.verify does the same before the tag is written. A zran layer pointing at the wrong gzip FAILs."""
+    from acceleration_sdk.check import check_image
+
+    repo = f"{registry.host}/zran/checked"
+    layers = three_layers()
+    src = push_image(client, f"{repo}:v1", layers)
+    cfg = config_mod.from_dict({"provider": {"work_dir": str(tmp_path / "work")},
+                                "converter": {"verify": True, "driver": {"type": "nydus", "config": {
+                                    "oci_ref": True, "fs_chunk_size": "0x1000"}},
+                                              "rules": [{"tag_suffix": "-zran"}]}})
+    result = convert(cfg, f"{repo}:v1")                                        # verified before its tag
+    checked = check_image(client, parse(result.target), source=parse(f"{repo}:v1"))
+    assert checked.ok, checked.lines
+    assert sum(line.startswith("ok ") and "same as source layer" in line for line in checked.lines) == 3
+
+    manifest = json.loads(client.get_manifest(parse(result.target)).raw)
+    first, second = manifest["layers"][0], manifest["layers"][1]
+    first["annotations"][REF_ANNOTATION] = second["annotations"][REF_ANNOTATION]   # the wrong gzip layer
+    client.put_manifest(parse(f"{repo}:bad"), json.dumps(manifest).encode(), oci.OCI_MANIFEST)
+    checked = check_image(client, parse(f"{repo}:bad"))
+    assert not checked.ok
+    assert any(line.startswith(f"FAIL {first['digest']}") for line in checked.lines), checked.lines
+
