@@ -217,3 +217,27 @@ def test_threaded_inflater_writes_the_same_blob_and_passes_errors_on(tmp_path, m
     monkeypatch.undo()
     with pytest.raises(RafsError, match="truncated"):   # raised on the inflate thread, re-raised to the reader
         _convert(gz[:len(gz) // 2], 0x10000, tmp_path, "c")
+
+
+def test_a_layer_without_file_data_has_no_blob_in_the_bootstrap(tmp_path):
+    """Directories and symlinks only: no chunk, no blob.meta, no blob table entry (nydus-snapshotter still writes
+    the layer, one per source layer); merged over a layer with data, only that one is a blob."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("etc")
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tf.addfile(info)
+        link = tarfile.TarInfo("etc/alias")
+        link.type, link.linkname = tarfile.SYMTYPE, "/dir0/file0"
+        tf.addfile(link)
+    empty_gz = gzip.compress(buf.getvalue())
+    empty_path, empty = _convert(empty_gz, 0x10000, tmp_path, "empty")
+    assert empty.blob.entry is None and RefBlob(empty_path).header is None
+    got = {e.name: e for e in read_ref_layer(str(empty_path), io.BytesIO(empty_gz))}
+    assert got["etc/alias"].linkname == "/dir0/file0"
+    data_gz = gzip.compress(_layer(5, 2))
+    _, data = _convert(data_gz, 0x10000, tmp_path, "data")
+    from drivers.nydus.builder import at_position
+    rafs = Rafs(merge_ref_bootstrap([at_position(data, 0), at_position(empty, 1)], 0x10000))
+    assert [b.blob_id for b in rafs.blobs] == [data.blob.source[7:]]
+    assert "etc/alias" in {path for path, _ in rafs.walk()}
