@@ -69,9 +69,11 @@ class _Sink:
         self.sha.update(data)
         self.pos += len(data)
 
-    def part(self, name: str, data: bytes, entries: list[L.TocEntry] = ()) -> None:
-        self.write(data)
-        self.write(L.tar_header(name, len(data)))
+    def part(self, name: str, data: bytes | tuple[bytes, ...], entries: list[L.TocEntry] = ()) -> None:
+        pieces = data if isinstance(data, tuple) else (data,)
+        for piece in pieces:
+            self.write(piece)
+        self.write(L.tar_header(name, sum(len(p) for p in pieces)))
         self.toc += entries
 
 
@@ -122,15 +124,18 @@ def convert_ref_layer(raw: BinaryIO, sink: BinaryIO, chunk_size: int, position: 
         used = sorted({ctx for _c, ctx, _o in infos})
         renumber = {old: new for new, old in enumerate(used)}
         contexts = [index.contexts[i] for i in used]
+        index.contexts.clear()
+        # 32 KiB per checkpoint (a 1 GiB layer: ~17 MB): as few copies as possible are alive at once
         ci = b"".join(_V2.pack(*_v2_words(c, renumber[ctx], off)) for c, ctx, off in infos)
-        zran = pack_contexts(contexts)
-        ci_data = ci + zran
+        ci_data = b"".join([ci, pack_contexts(contexts)])
+        zran_size, zran_count = len(ci_data) - len(ci), len(contexts)
+        del contexts
         packed = codec.Compressor("zstd").compress(ci_data)   # zstd for every *-ref blob (blob.rs:162-168)
         ci_compressor = "zstd" if packed is not ci_data else "none"
         header = L.MetaHeader(ZRAN_BLOB_FEATURES, ci_compressor, len(infos), 0, len(packed), len(ci_data),
-                              zran_offset=len(ci), zran_size=len(zran), zran_count=len(contexts))
+                              zran_offset=len(ci), zran_size=zran_size, zran_count=zran_count)
         header_bytes = header.pack()
-        out.part(L.TOC_BLOB_META, packed + header_bytes, [
+        out.part(L.TOC_BLOB_META, (packed, header_bytes), [
             L.TocEntry(L.TOC_BLOB_META, ci_compressor, hashlib.sha256(ci_data).digest(), 0, len(packed),
                        len(ci_data)),
             L.TocEntry(L.TOC_BLOB_META_HEADER, "none", hashlib.sha256(header_bytes).digest(), len(packed),
@@ -140,7 +145,9 @@ def convert_ref_layer(raw: BinaryIO, sink: BinaryIO, chunk_size: int, position: 
                                                          out.pos, len(digests), len(digests))])
         entry = L.BlobEntry(source.split(":", 1)[1], 0, chunk_size, len(infos), COMPRESSOR, DIGESTER,
                             ZRAN_BLOB_FEATURES, inflater.size, end[0], ci_compressor, 0, len(packed), len(ci_data))
-        blob_meta = ci_data + bytes(-len(ci_data) % L.BLOCK_SIZE) + header_bytes
+        del packed
+        blob_meta = b"".join([ci_data, bytes(-len(ci_data) % L.BLOCK_SIZE), header_bytes])
+        del ci_data
     boot = build_bootstrap(root, [entry] if entry else [], blob_of_layer={position: 0}, compressor=COMPRESSOR,
                            digester=DIGESTER, chunk_size=chunk_size)
     packed = codec.Compressor("zstd").compress(boot)

@@ -364,13 +364,12 @@ class ZranIndex:
 def pack_contexts(contexts: list[Context]) -> bytes:
     """The ZRAN tables that follow the chunk-info array: contexts, then their windows back to back
     (ZranContextGenerator::to_vec, zran.rs:188-216)."""
-    out, windows, dict_offset = bytearray(), bytearray(), 0
+    table, dict_offset = [], 0
     for c in contexts:
-        out += CONTEXT.pack(c.in_offset, c.out_offset, dict_offset, c.in_len, c.out_len, len(c.window), c.byte,
-                            c.bits, 0, 0)
-        windows += c.window
+        table.append(CONTEXT.pack(c.in_offset, c.out_offset, dict_offset, c.in_len, c.out_len, len(c.window),
+                                  c.byte, c.bits, 0, 0))
         dict_offset += len(c.window)
-    return bytes(out + windows)
+    return b"".join(table + [c.window for c in contexts])   # one copy of the windows
 
 
 def unpack_contexts(data: bytes, count: int) -> list[Context]:
