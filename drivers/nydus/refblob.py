@@ -37,6 +37,7 @@ COMPRESSOR, DIGESTER = "gzip", "sha256"    # targz-ref forces both (src/bin/nydu
 ZRAN_BLOB_FEATURES = L.LAYER_BLOB_FEATURES | L.B_CHUNK_INFO_V2 | L.B_SEPARATE | L.B_ZRAN
 CI_COMPRESSED, CI_ZRAN = 0x1, 0x2          # chunk info v2 flags, bits 56-63 (chunk_info_v2.rs:17-23)
 REF_ANNOTATION = "containerd.io/snapshot/nydus-ref"   # nydus-snapshotter pkg/label/label.go
+WRITE_SIZE = 1 << 20                       # pieces handed to the sink (its upload buffers what it is given)
 
 
 @dataclasses.dataclass
@@ -65,9 +66,10 @@ class _Sink:
         self.sink, self.sha, self.pos, self.toc = sink, hashlib.sha256(), 0, []
 
     def write(self, data: bytes) -> None:
-        self.sink.write(data)
         self.sha.update(data)
         self.pos += len(data)
+        for at in range(0, len(data), WRITE_SIZE):   # the sink streams to the registry: hand it small pieces
+            self.sink.write(data[at:at + WRITE_SIZE] if len(data) > WRITE_SIZE else data)
 
     def part(self, name: str, data: bytes | tuple[bytes, ...], entries: list[L.TocEntry] = ()) -> None:
         pieces = data if isinstance(data, tuple) else (data,)

@@ -35,7 +35,7 @@ READ_SIZE = 64 << 10                       # ZRAN_READER_BUF_SIZE (zlib_random.r
 OUT_SIZE = 256 << 10                       # inflate output per call (a block end stops a call earlier)
 DEFAULT_CHUNK = 1 << 20                    # RAFS_DEFAULT_CHUNK_SIZE: the limits derive from it, not from --chunk-size
 MIN_COMP, MAX_COMP, MAX_UNCOMP = DEFAULT_CHUNK // 2, DEFAULT_CHUNK, 2 * DEFAULT_CHUNK   # zran.rs:113-128
-QUEUE_DEPTH = 32                           # inflate calls queued ahead of the reader (<= 8 MiB of output)
+QUEUE_DEPTH = 8                            # inflate calls queued ahead of the reader (<= 2 MiB of output)
 MAX_OUT = 16 << 20                         # nydusd refuses a slice whose out_len exceeds RAFS_MAX_CHUNK_SIZE
 CONTEXT = struct.Struct("<QQQIIIBBBB")     # ZranInflateContext, 40 bytes (zran.rs:17-37)
 GZIP_MAGIC = b"\x1f\x8b\x08"
