@@ -78,7 +78,8 @@ class NydusDriver(LayerDriver):
         return "v6"
 
     def docker2oci(self) -> bool:
-        return self.options["docker2oci"]
+        # oci_ref forces OCI manifests, as acceld does (nydus.go:203-213): the nydus-ref annotation needs them
+        return self.options["docker2oci"] or self.options["oci_ref"]
 
     def with_referrer(self) -> bool:
         return self.options["with_referrer"]

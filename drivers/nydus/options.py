@@ -83,7 +83,7 @@ OPTIONS = OptionSchema(
            help="OCI-referenced (zran) nydus: source gzip layers are not rewritten, each nydus blob layer holds "
                 "gzip checkpoints into its source layer (annotation containerd.io/snapshot/nydus-ref); chunks are "
                 "gzip/sha256 as nydus-image targz-ref forces (compressor and digester are not used); gzip layers "
-                "only"),
+                "only; manifests are OCI (docker2oci forced, as acceld does)"),
     Option("chunk_dict_ref", str, "", help="not supported yet; refused when set"),
     Option("batch_size", str, "", help="not supported yet (batched chunks); refused when set"),
     Option("encrypt_recipients", str, "", help="not supported yet (encrypted images); refused when set"),

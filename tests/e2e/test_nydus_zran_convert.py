@@ -187,3 +187,14 @@ def test_accelctl_check_and_converter_verify_read_zran_images(tmp_path, registry
     assert not checked.ok
     assert any(line.startswith(f"FAIL {first['digest']}") for line in checked.lines), checked.lines
 
+
+
+def test_docker_source_becomes_an_oci_manifest_even_with_docker2oci_false(tmp_path, registry, client):
+    """acceld forces docker2oci for oci_ref (pkg/driver/nydus/nydus.go:203-213): the nydus-ref annotation needs
+    an OCI manifest."""
+    repo = f"{registry.host}/zran/docker"
+    src = push_image(client, f"{repo}:v1", [simple_tar({"a": b"docker" * 1000})], docker=True)
+    result = convert(make_cfg(tmp_path / "work", docker2oci=False), f"{repo}:v1")
+    manifest = json.loads(client.get_manifest(parse(result.target)).raw)
+    assert manifest["mediaType"] == oci.OCI_MANIFEST
+    check_ref_image(client, repo, manifest, src.manifest, tmp_path)
