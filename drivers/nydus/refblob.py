@@ -115,6 +115,7 @@ def convert_ref_layer(raw: BinaryIO, sink: BinaryIO, chunk_size: int, position: 
         root = ingest_layer(inflater, add_file)
         while inflater.read(1 << 20):   # the tar's end-of-archive padding, to the gzip's end
             pass
+        index.settle()
     finally:
         inflater.close()
     source = source or "sha256:" + inflater.sha.hexdigest()

@@ -334,6 +334,7 @@ class ZranIndex:
         self.contexts: list[Context] = []
         self._block_start = -1
         self._start = self._start_in = 0
+        self._last_end: tuple[int, int] | None = None   # (context, position) of the last chunk's end
 
     def _new_context(self, block: _Block) -> int:
         self.contexts.append(Context(block.in_pos, block.out_pos, block.bits, block.byte, block.window))
@@ -343,6 +344,7 @@ class ZranIndex:
     def begin(self, pos: int, chunk_size: int) -> None:
         """A chunk's data starts at uncompressed ``pos`` (the tar offset); ``chunk_size`` bytes will follow."""
         z = self.inflater
+        self.settle()
         block = z.block_at(pos)
         in_pos = z.in_at(pos)
         if self.contexts:
@@ -370,8 +372,28 @@ class ZranIndex:
         if ctx.out_len > MAX_OUT:
             raise RafsError(f"a gzip slice of {ctx.out_len} bytes without a deflate block end: nydusd reads at "
                             f"most {MAX_OUT} bytes per checkpoint")
+        self._last_end = (index, pos)
         return ZranChunk(index, self._start - ctx.out_offset, pos - self._start, self._start_in,
                          in_pos - self._start_in)
+
+    def settle(self) -> None:
+        """A slice that ends exactly where a gzip member ends reaches one byte into the next member: nydusd's
+        decoder always goes on past a member's end (trailer, next header) and fails on a slice that stops
+        there (zlib_random.rs:135-172). Called before the next chunk and once the layer is read."""
+        if self._last_end is None:
+            return
+        index, end = self._last_end
+        self._last_end = None
+        z = self.inflater
+        if end not in z.switches:
+            return
+        try:
+            in_pos = z.in_at(end + 1)
+        except RafsError:   # the stream ends there: nothing follows to reach into
+            return
+        ctx = self.contexts[index]
+        ctx.out_len = max(ctx.out_len, end + 1 - ctx.out_offset)
+        ctx.in_len = max(ctx.in_len, in_pos - ctx.in_offset)
 
 
 def pack_contexts(contexts: list[Context]) -> bytes:
@@ -420,17 +442,18 @@ def decode_context(ctx: Context, data: bytes) -> bytes:
             raise RafsError("zlib inflateSetDictionary failed: a bad ZRAN window")
         s.next_in, s.avail_in = ctypes.addressof(inbuf), len(data)
         done = 0
-        while done < ctx.out_len:
+        while True:   # nydusd's loop exactly: what it cannot decode, this refuses too
             s.next_out, s.avail_out = ctypes.addressof(out) + done, ctx.out_len - done
             ret = lib.inflate(ctypes.byref(s), 0)
             done = ctx.out_len - s.avail_out
-            if ret == Z_STREAM_END and done < ctx.out_len:
+            if ret == Z_OK and done == ctx.out_len:
+                return out.raw[:ctx.out_len]
+            if ret == Z_STREAM_END:   # even with the output complete, nydusd goes on past the member's end
                 _skip_member_boundary(lib, s)
-            elif ret != Z_OK and done < ctx.out_len:
-                msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
-                raise RafsError(f"a ZRAN slice at gzip byte {ctx.in_offset} does not inflate "
-                                f"({done} of {ctx.out_len} bytes): {msg}")
-        return out.raw[:ctx.out_len]
+                continue
+            msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
+            raise RafsError(f"a ZRAN slice at gzip byte {ctx.in_offset} does not inflate as nydusd inflates it "
+                            f"({done} of {ctx.out_len} bytes): {msg}")
     finally:
         lib.inflateEnd(ctypes.byref(s))
 
