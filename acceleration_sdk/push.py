@@ -17,8 +17,13 @@ from .session import ConversionSession
 PUSH_CONCURRENCY = 4  # blobs uploaded at once
 
 
-def push_image(session: ConversionSession, root: Descriptor, before_tag: Callable[[], None] | None = None) -> None:
+def push_image(session: ConversionSession, root: Descriptor, before_tag: Callable[[], None] | None = None,
+               referenced: Callable[[Manifest], list[Descriptor]] | None = None) -> None:
     """Push everything ``root`` points at, children before parents, then the tag.
+
+    ``referenced(manifest)`` names blobs a manifest needs in the target repository without listing them
+    (``Driver.referenced_blobs``: nydus OCI-ref images read the source gzip layers by digest); they go with
+    the manifest's own blobs -- found there, mounted from the source repository, or copied across hosts.
 
     ``before_tag`` runs once everything is pushed by digest (the engine's ``converter.verify`` check); if it
     raises, the tag is never written.
@@ -38,7 +43,7 @@ def push_image(session: ConversionSession, root: Descriptor, before_tag: Callabl
                 push_manifest(child)
         else:
             m = Manifest.from_json(raw, desc.media_type)
-            blobs = list(m.layers) + [m.config]
+            blobs = list(m.layers) + [m.config] + list(referenced(m) if referenced is not None else ())
             push_blobs(session, [b for b in blobs if b.digest not in pushed])
             pushed.update(b.digest for b in blobs)
         if desc.digest not in pushed:

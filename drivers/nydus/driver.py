@@ -58,6 +58,7 @@ class NydusDriver(LayerDriver):
         self.build = BuildOptions(compressor=o["compressor"], digester=o["digester"], chunk_size=o["fs_chunk_size"],
                                   prefetch=tuple(o["prefetch_patterns"]), workers=o["workers"])
         self._fresh: collections.OrderedDict[str, LayerResult] = collections.OrderedDict()
+        self._referenced: dict[str, Descriptor] = {}   # oci_ref: zran layer digest -> the gzip layer it names
         self._fresh_lock = threading.Lock()
         if o["builder"] and not _builder_logged.is_set():
             _builder_logged.set()
@@ -83,6 +84,11 @@ class NydusDriver(LayerDriver):
 
     def with_referrer(self) -> bool:
         return self.options["with_referrer"]
+
+    def referenced_blobs(self, manifest) -> list[Descriptor]:
+        """oci_ref: the source gzip layers the zran layers name (nydusd reads them from the target repository)."""
+        with self._fresh_lock:
+            return [self._referenced[layer.digest] for layer in manifest.layers if layer.digest in self._referenced]
 
     def cache_key(self) -> str:
         # what enters a blob's bytes; prefetch patterns only reach the bootstrap, workers only the speed
@@ -115,6 +121,12 @@ class NydusDriver(LayerDriver):
             self._fresh[digest] = result
             while len(self._fresh) > FRESH_LAYERS:
                 self._fresh.popitem(last=False)
+
+    def remember_reference(self, digest: str, source: Descriptor) -> None:
+        with self._fresh_lock:
+            self._referenced[digest] = source
+            while len(self._referenced) > 16 * FRESH_LAYERS:   # a long-lived driver stays bounded
+                self._referenced.pop(next(iter(self._referenced)))
 
     def take_fresh(self, digest: str) -> LayerResult | None:
         with self._fresh_lock:  # once: merging twice must not share a relabelled tree

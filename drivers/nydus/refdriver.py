@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from acceleration_sdk.driver import ConvertedLayer
 from acceleration_sdk.errors import DriverError, LayerError
-from acceleration_sdk.oci import LAYER_TYPES, Descriptor
+from acceleration_sdk.oci import LAYER_TYPES, OCI_LAYER_GZIP, Descriptor
 
 from .builder import at_position
 from .media import BLOB_ANNOTATION, NYDUS_BLOB
@@ -57,6 +57,9 @@ def finalize_ref(driver, content, manifest: dict) -> tuple[list, bytes, list[tup
             raise DriverError(f"layer {desc.digest} names no source layer (annotation {REF_ANNOTATION})",
                               digest=desc.digest)
         layers.append(layer)
+        if layer.blob.entry is not None:   # chunks in the gzip layer: it must be where nydusd reads (engine push)
+            driver.remember_reference(desc.digest, Descriptor(media_type=OCI_LAYER_GZIP, digest=source,
+                                                              size=layer.blob.source_size))
         descs.append(desc.replace(annotations={**desc.annotations, BLOB_ANNOTATION: "true",
                                                REF_ANNOTATION: source}).to_dict())
     boot = merge_ref_bootstrap(layers, driver.build.chunk_size, driver.build.prefetch)

@@ -198,3 +198,19 @@ def test_docker_source_becomes_an_oci_manifest_even_with_docker2oci_false(tmp_pa
     manifest = json.loads(client.get_manifest(parse(result.target)).raw)
     assert manifest["mediaType"] == oci.OCI_MANIFEST
     check_ref_image(client, repo, manifest, src.manifest, tmp_path)
+
+
+def test_a_target_in_another_repository_gets_the_gzip_layers_too(tmp_path, registry, client):
+    """nydusd reads the gzip layers from the image's own repository: when the target is another repository (a
+    route), the engine mounts them there with the manifest's blobs (Driver.referenced_blobs). nydus-snapshotter
+    and acceld push only the manifest's blobs, which leaves such an image unreadable."""
+    repo, other = f"{registry.host}/zran/origin", f"{registry.host}/zran/elsewhere"
+    layers = three_layers()
+    src = push_image(client, f"{repo}:v1", layers)
+    mark = len(registry.log())
+    result = convert(make_cfg(tmp_path / "work", fs_chunk_size="0x1000"), f"{repo}:v1", target=f"{other}:v1-zran")
+    assert result.target == f"{other}:v1-zran"
+    manifest = json.loads(client.get_manifest(parse(result.target)).raw)
+    check_ref_image(client, other, manifest, src.manifest, tmp_path)            # gzip layers read from `other`
+    mounts = [line for line in registry.log()[mark:].splitlines() if "mount=" in line and "zran/elsewhere" in line]
+    assert len(mounts) >= 3, registry.log()[mark:][-3000:]
