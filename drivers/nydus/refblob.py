@@ -30,7 +30,8 @@ from .layout import Chunk, RafsError
 from .reader import Rafs
 from .tree import from_bootstrap, ingest_layer, merge
 from .validate import validate
-from .zran import ZranIndex, ZranInflater, decode_context, pack_contexts, unpack_contexts
+from .zran import ZranIndex, ZranInflater
+from .zranctx import decode_context, pack_contexts, unpack_contexts
 
 COMPRESSOR, DIGESTER = "gzip", "sha256"    # targz-ref forces both (src/bin/nydus-image/main.rs:1070-1091)
 # tar-rafs's features + CHUNK_INFO_V2 | SEPARATE (main.rs:1349-1357) + ZRAN (builder/src/tarball.rs:139-155)

@@ -2,8 +2,9 @@
 
     inflater = ZranInflater(gzip_stream)        # a readable stream of the layer's tar, inflated once
     zran = ZranIndex(inflater)                  # checkpoints chosen per file chunk, as nydus chooses them
-    ci, ctx = zran.begin(tar_pos, size), ...    # begin(start) / end(end) around each chunk's read
-    data = decode_context(ctx, window, gzip_bytes_of_ctx)   # any checkpoint's slice, later, from the gzip alone
+    zran.begin(tar_pos, chunk_size)             # around each file chunk's read: begin at its tar offset,
+    where = zran.end(tar_pos_after)             # ... end after it: a ZranChunk (context, offset, size)
+    data = decode_context(ctx, gzip_bytes_of_ctx)           # any checkpoint's slice, later (``zranctx``)
 
 Sources (dragonflyoss/nydus; /work/shared/NYDUS.md section 4): the inflater is ``ZranReader`` (gzip-mode
 inflate with ``Z_BLOCK``, 64 KiB input reads, the state at every deflate block end remembered with its window:
@@ -22,29 +23,18 @@ import collections
 import ctypes
 import dataclasses
 import hashlib
-import struct
 from typing import BinaryIO
 
-from acceleration_sdk.zlib_raw import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, WINSIZE, ZStream, zlib_lib
+from acceleration_sdk.zlib_raw import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, WINSIZE, ZStream
 
 from .layout import RafsError
+from .zranctx import MAX_OUT, Context, system_zlib
 
 READ_SIZE = 64 << 10                       # ZRAN_READER_BUF_SIZE (zlib_random.rs:26)
 OUT_SIZE = 256 << 10                       # inflate output per call (a block end stops a call earlier)
 DEFAULT_CHUNK = 1 << 20                    # RAFS_DEFAULT_CHUNK_SIZE: the limits derive from it, not from --chunk-size
 MIN_COMP, MAX_COMP, MAX_UNCOMP = DEFAULT_CHUNK // 2, DEFAULT_CHUNK, 2 * DEFAULT_CHUNK   # zran.rs:113-128
-MAX_OUT = 16 << 20                         # nydusd refuses a slice whose out_len exceeds RAFS_MAX_CHUNK_SIZE
-CONTEXT = struct.Struct("<QQQIIIBBBB")     # ZranInflateContext, 40 bytes (zran.rs:17-37)
 GZIP_MAGIC = b"\x1f\x8b\x08"
-
-
-def _lib():
-    lib = zlib_lib()
-    if not getattr(lib, "_zran_ready", False):   # inflateGetDictionary: the window at a block end
-        lib.inflateGetDictionary.argtypes = [ctypes.POINTER(ZStream), ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint)]
-        lib.inflateReset.argtypes = [ctypes.POINTER(ZStream)]
-        lib._zran_ready = True
-    return lib
 
 
 class ZngStream(ctypes.Structure):
@@ -77,7 +67,7 @@ class _Inflate:
             self.inflate, self.reset, self.end = lib.zng_inflate, lib.zng_inflateReset, lib.zng_inflateEnd
             self.get_dictionary = lib.zng_inflateGetDictionary
         except (ImportError, OSError, AttributeError):   # pragma: no cover - zlib-ng is in requirements.txt
-            lib = _lib()
+            lib = system_zlib()
             self.name, self.Stream = "zlib", ZStream
             self.init = lambda s, bits: lib.inflateInit2_(ctypes.byref(s), bits, lib.zlibVersion(),
                                                           ctypes.sizeof(ZStream))
@@ -88,11 +78,11 @@ class _Inflate:
 _INFLATE: _Inflate | None = None
 
 
-def _inflate_api(system_zlib: bool = False) -> _Inflate:
+def _inflate_api(use_system: bool = False) -> _Inflate:
     global _INFLATE
-    if system_zlib:
+    if use_system:
         api = _Inflate.__new__(_Inflate)
-        lib = _lib()
+        lib = system_zlib()
         api.name, api.Stream = "zlib", ZStream
         api.init = lambda s, bits: lib.inflateInit2_(ctypes.byref(s), bits, lib.zlibVersion(), ctypes.sizeof(ZStream))
         api.inflate, api.reset, api.end, api.get_dictionary = (lib.inflate, lib.inflateReset, lib.inflateEnd,
@@ -101,19 +91,6 @@ def _inflate_api(system_zlib: bool = False) -> _Inflate:
     if _INFLATE is None:
         _INFLATE = _Inflate()
     return _INFLATE
-
-
-@dataclasses.dataclass(slots=True)
-class Context:
-    """One checkpoint: decode ``out_len`` bytes at ``out_offset`` from ``in_len`` gzip bytes at ``in_offset``."""
-
-    in_offset: int
-    out_offset: int
-    bits: int = 0              # unread bits of the byte before in_offset (data_type & 7)
-    byte: int = 0              # that byte
-    window: bytes = b""        # the 32 KiB (or fewer, at a member's start) before out_offset
-    in_len: int = 0
-    out_len: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -137,8 +114,8 @@ class ZranInflater:
     inflate thread ahead of the parser was tried: with zlib-ng it cost more in queue hand-offs than it saved.)
     """
 
-    def __init__(self, raw: BinaryIO, hashing: bool = True, system_zlib: bool = False):
-        self._raw, self._z = raw, _inflate_api(system_zlib)
+    def __init__(self, raw: BinaryIO, hashing: bool = True, plain_zlib: bool = False):
+        self._raw, self._z = raw, _inflate_api(plain_zlib)
         self._hashing = hashing    # off when the caller knows (and verifies) the layer digest
         self._strm = self._z.Stream()
         self._inbuf = ctypes.create_string_buffer(READ_SIZE)
@@ -394,83 +371,3 @@ class ZranIndex:
         ctx = self.contexts[index]
         ctx.out_len = max(ctx.out_len, end + 1 - ctx.out_offset)
         ctx.in_len = max(ctx.in_len, in_pos - ctx.in_offset)
-
-
-def pack_contexts(contexts: list[Context]) -> bytes:
-    """The ZRAN tables that follow the chunk-info array: contexts, then their windows back to back
-    (ZranContextGenerator::to_vec, zran.rs:188-216)."""
-    table, dict_offset = [], 0
-    for c in contexts:
-        table.append(CONTEXT.pack(c.in_offset, c.out_offset, dict_offset, c.in_len, c.out_len, len(c.window),
-                                  c.byte, c.bits, 0, 0))
-        dict_offset += len(c.window)
-    return b"".join(table + [c.window for c in contexts])   # one copy of the windows
-
-
-def unpack_contexts(data: bytes, count: int) -> list[Context]:
-    """The inverse of :func:`pack_contexts`; every window must lie in the table (meta/mod.rs:1076-1100)."""
-    table = count * CONTEXT.size
-    if len(data) < table:
-        raise RafsError(f"the ZRAN table holds {len(data)} bytes, fewer than {count} contexts")
-    out = []
-    for i in range(count):
-        in_off, out_off, dict_off, in_len, out_len, dict_size, byte, bits, _r1, _r2 = CONTEXT.unpack_from(
-            data, i * CONTEXT.size)
-        start = table + dict_off
-        if dict_size > WINSIZE or start + dict_size > len(data):
-            raise RafsError(f"ZRAN context {i}: its window ({dict_off}+{dict_size}) lies outside the table")
-        if bits > 7 or out_len > MAX_OUT:
-            raise RafsError(f"ZRAN context {i}: {bits} pending bits / {out_len}-byte slice")
-        out.append(Context(in_off, out_off, bits, byte, data[start:start + dict_size], in_len, out_len))
-    return out
-
-
-def decode_context(ctx: Context, data: bytes) -> bytes:
-    """Inflate checkpoint ``ctx``'s ``out_len`` bytes from ``data`` (the ``in_len`` gzip bytes at ``in_offset``);
-    a member end inside the slice skips the trailer and the next header (zlib_random.rs:99-181)."""
-    if len(data) != ctx.in_len:
-        raise RafsError(f"a ZRAN slice needs {ctx.in_len} gzip bytes, got {len(data)}")
-    lib, s = _lib(), ZStream()
-    if lib.inflateInit2_(ctypes.byref(s), -15, lib.zlibVersion(), ctypes.sizeof(ZStream)) != Z_OK:
-        raise MemoryError("zlib inflateInit2 failed")
-    try:
-        inbuf = ctypes.create_string_buffer(data, len(data) or 1)
-        out = ctypes.create_string_buffer(ctx.out_len or 1)
-        if ctx.bits and lib.inflatePrime(ctypes.byref(s), ctx.bits, ctx.byte >> (8 - ctx.bits)) != Z_OK:
-            raise RafsError("zlib inflatePrime failed")
-        if ctx.window and lib.inflateSetDictionary(ctypes.byref(s), ctx.window, len(ctx.window)) != Z_OK:
-            raise RafsError("zlib inflateSetDictionary failed: a bad ZRAN window")
-        s.next_in, s.avail_in = ctypes.addressof(inbuf), len(data)
-        done = 0
-        while True:   # nydusd's loop exactly: what it cannot decode, this refuses too
-            s.next_out, s.avail_out = ctypes.addressof(out) + done, ctx.out_len - done
-            ret = lib.inflate(ctypes.byref(s), 0)
-            done = ctx.out_len - s.avail_out
-            if ret == Z_OK and done == ctx.out_len:
-                return out.raw[:ctx.out_len]
-            if ret == Z_STREAM_END:   # even with the output complete, nydusd goes on past the member's end
-                _skip_member_boundary(lib, s)
-                continue
-            msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
-            raise RafsError(f"a ZRAN slice at gzip byte {ctx.in_offset} does not inflate as nydusd inflates it "
-                            f"({done} of {ctx.out_len} bytes): {msg}")
-    finally:
-        lib.inflateEnd(ctypes.byref(s))
-
-
-def _skip_member_boundary(lib, s: ZStream) -> None:
-    if s.avail_in < 8:
-        raise RafsError("a ZRAN slice ends inside a gzip trailer")
-    s.next_in, s.avail_in = s.next_in + 8, s.avail_in - 8
-    scratch = ctypes.create_string_buffer(WINSIZE)
-    if lib.inflateReset2(ctypes.byref(s), 31) != Z_OK:
-        raise RafsError("zlib inflateReset2 failed")
-    while True:   # the next member's header: inflate(Z_BLOCK) stops right after it
-        s.next_out, s.avail_out = ctypes.addressof(scratch), WINSIZE
-        ret = lib.inflate(ctypes.byref(s), Z_BLOCK)
-        if ret != Z_OK:
-            raise RafsError(f"a ZRAN slice crosses a gzip member boundary it cannot decode (zlib {ret})")
-        if s.data_type & 0x80:
-            break
-    if lib.inflateReset2(ctypes.byref(s), -15) != Z_OK:
-        raise RafsError("zlib inflateReset2 failed")
