@@ -20,8 +20,8 @@ bootstrap to nydusd's rules and appends it as the last layer (NYDUS.md section 3
 blob layer back for the conformance suite (tests/test_driver_contract.py); tests/e2e/test_nydus_convert.py
 converts through a real registry and mounts the result with the kernel.
 
-``oci_ref: true`` (OCI-ref, zran): ``refdriver`` / ``refblob`` / ``zran`` -- the gzip layer is referenced, not
-rewritten (checkpoints into it in blob.meta); ``refcheck`` is its ``accelctl check``.
+``oci_ref: true`` (OCI-ref, zran): ``refdriver`` / ``refblob`` / ``zran`` / ``zranctx`` -- the gzip layer is
+referenced, not rewritten (checkpoints into it in blob.meta); ``refcheck`` is its ``accelctl check``.
 Not yet (issue 11): ``merge_manifest``, ``chunk_dict_ref``, storage backends, ``batch_size``,
 ``encrypt_recipients``; refused by name at config load.
 Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); figures in bench/README.md (the
