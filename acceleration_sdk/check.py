@@ -205,6 +205,9 @@ def _check_layers(client, ref, desc, manifest, name, checker, ahead, where, work
             raise _Failed(f"{where}: {name}: {exc}") from None
         except ValueError as exc:
             raise _Failed(f"{where}: {name}: unreadable ({exc})") from None
+    bind_spool = getattr(checker, "bind_spool", None)
+    if bind_spool is not None:  # layers that reference blobs outside the manifest (nydus OCI-ref: the gzip layers)
+        bind_spool(lambda d: _spool(client, ref, d, work, prefix="ref-"))
     config = json.loads(_small_blob(client, ref, manifest.config))
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(manifest.layers):

@@ -147,6 +147,11 @@ class Driver(abc.ABC):
         """
         return None
 
+    def referenced_blobs(self, manifest: Any) -> list[Descriptor]:
+        """Blobs a converted manifest (an ``oci.Manifest``) needs in the target repository although it does not
+        list them; the engine pushes them with it (nydus ``oci_ref``: the source gzip layers). Default: none."""
+        return []
+
     def docker2oci(self) -> bool:
         """Whether Docker media types become OCI ones in the output."""
         return bool(self.options.get("docker2oci", True))

@@ -156,7 +156,7 @@ def _convert(cfg: Config, src: reference.Reference, target: reference.Reference,
 
         t = time.monotonic()
         push_plan(session, converted, before_tag=(lambda: _verify(session, converted, driver))
-                  if cfg.converter.verify else None)
+                  if cfg.converter.verify else None, referenced=driver.referenced_blobs)
         if remote_cache is not None:
             remote_cache.save()
         durations["push"] = time.monotonic() - t

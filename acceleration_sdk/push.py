@@ -62,16 +62,22 @@ class PushPlan:
         return found
 
 
-def push_image(session: ConversionSession, root: Descriptor, before_tag: Callable[[], None] | None = None) -> None:
+def push_image(session: ConversionSession, root: Descriptor, before_tag: Callable[[], None] | None = None,
+               referenced: Callable[[Manifest], list[Descriptor]] | None = None) -> None:
     """Push everything ``root`` points at, children before parents, then the tag.
+
+    ``referenced(manifest)`` names blobs a manifest needs in the target repository without listing them
+    (``Driver.referenced_blobs``: nydus OCI-ref images read the source gzip layers by digest); they go with
+    the manifest's own blobs -- found there, mounted from the source repository, or copied across hosts.
 
     ``before_tag`` runs once everything is pushed by digest (the engine's ``converter.verify`` check); if it
     raises, the tag is never written.
     """
-    push_plan(session, PushPlan.tagged(root), before_tag)
+    push_plan(session, PushPlan.tagged(root), before_tag, referenced)
 
 
-def push_plan(session: ConversionSession, plan: PushPlan, before_tag: Callable[[], None] | None = None) -> None:
+def push_plan(session: ConversionSession, plan: PushPlan, before_tag: Callable[[], None] | None = None,
+              referenced: Callable[[Manifest], list[Descriptor]] | None = None) -> None:
     """Push ``plan``: every manifest by digest (children before parents), ``before_tag``, then the tags.
 
     Referrers need their subject in the target repository (checked before anything is pushed). After
@@ -98,7 +104,7 @@ def push_plan(session: ConversionSession, plan: PushPlan, before_tag: Callable[[
                 push_manifest(child)
         else:
             m = Manifest.from_json(raw, desc.media_type)
-            blobs = list(m.layers) + [m.config]
+            blobs = list(m.layers) + [m.config] + list(referenced(m) if referenced is not None else ())
             push_blobs(session, [b for b in blobs if b.digest not in pushed])
             pushed.update(b.digest for b in blobs)
         if desc.digest not in pushed:

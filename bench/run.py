@@ -112,6 +112,8 @@ def reference_run(src: str, dst: str, zstd: bool, level: int, steps: dict) -> tu
 def ours_run(src: str, work_dir: str, compression: str, level: int) -> tuple[float, int, float]:
     if compression == "nydus":  # the nydus driver with its defaults (zstd, blake3, 1 MiB chunks)
         driver = {"type": "nydus", "config": {}}
+    elif compression == "nydus oci_ref":  # zran: the gzip layer is referenced, not rewritten (1 MiB chunks)
+        driver = {"type": "nydus", "config": {"oci_ref": True}}
     elif compression == "soci":  # the soci driver with its defaults (4 MiB spans, layers >= 10 MiB)
         driver = {"type": "soci", "config": {}}
     else:
@@ -210,6 +212,10 @@ def main() -> int:
             record("ours nydus", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus", 0))
             sizes["nydus"] = image_size(client, repo + "-acc")
             n += 1
+            repo = fresh_repo(client, source, f"bench/zran-{n}")
+            record("ours nydus oci_ref", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus oci_ref", 0))
+            sizes["nydus oci_ref (gzip layers unchanged)"] = image_size(client, repo + "-acc")
+            n += 1
             repo = fresh_repo(client, source, f"bench/soci-{n}")
             record("ours soci", ours_run(repo, tempfile.mkdtemp(dir=work), "soci", 0))
             sizes["soci index (layers unchanged)"] = soci_index_size(client, repo + "-acc")
@@ -220,6 +226,8 @@ def main() -> int:
             record("ours 1 GiB layer nydus", ours_run(big_nydus, tempfile.mkdtemp(dir=work), "nydus", 0))
             big_soci = fresh_repo(client, big_src, "bench/big-soci")
             record("ours 1 GiB layer soci", ours_run(big_soci, tempfile.mkdtemp(dir=work), "soci", 0))
+            big_zran = fresh_repo(client, big_src, "bench/big-zran")
+            record("ours 1 GiB layer nydus oci_ref", ours_run(big_zran, tempfile.mkdtemp(dir=work), "nydus oci_ref", 0))
 
         med = {k: {"seconds": median([v[0] for v in vs]), "cpu_seconds": median([v[2] for v in vs]),
                    "peak_rss_mb": max(v[1] for v in vs) / 1e6, "runs": [v[0] for v in vs]}
@@ -239,6 +247,7 @@ def main() -> int:
             "nydus / ours zstdchunked (target <= 1.3)": ratio("ours nydus", "ours zstdchunked"),
             "nydus / ctr-remote estargz (target <= 0.15)": ratio("ours nydus", "ctr-remote estargz"),
             "soci / ctr-remote estargz (target <= 0.05)": ratio("ours soci", "ctr-remote estargz"),
+            "nydus oci_ref / ctr-remote estargz (target <= 0.05)": ratio("ours nydus oci_ref", "ctr-remote estargz"),
             "soci / ours zstdchunked (target <= 0.5)": ratio("ours soci", "ours zstdchunked"),
         }
         cpu_ratios = {
@@ -246,6 +255,7 @@ def main() -> int:
             "zstdchunked ours/ctr-remote": ratio("ours zstdchunked", "ctr-remote zstdchunked", "cpu_seconds"),
             "estargz level 1 / ctr-remote level 9": ratio("ours estargz level 1", "ctr-remote estargz",
                                                           "cpu_seconds"),
+            "nydus oci_ref / ctr-remote estargz": ratio("ours nydus oci_ref", "ctr-remote estargz", "cpu_seconds"),
         }
         print("\n| measure | median wall s | median CPU s | peak RSS MB |\n|---|---|---|---|")
         for k, v in med.items():

@@ -23,7 +23,9 @@ converts through a real registry and mounts the result with the kernel.
 ``merge_manifest`` (``merge.py``, through ``index_entries``): per platform, the source image with an empty layer
 first beside the nydus image marked with its artifactType, in one OCI index (tests/e2e/test_nydus_merge.py).
 ``chunk_dict_ref`` (``chunkdict``): chunks a nydus image's blobs already hold are referenced there, not stored.
-Not yet (issue 11): ``oci_ref`` (zran), storage backends, ``batch_size``,
+``oci_ref: true`` (OCI-ref, zran): ``refdriver`` / ``refblob`` / ``zran`` / ``zranctx`` -- the gzip layer is
+referenced, not rewritten (checkpoints into it in blob.meta); ``refcheck`` is its ``accelctl check``.
+Not yet: storage backends, ``batch_size``,
 ``encrypt_recipients``; refused by name at config load.
 Speed: chunks are compressed on a bounded, order-keeping pool (``workers``); figures in bench/README.md (the
 stdlib tar parser is the main remaining cost).

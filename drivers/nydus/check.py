@@ -29,10 +29,11 @@ from acceleration_sdk.testing.entries import Allowances, LayerEntry
 from .blobfile import BlobFile
 from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .entries import read_layer
-from .layout import RafsError
+from .layout import B_ZRAN, RafsError
 from .reader import Rafs
 from .tree import from_bootstrap, merge
 from .treediff import difference
+from .refblob import REF_ANNOTATION
 from .validate import validate
 
 # What RAFS does not keep (owner names, sub-second mtimes, tar order; directories may be implied), and a blob
@@ -64,6 +65,15 @@ class NydusChecker:
         self._at: dict[str, int] = {}         # blob id -> index of the blob layer holding it
         self._dicts: dict[int, int | None] = {}   # chunk dict blob layers others read from -> entries on its turn
         self._get_layer = None                # the check's get_layer (bind): a layer's path, ahead of its turn
+        # OCI-ref (zran) layers: their parsed blobs by *source* gzip digest hex (``.refcheck``), and how to fetch
+        # a blob of the checked repository (the gzip layers are not in the manifest): ``bind_spool``
+        self.ref_blobs: dict = {}
+        self.spool = None
+
+    def bind_spool(self, spool) -> None:
+        """``spool(descriptor) -> path``: a blob of the checked repository downloaded (verified) into the work
+        directory; the caller removes it."""
+        self.spool = spool
 
     def bind(self, get_manifest, get_blob, *, get_layer) -> None:
         self._get_layer = get_layer
@@ -98,6 +108,9 @@ class NydusChecker:
             raise LayerError(f"media type {desc.media_type} is not {NYDUS_BLOB}", digest=desc.digest)
         if desc.annotations.get(BLOB_ANNOTATION) != "true":
             raise LayerError(f"missing annotation {BLOB_ANNOTATION}: \"true\"", digest=desc.digest)
+        if REF_ANNOTATION in desc.annotations:   # OCI-ref (zran): its chunks are slices of the gzip layer it names
+            from .refcheck import check_ref_layer
+            return check_ref_layer(self, desc, path)
         entries = self._entries(index, desc, path)
         if index not in self._dicts:
             return entries
@@ -146,6 +159,10 @@ class NydusChecker:
                 raise LayerError(f"annotation {key} is {desc.annotations.get(key)!r}, expected {value!r}",
                                  digest=desc.digest)
         rafs = Rafs(_bootstrap(path))
+        if rafs.blobs and all(b.features & B_ZRAN for b in rafs.blobs):   # an OCI-ref (zran) image
+            from .refcheck import check_ref_bootstrap
+            check_ref_bootstrap(self, rafs, desc)
+            return
         for b in rafs.blobs:
             if b.blob_id not in self._blobs:
                 raise LayerError(f"the bootstrap names blob sha256:{b.blob_id}, which is no layer of the image",

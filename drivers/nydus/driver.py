@@ -69,6 +69,7 @@ class NydusDriver(LayerDriver):
                                   workers=o["workers"])
         self._dicts = DictCache()   # chunk_dict_ref's loaded dicts, by the dict manifest's digest
         self._fresh: collections.OrderedDict[str, LayerResult] = collections.OrderedDict()
+        self._referenced: dict[str, Descriptor] = {}   # oci_ref: zran layer digest -> the gzip layer it names
         self._fresh_lock = threading.Lock()
         if o["builder"] and not _builder_logged.is_set():
             _builder_logged.set()
@@ -89,14 +90,22 @@ class NydusDriver(LayerDriver):
         return "v6"
 
     def docker2oci(self) -> bool:
-        return self.options["docker2oci"]
+        # oci_ref forces OCI manifests, as acceld does (nydus.go:203-213): the nydus-ref annotation needs them
+        return self.options["docker2oci"] or self.options["oci_ref"]
 
     def with_referrer(self) -> bool:
         return self.options["with_referrer"]
 
+    def referenced_blobs(self, manifest) -> list[Descriptor]:
+        """oci_ref: the source gzip layers the zran layers name (nydusd reads them from the target repository)."""
+        with self._fresh_lock:
+            return [self._referenced[layer.digest] for layer in manifest.layers if layer.digest in self._referenced]
+
     def cache_key(self) -> str:
         # what enters a blob's bytes; prefetch patterns only reach the bootstrap, workers only the speed
         b = self.build
+        if self.options["oci_ref"]:   # zran blobs: gzip/sha256 forced, only the chunk size counts
+            return f"nydus/v6.{WRITER_REVISION}/zran/{b.chunk_size:#x}"
         return f"nydus/v6.{WRITER_REVISION}/{b.compressor}/{b.digester}/{b.chunk_size:#x}/crc{int(b.crc)}"
 
     def chunk_dict(self, content) -> ChunkDict | None:
@@ -119,6 +128,9 @@ class NydusDriver(LayerDriver):
         if desc.annotations.get(BOOTSTRAP_ANNOTATION) == "true":
             raise DriverError(f"layer {desc.digest} is a nydus bootstrap: the source is a nydus image already",
                               digest=desc.digest)
+        if self.options["oci_ref"]:
+            from .refdriver import convert_ref
+            return convert_ref(self, content, desc)
         cdict = self.chunk_dict(content)
         with content.open_uncompressed(desc) as tar, content.blob_writer() as out:
             result = convert_layer(tar, out, self.build, chunk_dict=cdict)  # position 0: the bytes do not depend on it
@@ -126,17 +138,34 @@ class NydusDriver(LayerDriver):
         if digest != result.blob.digest:  # the builder hashes what it wrote: a mismatch is a bug, say so
             raise DriverError(f"layer {desc.digest}: the nydus blob was stored as {digest}, but the builder "
                               f"wrote {result.blob.digest}", digest=desc.digest)
-        with self._fresh_lock:  # layers convert on several threads
-            self._fresh[digest] = result
-            while len(self._fresh) > FRESH_LAYERS:
-                self._fresh.popitem(last=False)
+        self.keep_fresh(digest, result)
         blob = Descriptor(media_type=NYDUS_BLOB, digest=digest, size=out.size,
                           annotations={BLOB_ANNOTATION: "true"})
         return ConvertedLayer(blob, digest)  # a nydus blob is not compressed: its diff_id is its digest
 
+    def keep_fresh(self, digest: str, result: LayerResult) -> None:
+        with self._fresh_lock:  # layers convert on several threads
+            self._fresh[digest] = result
+            while len(self._fresh) > FRESH_LAYERS:
+                self._fresh.popitem(last=False)
+
+    def remember_reference(self, digest: str, source: Descriptor) -> None:
+        with self._fresh_lock:
+            self._referenced[digest] = source
+            while len(self._referenced) > 16 * FRESH_LAYERS:   # a long-lived driver stays bounded
+                self._referenced.pop(next(iter(self._referenced)))
+
+    def take_fresh(self, digest: str) -> LayerResult | None:
+        with self._fresh_lock:  # once: merging twice must not share a relabelled tree
+            return self._fresh.pop(digest, None)
+
     # ------------------------------------------------------------------ the whole image
     def finalize_manifest(self, content, manifest: dict, config: dict) -> tuple[dict, dict]:
         """Append the bootstrap layer: the merged bootstrap of every blob layer, its diff_id and history."""
+        if self.options["oci_ref"]:
+            from .refdriver import finalize_ref
+            descs, boot, files = finalize_ref(self, content, manifest)
+            return self._append_bootstrap(content, {**manifest, "layers": descs}, config, boot, files)
         cdict = self.chunk_dict(content)
         layers = []
         for position, raw in enumerate(manifest.get("layers") or []):
@@ -156,9 +185,16 @@ class NydusDriver(LayerDriver):
         validate(rafs, strict=True)  # nydusd's load rules: never push a bootstrap nydusd would refuse
         metas = {r.blob.digest.split(":", 1)[1]: r.blob.blob_meta for r in layers if r.blob.entry is not None}
         dict_layers = link_dict_blobs(content, cdict, rafs, manifest, self.options["chunk_dict_ref"], metas)
+        return self._append_bootstrap(content, manifest, config, boot,
+                                      [(b.blob_id, metas[b.blob_id]) for b in rafs.blobs if b.blob_id in metas],
+                                      dict_layers)
+
+    def _append_bootstrap(self, content, manifest: dict, config: dict, boot: bytes, metas: list[tuple[str, bytes]],
+                          dict_layers: list[Descriptor] = ()) -> tuple[dict, dict]:
+        """The bootstrap layer (with the blob.meta files) after the layers; ``dict_layers`` (chunk_dict_ref's
+        blobs the image uses) go between them, diff_id = digest, as nydus-snapshotter appends them."""
         with content.blob_writer() as out:
-            diff_id = write_bootstrap_layer(out, boot, [(b.blob_id, metas[b.blob_id]) for b in rafs.blobs
-                                                        if b.blob_id in metas])
+            diff_id = write_bootstrap_layer(out, boot, metas)
             digest = out.commit()
         docker = manifest.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST
         bootstrap = Descriptor(media_type=DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP, digest=digest,

@@ -16,7 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from acceleration_sdk.oci import Descriptor
 from acceleration_sdk.testing.entries import LayerEntry, Sha256
@@ -68,60 +68,66 @@ def _read(path: str, keep_data: bool = True, dict_paths: dict[str, str] | None =
     validate(rafs, {L.INLINE_BLOB_ID: blob} if len(others) < len(rafs.blobs) else None, strict=True, partial=True)
     if others:
         validate_against_blobs(rafs, blobs, verify_data=False)
-    handles = {b: open(blobs[b].path, "rb") for b in others}
+    handles: dict[str, BinaryIO] = {}
     try:
-        yield from _walk(rafs, path, blobs, handles, keep_data)
+        handles = {b: open(blobs[b].path, "rb") for b in others}
+        with open(path, "rb") as fh:
+            handles[L.INLINE_BLOB_ID] = fh
+
+            def read_chunk(chunk: L.Chunk) -> bytes:
+                entry = rafs.blobs[chunk.blob_index]
+                data = blobs[entry.blob_id].read_chunk(handles[entry.blob_id], chunk.index, entry.compressor)
+                if entry.blob_id != L.INLINE_BLOB_ID and codec.digest(entry.digester, data) != chunk.digest:
+                    raise RafsError(f"chunk {chunk.index} of dict blob sha256:{entry.blob_id} does not match its "
+                                    "digest")
+                return data
+
+            yield from walk_entries(rafs, read_chunk, keep_data)
     finally:
         for fh in handles.values():
             fh.close()
 
 
-def _walk(rafs: Rafs, path: str, blobs: dict[str, BlobFile], handles: dict[str, BinaryIO],
-          keep_data: bool) -> Iterator[LayerEntry]:
+def walk_entries(rafs: Rafs, read_chunk: Callable[[L.Chunk], bytes], keep_data: bool = True) -> Iterator[LayerEntry]:
+    """Every inode of ``rafs`` as a :class:`LayerEntry`; a file's bytes come chunk by chunk from ``read_chunk``
+    (an inline blob's chunk data, or a zran blob's gzip layer: ``refblob.read_ref_layer``)."""
     first_name: dict[int, str] = {}
-    with open(path, "rb") as fh:
-        handles = {**handles, L.INLINE_BLOB_ID: fh}
-        for name, inode in rafs.walk():
-            kind = _KINDS.get(stat.S_IFMT(inode.mode))
-            if kind is None:
-                raise RafsError(f"{name!r}: inode mode {inode.mode:o} is not a kind a layer holds")
-            common = dict(mode=stat.S_IMODE(inode.mode), uid=inode.uid, gid=inode.gid, mtime=inode.mtime,
-                          xattrs=dict(inode.xattrs))
-            if kind != "dir" and inode.nid in first_name:
-                yield LayerEntry(name, "hardlink", linkname=first_name[inode.nid], **common)
-                continue
-            first_name[inode.nid] = name
-            if kind == "reg":
-                if keep_data:
-                    data = b"".join(_file_chunks(rafs, blobs, handles, inode))
-                    yield LayerEntry(name, kind, size=len(data), data=data, **common)
-                else:
-                    h = Sha256()
-                    for piece in _file_chunks(rafs, blobs, handles, inode):
-                        h.update(piece)
-                    yield LayerEntry(name, kind, size=h.size, digest=h.digest, **common)
-            elif kind == "symlink":
-                target = rafs.symlink(inode).decode("utf-8", "surrogateescape")
-                yield LayerEntry(name, kind, linkname=target, **common)
-            elif kind in ("char", "block"):
-                major, minor = inode.rdev
-                yield LayerEntry(name, kind, devmajor=major, devminor=minor, **common)
+    for name, inode in rafs.walk():
+        kind = _KINDS.get(stat.S_IFMT(inode.mode))
+        if kind is None:
+            raise RafsError(f"{name!r}: inode mode {inode.mode:o} is not a kind a layer holds")
+        common = dict(mode=stat.S_IMODE(inode.mode), uid=inode.uid, gid=inode.gid, mtime=inode.mtime,
+                      xattrs=dict(inode.xattrs))
+        if kind != "dir" and inode.nid in first_name:
+            yield LayerEntry(name, "hardlink", linkname=first_name[inode.nid], **common)
+            continue
+        first_name[inode.nid] = name
+        if kind == "reg":
+            if keep_data:
+                data = b"".join(_file_chunks(rafs, read_chunk, inode))
+                yield LayerEntry(name, kind, size=len(data), data=data, **common)
             else:
-                yield LayerEntry(name, kind, **common)
+                h = Sha256()
+                for piece in _file_chunks(rafs, read_chunk, inode):
+                    h.update(piece)
+                yield LayerEntry(name, kind, size=h.size, digest=h.digest, **common)
+        elif kind == "symlink":
+            target = rafs.symlink(inode).decode("utf-8", "surrogateescape")
+            yield LayerEntry(name, kind, linkname=target, **common)
+        elif kind in ("char", "block"):
+            major, minor = inode.rdev
+            yield LayerEntry(name, kind, devmajor=major, devminor=minor, **common)
+        else:
+            yield LayerEntry(name, kind, **common)
 
 
-def _file_chunks(rafs: Rafs, blobs: dict[str, BlobFile], handles: dict[str, BinaryIO], inode) -> Iterator[bytes]:
+def _file_chunks(rafs: Rafs, read_chunk: Callable[[L.Chunk], bytes], inode) -> Iterator[bytes]:
     """The file's bytes chunk by chunk (a chunk is at most 16 MiB), cut to the inode's size."""
     left = inode.size
     for chunk in rafs.file_chunks(inode):
         if left <= 0:
             break
-        entry = rafs.blobs[chunk.blob_index]
-        data = blobs[entry.blob_id].read_chunk(handles[entry.blob_id], chunk.index, entry.compressor)
-        if entry.blob_id != L.INLINE_BLOB_ID and codec.digest(entry.digester, data) != chunk.digest:
-            raise RafsError(f"inode {inode.nid}: chunk {chunk.index} of dict blob sha256:{entry.blob_id} does not "
-                            "match its digest")
-        data = data[:left]
+        data = read_chunk(chunk)[:left]
         left -= len(data)
         yield data
     if left > 0:

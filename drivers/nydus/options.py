@@ -18,7 +18,7 @@ from .blob import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 COMPRESSORS = ("zstd", "lz4_block", "none")
 DIGESTERS = ("blake3", "sha256")
 # acceld keys whose feature comes with the next nydus issue (issue 11): refused unless false/empty
-NOT_YET = ("oci_ref",)
+NOT_YET = ()
 BACKEND_KEYS = ("backend_type", "backend_config", "backend_force_push")
 
 
@@ -58,6 +58,10 @@ def _check(values: dict[str, Any], path: str) -> dict[str, Any]:
             reference.parse(values["chunk_dict_ref"])
         except ReferenceError_ as exc:
             raise fail("chunk_dict_ref", f"expected an image reference (a nydus image), {exc}") from None
+    if values["oci_ref"] and values["chunk_dict_ref"]:
+        # zran chunks are slices of the source gzip layers: there is nothing to look up in a dict
+        raise fail("chunk_dict_ref", "cannot be combined with oci_ref: an OCI-ref image stores no chunk data "
+                                     "to deduplicate; remove one of them")
     if values["batch_size"] not in ("", "0", "0x0"):
         raise fail("batch_size", "batched chunks are not supported yet; remove batch_size")
     if values["encrypt_recipients"]:
@@ -97,7 +101,11 @@ OPTIONS = OptionSchema(
     Option("merge_manifest", bool, False,
            help="the target is an OCI index of, per platform, the source image (an empty layer first) and the "
                 "nydus image (artifactType application/vnd.nydus.image.manifest.v1+json): one tag for both runtimes"),
-    Option("oci_ref", bool, False, help="not supported yet (zran OCI-ref images); refused when true"),
+    Option("oci_ref", bool, False,
+           help="OCI-referenced (zran) nydus: source gzip layers are not rewritten, each nydus blob layer holds "
+                "gzip checkpoints into its source layer (annotation containerd.io/snapshot/nydus-ref); chunks are "
+                "gzip/sha256 as nydus-image targz-ref forces (compressor and digester are not used); gzip layers "
+                "only; manifests are OCI (docker2oci forced, as acceld does)"),
     Option("chunk_dict_ref", str, "",
            help="a nydus image (on a host in provider.source) used as chunk dict: chunks its blobs hold are "
                 "referenced, not stored again, and its blobs used are added to the image's layers; it must use "

@@ -13,9 +13,9 @@ BAD = [
     ("converter: {driver: {type: nydusx}}\n", "converter.driver.type: unknown driver 'nydusx' (available: "),
     ("converter: {driver: {type: estargz, config: {compression: zstdchunked, compression_level: 30}}}\n",
      "converter.driver.config.compression_level: expected 1..22, got 30"),
-    # acceld's OCI-ref nydus example: refused by name until oci_ref is implemented
-    ("converter: {driver: {type: nydus, config: {oci_ref: true, with_referrer: true}}}\n",
-     "converter.driver.config.oci_ref: oci_ref is not supported yet by the nydus driver"),
+    # a nydus option this driver does not implement: refused by name
+    ("converter: {driver: {type: nydus, config: {batch_size: '0x100000', with_referrer: true}}}\n",
+     "converter.driver.config.batch_size: batched chunks are not supported yet"),
     # converter.routes that cannot be satisfied
     ("converter: {routes: [{name: a, target: '{host}/{path}:{tag}-x'}, {name: b, target: '{host}/{path}:{tag}-x'}]}\n",
      "converter.routes[1].target: writes the same target as route 'a'"),
