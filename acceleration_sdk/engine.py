@@ -185,7 +185,10 @@ def _verify(session: ConversionSession, plan: PushPlan, driver: Driver) -> None:
             for line in result.lines:
                 log.info("verify %s: %s", session.target, line)
             # a layer that fails here must not come back from the layer cache on the retry
-            session.forget_conversions(result.failed_layers)
+            try:
+                session.forget_conversions(result.failed_layers)
+            except Exception as exc:  # the cache only costs time: the verify failure is the task's reason
+                log.warning("layer cache not cleaned after the failed verify of %s: %s", session.target, exc)
             unwritten = f"tag {session.target.tag!r} not written" if plan.tag is not None else \
                 "no referrers tag written"
             raise ConversionError(f"verification of the pushed image failed, {unwritten}: {result.verdict}",
