@@ -29,6 +29,7 @@ import inspect
 import io
 import json
 import os
+import re
 import tempfile
 from typing import Callable
 
@@ -47,6 +48,7 @@ MAX_INDEX_BLOB = 256 << 20  # a blob a checker fetches through bind(): a ztoc ho
 SHOWN_PROBLEMS = 3  # differences from the source named on a FAIL line; the count says how many more
 # The OCI ImageConfig fields nydusify compares by marshalling both configs into that Go struct (Docker-only keys
 # drop out, empty ones are omitted); ArgsEscaped is skipped, as nydusify skips it.
+_LAYER_FAIL = re.compile(r"FAIL ([a-z0-9]+:[0-9a-f]{32,}): ")  # a layer's line; an image's names a reference
 CONFIG_FIELDS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels", "StopSignal")
 
 
@@ -58,6 +60,13 @@ class CheckResult:
     @property
     def verdict(self) -> str:
         return self.lines[-1] if self.lines else ""
+
+    @property
+    def failed_layers(self) -> list[str]:
+        """The digests of the layers that failed (``FAIL <layer digest>: <why>``), in order; empty when the
+        failure is the image's (a ``FAIL <reference>: ...`` line) or there is none."""
+        found = (_LAYER_FAIL.match(line) for line in self.lines)
+        return list(dict.fromkeys(m.group(1) for m in found if m))
 
 
 class _Failed(Exception):

@@ -1,8 +1,9 @@
 """``accelctl task``: talk to a running acceld over HTTP (create a conversion, list tasks).
 
 Pure requests, no Django: ``add_parser(subparsers)`` registers the ``task`` command on accelctl's parser.
-``task create`` posts the same payload Harbor does; ``task list`` prints acceld's table, whose fourth
-whitespace-separated field is the STATUS (acceld's scripts read it with ``awk '{print $4}'``).
+``task create`` posts the same payload Harbor does; ``task list`` prints acceld's table plus ROUTE and TARGET
+columns; its fourth whitespace-separated field is still the STATUS (acceld's scripts read it with
+``awk '{print $4}'``).
 """
 from __future__ import annotations
 
@@ -107,15 +108,19 @@ def _created(value: str) -> str:
 
 
 def format_table(tasks: list[dict]) -> str:
-    rows = [("ID", "CREATED", "STATUS", "SOURCE", "REASON")]
+    """acceld's columns, then where each conversion went: ROUTE (``-`` without converter.routes, so every
+    row has the same number of fields before REASON) and TARGET. STATUS stays the fourth field."""
+    rows = [("ID", "CREATED", "STATUS", "SOURCE", "ROUTE", "TARGET", "REASON")]
     for task in tasks:
         rows.append((str(task.get("id", "")), _created(task.get("created", "")), str(task.get("status", "")),
-                     _ellipsis(str(task.get("source", ""))),
+                     _ellipsis(str(task.get("source", ""))), str(task.get("route") or "-"),
+                     _ellipsis(str(task.get("target") or "-")),
                      _ellipsis(" ".join(str(task.get("reason", "")).split()))))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    last = len(rows[0]) - 1  # REASON is not padded
+    widths = [max(len(row[i]) for row in rows) for i in range(last)]
     lines = []
     for row in rows:
-        cells = [row[i].ljust(widths[i]) for i in range(4)] + [row[4]]
+        cells = [row[i].ljust(widths[i]) for i in range(last)] + [row[last]]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
 
@@ -167,7 +172,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     create_p.add_argument("source", metavar="SOURCE", help="e.g. harbor.example.com/library/nginx:latest")
     create_p.set_defaults(func=_cmd_create)
 
-    list_p = sub.add_parser("list", aliases=["ls"], help="list conversion tasks, newest first")
+    list_p = sub.add_parser("list", aliases=["ls"], help="list conversion tasks, newest first",
+                            description="List conversion tasks, newest first: ID CREATED STATUS SOURCE ROUTE "
+                                        "TARGET REASON (ROUTE is '-' for a task of converter.rules).")
     _common(list_p, defaults=False)
     list_p.add_argument("--status", default="", choices=["", "PROCESSING", "COMPLETED", "FAILED"],
                         help="only tasks with this status")

@@ -196,6 +196,11 @@ class ContentStore:
             db.execute("INSERT OR REPLACE INTO layer_cache(key, descriptor, diff_id, created) VALUES (?, ?, ?, ?)",
                        (key, json.dumps(descriptor), diff_id, time.time()))
 
+    def cache_delete(self, key: str) -> bool:
+        """Forget a layer-cache row (its blob stays, for GC to judge); True when there was one."""
+        with self._db() as db:
+            return db.execute("DELETE FROM layer_cache WHERE key = ?", (key,)).rowcount > 0
+
     # -------------------------------------------------------------- leases and GC
     @contextlib.contextmanager
     def lease(self) -> Iterator["Lease"]:

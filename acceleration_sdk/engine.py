@@ -164,7 +164,8 @@ def _convert(cfg: Config, src: reference.Reference, target: reference.Reference,
 
 
 def _verify(session: ConversionSession, plan: PushPlan, driver: Driver) -> None:
-    """``converter.verify``: check the image pushed by digest with the driver's reader; FAIL -> no tag.
+    """``converter.verify``: check the image pushed by digest with the driver's reader; FAIL -> no tag, and the
+    layer-cache entries of the failed layers (of every layer, when the check names none) are forgotten.
 
     Output attached as referrers is checked with each image manifest it is attached to (only those: a
     platform left out by ``converter.platforms`` has none); its referrers are the plan's, since the referrers
@@ -183,6 +184,11 @@ def _verify(session: ConversionSession, plan: PushPlan, driver: Driver) -> None:
         if not result.ok:
             for line in result.lines:
                 log.info("verify %s: %s", session.target, line)
+            # a layer that fails here must not come back from the layer cache on the retry
+            try:
+                session.forget_conversions(result.failed_layers)
+            except Exception as exc:  # the cache only costs time: the verify failure is the task's reason
+                log.warning("layer cache not cleaned after the failed verify of %s: %s", session.target, exc)
             unwritten = f"tag {session.target.tag!r} not written" if plan.tag is not None else \
                 "no referrers tag written"
             raise ConversionError(f"verification of the pushed image failed, {unwritten}: {result.verdict}",

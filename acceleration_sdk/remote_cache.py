@@ -89,6 +89,20 @@ class RemoteCache:
             self._records[key] = ([record] + records)[: self.size]
             self._dirty = True
 
+    def discard(self, cache_key: str, source_digest: str) -> bool:
+        """Drop the records of ``source_digest`` under ``cache_key`` (every platform); True when there were any.
+        The next :meth:`save` writes the cache without them."""
+        dropped = False
+        with self._lock:
+            for key, records in self._records.items():
+                kept = [r for r in records if not isinstance(r, dict)
+                        or (r.get("annotations") or {}).get(SOURCE_DIGEST) != source_digest
+                        or (r.get("annotations") or {}).get(CACHE_KEY) != cache_key]
+                if len(kept) != len(records):
+                    self._records[key], dropped = kept, True
+            self._dirty = self._dirty or dropped
+        return dropped
+
     def save(self) -> None:
         """Push the cache (children first, the cache tag last); errors are logged, never raised."""
         if not self._dirty or self.size <= 0:

@@ -53,6 +53,9 @@ class ConversionSession:
     referenced: dict = dataclasses.field(default_factory=dict)
     linked_blobs: dict = dataclasses.field(default_factory=dict)
     referenced_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # converted blob digest -> the layer-cache entries (cache key, source digest) it came from or went into in
+    # this conversion: what a failed converter.verify forgets (see forget_conversions)
+    cache_entries: dict = dataclasses.field(default_factory=dict)
 
     def progress(self, event: ProgressEvent) -> None:
         if self.on_progress is not None:
@@ -78,10 +81,12 @@ class ConversionSession:
             self.lease.add([desc.digest])  # lease before looking: a GC in another worker must not take it after
             if self.store.has(desc.digest) or (self.client is not None
                                                and self.client.blob_exists(self.target, desc.digest)):
+                self._note_cache_entry(desc.digest, cache_key, source.digest)
                 return desc, hit[1]
         remote = self.remote_cache.get(cache_key, source.digest) if self.remote_cache else None
         if remote is not None and self.client is not None and self.client.blob_exists(self.target, remote[0].digest):
             self.store.cache_put(key, remote[0].to_dict(), remote[1])
+            self._note_cache_entry(remote[0].digest, cache_key, source.digest)
             return remote
         return None
 
@@ -92,6 +97,29 @@ class ConversionSession:
             self.store.cache_put(f"{cache_key}@{source.digest}", desc.to_dict(), note)
         if self.remote_cache is not None:
             self.remote_cache.add(platform, cache_key, source.digest, desc, note)
+        self._note_cache_entry(desc.digest, cache_key, source.digest)
+
+    def _note_cache_entry(self, digest: str, cache_key: str, source_digest: str) -> None:
+        with self.referenced_lock:
+            self.cache_entries.setdefault(digest, set()).add((cache_key, source_digest))
+
+    def forget_conversions(self, digests: list[str]) -> list[str]:
+        """Drop the layer-cache entries (local and remote; the remote cache is saved) behind the converted
+        blobs ``digests`` -- all of this conversion's when none of them came from one -- so the next run
+        converts those layers afresh instead of reusing what failed. Returns the converted digests forgotten."""
+        with self.referenced_lock:
+            named = [d for d in dict.fromkeys(digests) if d in self.cache_entries]
+            chosen = named or list(self.cache_entries)
+            entries = [(d, entry) for d in chosen for entry in sorted(self.cache_entries[d])]
+        for digest, (cache_key, source_digest) in entries:
+            self.store.cache_delete(f"{cache_key}@{source_digest}")
+            if self.remote_cache is not None:
+                self.remote_cache.discard(cache_key, source_digest)
+            log.warning("layer cache: forgot %s (made from %s) after a failed verify; the next run converts "
+                        "it afresh", digest, source_digest)
+        if entries and self.remote_cache is not None:
+            self.remote_cache.save()  # logs and swallows its own errors
+        return chosen
 
     def read_blob(self, desc: Descriptor, limit: int = 16 << 20) -> bytes:
         """A small blob (manifest, config), fetched into the store once; verified as it is read."""

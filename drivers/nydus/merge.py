@@ -10,6 +10,9 @@ acceld (goharbor/acceleration-service ``pkg/driver/nydus/nydus.go`` at cea8fdb, 
 * the nydus manifest's config media type becomes ``application/vnd.nydus.image.config.v1+json``, one containerd
   does not understand, so a runtime without nydus takes the OCI manifest (nydus-snapshotter ``convert_unix.go``,
   ``MergeManifest``);
+* the nydus manifest carries acceld's manifest annotations (its ``PostConvertHook`` on every converted manifest,
+  nydus.go 304-330): the source manifest's digest, the source reference and the fs version (``6``, RAFS v6);
+  acceld's ``nydus-builder-version`` (``nydus-image --version``) is left out: no nydus-image builds these;
 * the nydus manifest's index descriptor carries ``artifactType: application/vnd.nydus.image.manifest.v1+json``
   and the source's platform; nydus-snapshotter's index detection (``pkg/index/detector.go``) finds it by that
   mark (or the older ``platform.os.features: ["nydus.remoteimage.v1"]``) next to the OCI manifest it pulled.
@@ -26,6 +29,8 @@ from acceleration_sdk.driver import SourceManifest
 from acceleration_sdk.errors import DriverError
 from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, Descriptor, is_docker
 
+from .media import FS_VERSION_ANNOTATION
+
 # nydus-snapshotter pkg/converter/constant.go
 ARTIFACT_TYPE = "application/vnd.nydus.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.nydus.image.config.v1+json"
@@ -33,6 +38,8 @@ OS_FEATURE = "nydus.remoteimage.v1"  # the older mark (nydus-snapshotter's conve
 # acceld nydus.go
 EMPTY_LAYER_ANNOTATION = "containerd.io/snapshot/nydus-empty-layer"
 SOURCE_DIGEST_ANNOTATION = "containerd.io/snapshot/nydus-source-digest"
+SOURCE_REFERENCE_ANNOTATION = "containerd.io/snapshot/nydus-source-reference"
+FS_VERSION = "6"  # RAFS v6, the only version this driver writes (acceld's fs_version default)
 EMPTY_LAYER_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Empty Layer"}
 # Go's gzip.NewWriter around an empty tar.Writer (acceld's generateDockerEmptyLayer), byte for byte: the same
 # digest as acceld's layer (and Docker's well-known empty layer), so registries and runtimes share one blob.
@@ -44,7 +51,7 @@ EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cd
 
 def merged_entries(content, source: SourceManifest, converted: Descriptor) -> list[Descriptor]:
     """The index entries of one platform: the source image with the empty layer first, then the nydus one."""
-    return [with_empty_layer(content, source), nydus_entry(content, converted)]
+    return [with_empty_layer(content, source), nydus_entry(content, source, converted)]
 
 
 def with_empty_layer(content, source: SourceManifest) -> Descriptor:
@@ -75,9 +82,13 @@ def with_empty_layer(content, source: SourceManifest) -> Descriptor:
                         annotations={**desc.annotations, SOURCE_DIGEST_ANNOTATION: desc.digest})
 
 
-def nydus_entry(content, converted: Descriptor) -> Descriptor:
-    """The nydus manifest with the config media type containerd skips, marked with the artifactType."""
+def nydus_entry(content, source: SourceManifest, converted: Descriptor) -> Descriptor:
+    """The nydus manifest with the config media type containerd skips, acceld's annotations, and marked with the
+    artifactType."""
     manifest = json.loads(content.store.read_bytes(converted.digest))  # the walk wrote it there
     manifest["config"] = {**manifest["config"], "mediaType": CONFIG_MEDIA_TYPE}
+    manifest["annotations"] = {**(manifest.get("annotations") or {}),
+                               SOURCE_DIGEST_ANNOTATION: source.descriptor.digest,
+                               SOURCE_REFERENCE_ANNOTATION: str(content.source), FS_VERSION_ANNOTATION: FS_VERSION}
     written = content.put_json(manifest)
     return converted.replace(digest=written.digest, size=written.size, artifact_type=ARTIFACT_TYPE)

@@ -21,8 +21,9 @@ from acceleration_sdk.check import check_image
 from acceleration_sdk.engine import convert
 from acceleration_sdk.errors import LayerError, NotFoundError
 from acceleration_sdk.reference import parse
+from drivers.nydus.media import FS_VERSION_ANNOTATION
 from drivers.nydus.merge import (ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, EMPTY_LAYER_ANNOTATION, EMPTY_LAYER_DIFF_ID,
-                                 SOURCE_DIGEST_ANNOTATION)
+                                 SOURCE_DIGEST_ANNOTATION, SOURCE_REFERENCE_ANNOTATION)
 from tests.drivers.nydus_oracle import three_layers
 from tests.e2e.test_nydus_convert import check_nydus_image, client, download, fetch_json, make_cfg  # noqa: F401
 from tests.support import tars
@@ -70,6 +71,11 @@ def check_nydus_entry(client, repo: str, entry: dict, src, tmp_path, *, docker: 
     assert entry["artifactType"] == ARTIFACT_TYPE and entry["platform"] == src.platform
     manifest = pull_child(client, repo, entry)
     assert manifest["config"]["mediaType"] == CONFIG_MEDIA_TYPE                # containerd skips it
+    # acceld's PostConvertHook annotations: where the nydus image came from, and its RAFS version
+    annotations = manifest["annotations"]
+    assert annotations[SOURCE_DIGEST_ANNOTATION] == src.digest
+    assert annotations[SOURCE_REFERENCE_ANNOTATION] == f"{repo}:v1"            # every test converts :v1
+    assert annotations[FS_VERSION_ANNOTATION] == "6"
     tmp_path.mkdir(exist_ok=True)
     check_nydus_image(client, repo, manifest, src.config, tmp_path, docker=docker)
     return manifest

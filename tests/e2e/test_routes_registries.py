@@ -167,6 +167,20 @@ def test_service_one_task_per_route_and_outputs_never_trigger(hosts, stack, tmp_
         assert client.head_manifest(parse(tasks["mirror-zc"]["target"])) is not None
         assert client.head_manifest(parse(tasks["accel-project"]["target"])) is not None
 
+    # accelctl task list shows each task's route and target (STATUS stays the fourth field for awk)
+    out = subprocess.run([sys.executable, "-m", "acceleration_sdk.cli", "task", "list",
+                          "--addr", stack.url.removeprefix("http://")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["ID", "CREATED", "STATUS", "SOURCE", "ROUTE", "TARGET", "REASON"]
+    # ID, CREATED (date, time), STATUS, SOURCE, ROUTE, TARGET
+    rows = {f[5]: f for f in (line.split() for line in lines[1:]) if f[4] == src}
+    assert set(rows) == {"accel-project", "mirror-zc"}, out.stdout
+    for name, fields in rows.items():
+        assert fields[0] == str(tasks[name]["id"]) and fields[3] == "COMPLETED"
+        assert fields[5:7] == [name, tasks[name]["target"]], out.stdout
+
     # Harbor fires the webhook for our own pushes: none of them converts, on either host
     before, count = ignored(stack), len(stack.tasks())
     resp = stack.post(tasks["accel-project"]["target"], tasks["mirror-zc"]["target"],

@@ -30,9 +30,10 @@ def test_create_async_then_list(addr, capsys):
     assert (task.source, task.status, task.trigger) == (SRC, Status.PROCESSING, Trigger.CLI)
     assert run("list", "--addr", addr, "--auth", AUTH) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "CREATED", "STATUS", "SOURCE", "REASON"]
+    assert lines[0].split() == ["ID", "CREATED", "STATUS", "SOURCE", "ROUTE", "TARGET", "REASON"]
     fields = lines[1].split()
     assert fields[0] == str(task.pk) and fields[3] == "PROCESSING" and fields[4] == SRC  # awk '{print $4}'
+    assert fields[5:] == ["-", f"{SRC}-esgz"] == ["-", task.target]  # no converter.routes: no route
 
 
 def test_addr_before_the_action_like_acceld(addr, capsys):
@@ -73,10 +74,17 @@ def test_errors_are_one_line(addr, capsys):
 
 def test_table_cuts_long_fields():
     table = cli_task.format_table([{"id": "x", "created": "2022-04-06T06:45:11.83226503Z", "status": "FAILED",
-                                    "source": "s" * 100, "reason": "line one\nline two"}])
+                                    "source": "s" * 100, "reason": "line one\nline two",
+                                    "route": "mirror", "target": "t" * 90}])
     row = table.splitlines()[1].split()
     assert row[1:4] == ["2022-04-06", "06:45:11", "FAILED"] and row[4] == "s" * 80 + "..."
-    assert row[5:] == ["line", "one", "line", "two"]
+    assert row[5:7] == ["mirror", "t" * 80 + "..."]
+    assert row[7:] == ["line", "one", "line", "two"]
+
+
+def test_table_of_an_older_service_without_route_or_target():
+    row = cli_task.format_table([{"id": "x", "status": "COMPLETED", "source": "s"}]).splitlines()[1].split()
+    assert row == ["x", "-", "COMPLETED", "s", "-", "-"]
 
 
 def test_cli_module_imports_no_django():
