@@ -136,6 +136,8 @@ class TarToc:
 
     def __init__(self, stream: BinaryIO):
         self._r, self.pos, self.size = stream, 0, 0
+        # a stream that can pass over bytes without handing them out (the gzip indexer) skips file contents
+        self._skip_fn = getattr(stream, "skip", None)
 
     def _read(self, n: int) -> bytes:
         parts, want = [], n
@@ -150,6 +152,12 @@ class TarToc:
         return data
 
     def _skip(self, n: int) -> None:
+        if self._skip_fn is not None and n > 0:
+            done = self._skip_fn(n)
+            self.pos += done
+            if done < n:
+                raise TarTocError(f"tar stream truncated at byte {self.pos} inside an entry's data")
+            return
         while n > 0:
             b = self._read(min(n, 1 << 20))
             if not b:

@@ -45,9 +45,9 @@ class Ztoc:
         return False
 
 
-def build_gzip(raw: BinaryIO, span_size: int) -> Ztoc:
-    """The ztoc of a gzip layer read once from ``raw`` (read to its end)."""
-    gz = GzipIndexer(raw, span_size)
+def build_gzip(raw: BinaryIO, span_size: int, inflate: str = "auto") -> Ztoc:
+    """The ztoc of a gzip layer read once from ``raw`` (read to its end); ``inflate``: see gzindex.backend."""
+    gz = GzipIndexer(raw, span_size, inflate)
     toc = TarToc(gz)
     entries = list(toc.entries())
     gz.drain()

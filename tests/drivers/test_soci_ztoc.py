@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -21,7 +22,7 @@ from acceleration_sdk import oci
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from acceleration_sdk.testing import MATRIX, build_tar, cell_entries
-from drivers.soci import ztoc
+from drivers.soci import gzindex, ztoc
 from drivers.soci.gzindex import GzipIndexError
 from drivers.soci.tartoc import TarTocError
 from tests.support import soci_tools
@@ -140,9 +141,15 @@ def reference_ztocs(client, ref: str) -> dict[str, bytes]:
     return out
 
 
-def ours(media_type: str, blob: bytes) -> bytes:
-    build = ztoc.build_tar if media_type == oci.OCI_LAYER else ztoc.build_gzip
-    return ztoc.marshal(build(io.BytesIO(blob), SPAN))
+def ours(media_type: str, blob: bytes, inflate: str = "auto") -> bytes:
+    if media_type == oci.OCI_LAYER:
+        return ztoc.marshal(ztoc.build_tar(io.BytesIO(blob), SPAN))
+    return ztoc.marshal(ztoc.build_gzip(io.BytesIO(blob), SPAN, inflate=inflate))
+
+
+# block ends, bits and windows are the deflate stream's: zlib-ng (the fast path) and the system zlib (the
+# fallback when the zlib-ng wheel is missing) must both give upstream's bytes
+BACKENDS = ["zlib"] + (["zlib-ng"] if gzindex.available("zlib-ng") else [])
 
 
 def test_ztocs_match_upstream_soci_build(registry):
@@ -152,8 +159,8 @@ def test_ztocs_match_upstream_soci_build(registry):
         soci_tools.soci_build(f"{registry.host}/z:src", f"{registry.host}/z:ref", span_size=SPAN)
         ref = reference_ztocs(client, f"{registry.host}/z:ref")
     assert len(ref) == len(entries)
-    for mt, blob, _ in entries:
-        want, got = ref[sha(blob)], ours(mt, blob)
+    for (mt, blob, _), inflate in itertools.product(entries, BACKENDS):
+        want, got = ref[sha(blob)], ours(mt, blob, inflate)
         dw, dg = ztoc.decode(want), ztoc.decode(got)
         assert dg["entries"] == dw["entries"]
         for key in ("compressed_size", "uncompressed_size", "algorithm", "max_span_id", "span_digests", "version"):
@@ -173,6 +180,7 @@ def _huffman_gzip(data: bytes) -> bytes:
     (gzip.compress(pax_tar(), mtime=0)[:-5000], GzipIndexError),  # truncated
     (gzip.compress(pax_tar(), mtime=0) + b"garbage!" * 10, GzipIndexError),  # trailing garbage
     (gzip.compress(b"not a tar header" * 64, mtime=0), TarTocError),
+    (gzip.compress(pax_tar()[:600_000], mtime=0), TarTocError),  # a whole gzip of a tar cut inside a file
 ])
 def test_bad_gzip_layers_fail_clearly(blob, error):
     with pytest.raises(error) as exc:
