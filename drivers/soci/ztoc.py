@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import struct
 from typing import BinaryIO
 
 import flatbuffers
 from flatbuffers import number_types as N
 from flatbuffers.table import Table
 
+from .fbwriter import FlatWriter
 from .gzindex import GzipIndexer
 from .tartoc import TarToc, TocEntry
 
@@ -105,75 +107,72 @@ def build_tar(raw: BinaryIO, span_size: int) -> Ztoc:
 
 
 # ------------------------------------------------------------------ the flatbuffer
-def _vector_of_offsets(b: flatbuffers.Builder, offsets: list[int]) -> int:
-    b.StartVector(4, len(offsets), 4)
-    for off in reversed(offsets):
-        b.PrependUOffsetTRelative(off)
-    return b.EndVector()
+_I8, _I32, _U32 = struct.Struct("<b"), struct.Struct("<i"), struct.Struct("<I")
 
 
-def _string(b: flatbuffers.Builder, text: str) -> int:
+def _text(text: str) -> bytes:
     # the tar's bytes as they were (tartoc decodes with surrogateescape): Go strings are raw bytes, so a
     # binary xattr value (PAX hdrcharset=BINARY, e.g. security.capability) is written byte for byte too
-    return b.CreateString(text, "utf-8", "surrogateescape")
+    return text.encode("utf-8", "surrogateescape")
 
 
-def _metadata(b: flatbuffers.Builder, e: TocEntry) -> int:
-    name, typ, link = _string(b, e.name), _string(b, e.type), _string(b, e.linkname)
-    uname, gname, mtime = _string(b, e.uname), _string(b, e.gname), _string(b, e.mod_time)
+def _metadata(w: FlatWriter, e: TocEntry) -> int:
+    string = w.string
+    name, typ, link = string(_text(e.name)), string(_text(e.type)), string(_text(e.linkname))
+    uname, gname, mtime = string(_text(e.uname)), string(_text(e.gname)), string(_text(e.mod_time))
     pairs = []
     for k in sorted(e.pax):  # Go's sort.Strings: byte order, the same as Python's for UTF-8 text
-        key, value = _string(b, k), _string(b, e.pax[k])
-        b.StartObject(2)
-        b.PrependUOffsetTRelativeSlot(0, key, 0)
-        b.PrependUOffsetTRelativeSlot(1, value, 0)
-        pairs.append(b.EndObject())
-    xattrs = _vector_of_offsets(b, pairs)
-    b.StartObject(14)
-    b.PrependUOffsetTRelativeSlot(0, name, 0)
-    b.PrependUOffsetTRelativeSlot(1, typ, 0)
-    b.PrependInt64Slot(2, e.offset, 0)
-    b.PrependInt64Slot(3, e.size, 0)
-    b.PrependUOffsetTRelativeSlot(4, link, 0)
-    b.PrependInt64Slot(5, e.mode, 0)
-    b.PrependUint32Slot(6, e.uid & 0xFFFFFFFF, 0)
-    b.PrependUint32Slot(7, e.gid & 0xFFFFFFFF, 0)
-    b.PrependUOffsetTRelativeSlot(8, uname, 0)
-    b.PrependUOffsetTRelativeSlot(9, gname, 0)
-    b.PrependUOffsetTRelativeSlot(10, mtime, 0)
-    b.PrependInt64Slot(11, e.devmajor, 0)
-    b.PrependInt64Slot(12, e.devminor, 0)
-    b.PrependUOffsetTRelativeSlot(13, xattrs, 0)
-    return b.EndObject()
+        key, value = string(_text(k)), string(_text(e.pax[k]))
+        w.start(2)
+        w.ref(0, key)
+        w.ref(1, value)
+        pairs.append(w.end())
+    xattrs = w.offsets_vector(pairs)
+    w.start(14)
+    w.ref(0, name)
+    w.ref(1, typ)
+    w.i64(2, e.offset)
+    w.i64(3, e.size)
+    w.ref(4, link)
+    w.i64(5, e.mode)
+    w.scalar(6, _U32, e.uid & 0xFFFFFFFF)
+    w.scalar(7, _U32, e.gid & 0xFFFFFFFF)
+    w.ref(8, uname)
+    w.ref(9, gname)
+    w.ref(10, mtime)
+    w.i64(11, e.devmajor)
+    w.i64(12, e.devminor)
+    w.ref(13, xattrs)
+    return w.end()
 
 
 def marshal(z: Ztoc) -> bytes:
-    b = flatbuffers.Builder(0)
-    version, tool = b.CreateString(z.version), b.CreateString(z.build_tool)
+    """The ztoc's flatbuffer, field for field in upstream's order (ztoc_marshaler.go:163-294)."""
+    w = FlatWriter()
+    version, tool = w.string(_text(z.version)), w.string(_text(z.build_tool))
     metas = [0] * len(z.entries)
     for i in range(len(z.entries) - 1, -1, -1):  # upstream builds them last to first
-        metas[i] = _metadata(b, z.entries[i])
-    meta_vec = _vector_of_offsets(b, metas)
-    b.StartObject(1)
-    b.PrependUOffsetTRelativeSlot(0, meta_vec, 0)
-    toc = b.EndObject()
-    checkpoints = b.CreateByteVector(z.checkpoints)
-    digests = _vector_of_offsets(b, [b.CreateString(d) for d in z.span_digests])
-    b.StartObject(4)
-    b.PrependInt32Slot(1, z.max_span_id, 0)
-    b.PrependUOffsetTRelativeSlot(2, digests, 0)
-    b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
-    b.PrependInt8Slot(0, _ALGO_ENUM[z.algorithm], 1)
-    info = b.EndObject()
-    b.StartObject(6)
-    b.PrependUOffsetTRelativeSlot(0, version, 0)
-    b.PrependUOffsetTRelativeSlot(1, tool, 0)
-    b.PrependUOffsetTRelativeSlot(4, toc, 0)
-    b.PrependInt64Slot(2, z.compressed_size, 0)
-    b.PrependInt64Slot(3, z.uncompressed_size, 0)
-    b.PrependUOffsetTRelativeSlot(5, info, 0)
-    b.Finish(b.EndObject())
-    return bytes(b.Output())
+        metas[i] = _metadata(w, z.entries[i])
+    meta_vec = w.offsets_vector(metas)
+    w.start(1)
+    w.ref(0, meta_vec)
+    toc = w.end()
+    checkpoints = w.bytes_vector(z.checkpoints)
+    digests = w.offsets_vector([w.string(_text(d)) for d in z.span_digests])
+    w.start(4)
+    w.scalar(1, _I32, z.max_span_id)
+    w.ref(2, digests)
+    w.ref(3, checkpoints)
+    w.scalar(0, _I8, _ALGO_ENUM[z.algorithm], 1)
+    info = w.end()
+    w.start(6)
+    w.ref(0, version)
+    w.ref(1, tool)
+    w.ref(4, toc)
+    w.i64(2, z.compressed_size)
+    w.i64(3, z.uncompressed_size)
+    w.ref(5, info)
+    return w.finish(w.end())
 
 
 # ------------------------------------------------------------------ reading one back
