@@ -6,8 +6,8 @@ rootfs's 6,800 entries, as long as inflating it). This writer keeps the builder'
 else: the buffer grows from the end (offsets count from there), ``Prep`` pads so a value is aligned after
 the bytes that follow it, a table ends with its vtable unless an identical one (the same trimmed field
 offsets and object size: the builder's dedup key) was written before, vtables drop trailing absent fields,
-and ``finish`` aligns to the largest alignment used. Pieces are kept in a list in prepend order and joined
-once, reversed.
+and ``finish`` aligns to the largest alignment used. Pieces are kept in a list in prepend order and joined,
+reversed, a few thousand at a time.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ _ZEROS = [bytes(n) for n in range(8)]
 class FlatWriter:
     def __init__(self) -> None:
         self._parts: list[bytes] = []  # prepend order: the last piece is the start of the buffer
+        self._blocks: list[bytes] = []  # earlier pieces, joined (in buffer order) a few thousand at a time
         self.off = 0  # bytes written so far (the builder's Offset())
         self._minalign = 1
         self._vtables: dict[tuple, int] = {}
@@ -113,6 +114,9 @@ class FlatWriter:
             self._vtables[key] = self.off
         else:
             self._parts[hole] = _I32.pack(found - obj)
+        if len(self._parts) > 4096:  # ~30 bytes a piece: a small object each would cost more than the bytes
+            self._blocks.append(b"".join(reversed(self._parts)))
+            self._parts.clear()
         return obj
 
     def finish(self, root: int) -> bytes:
@@ -120,4 +124,5 @@ class FlatWriter:
         self._prep(4, 0)
         self.off += 4
         self._parts.append(_U32.pack(self.off - root))
-        return b"".join(reversed(self._parts))
+        self._blocks.append(b"".join(reversed(self._parts)))
+        return b"".join(reversed(self._blocks))
