@@ -50,9 +50,12 @@ class Ztoc:
 def build_gzip(raw: BinaryIO, span_size: int, inflate: str = "auto") -> Ztoc:
     """The ztoc of a gzip layer read once from ``raw`` (read to its end); ``inflate``: see gzindex.backend."""
     gz = GzipIndexer(raw, span_size, inflate)
-    toc = TarToc(gz)
-    entries = list(toc.entries())
-    gz.drain()
+    try:
+        toc = TarToc(gz)
+        entries = list(toc.entries())
+        gz.drain()
+    finally:
+        gz.close()  # on every path: the inflating thread no longer reads ``raw`` when we return
     return Ztoc(entries=entries, compressed_size=gz.compressed_size, uncompressed_size=toc.size,
                 algorithm=GZIP, max_span_id=len(gz.checkpoints) - 1, span_digests=gz.span_digests,
                 checkpoints=gz.zinfo())

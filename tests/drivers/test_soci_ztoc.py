@@ -22,7 +22,7 @@ from acceleration_sdk import oci
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from acceleration_sdk.testing import MATRIX, build_tar, cell_entries
-from drivers.soci import gzindex, ztoc
+from drivers.soci import inflate, ztoc
 from drivers.soci.gzindex import GzipIndexError
 from drivers.soci.tartoc import TarTocError
 from tests.support import soci_tools
@@ -149,7 +149,7 @@ def ours(media_type: str, blob: bytes, inflate: str = "auto") -> bytes:
 
 # block ends, bits and windows are the deflate stream's: zlib-ng (the fast path) and the system zlib (the
 # fallback when the zlib-ng wheel is missing) must both give upstream's bytes
-BACKENDS = ["zlib"] + (["zlib-ng"] if gzindex.available("zlib-ng") else [])
+BACKENDS = ["zlib"] + (["zlib-ng"] if inflate.available("zlib-ng") else [])
 
 
 def test_ztocs_match_upstream_soci_build(registry):
