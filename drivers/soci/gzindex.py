@@ -14,8 +14,9 @@ what it finds:
   ``span_size`` of output has passed since the last one. Before that, plain inflate calls are capped so
   output stops exactly at ``span_size`` past the last checkpoint: no block end they cross can qualify;
 * 256 KiB reads, 1 MiB output segments;
-* inflating (and hashing the spans) runs on a thread of its own, ahead of the reader by at most a 4 MiB ring
-  of output segments: zlib and sha256 release the GIL, so the tar reader's Python work overlaps them.
+* inflating runs on a thread of its own, ahead of the reader by at most a 4 MiB ring of output segments:
+  zlib releases the GIL, so the tar reader's Python work overlaps it; the span digests (sha256, which
+  releases the GIL too) are computed on the reader's side, off the inflating thread's path.
   Inflated bytes are copied only where the reader asks for them (``read``): ``skip`` (file contents, which
   the TOC does not need) copies nothing.
 """
@@ -56,6 +57,59 @@ class Checkpoint:
         return self.inp - 1 if self.bits else self.inp
 
 
+class _SpanHasher:
+    """The span digests: sha256 of each span's compressed bytes, upstream's span i being [start(i), in(i+1)).
+
+    When bits of the byte before ``in`` are still unread, that byte ends one span and begins the next
+    (zinfo_builder.go getPerSpanDigests, gzip_zinfo.go:155-169). Fed, in stream order, each input chunk
+    and each checkpoint as the inflating thread met them; it runs on the reader's thread, which has time to
+    spare, so sha256 is off the inflating thread's path. Holds the current chunk and the byte before it.
+    """
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+        self._hash = None  # the current span's sha256 (None before checkpoint 0)
+        self._hashed = 0  # compressed offset up to which bytes went into a hash (or were skipped)
+        self._chunk = b""  # the current input chunk, and where it starts in the compressed stream
+        self._off = 0
+        self._tail = b""  # the byte before the current chunk: a span may start there (bits != 0)
+
+    def _pieces(self, a: int, b: int) -> list:
+        off = self._off
+        if a < off - len(self._tail) or b > off + len(self._chunk):
+            raise AssertionError(f"compressed bytes [{a},{b}) are not at hand")
+        if a >= off:
+            return [memoryview(self._chunk)[a - off:b - off]]
+        return [self._tail[a - off + 1:b - off + 1], memoryview(self._chunk)[:max(b - off, 0)]]
+
+    def _upto(self, end: int) -> None:
+        if self._hash is not None and end > self._hashed:
+            for piece in self._pieces(self._hashed, end):
+                self._hash.update(piece)
+        self._hashed = max(self._hashed, end)
+
+    def chunk(self, data: bytes) -> None:
+        self._upto(self._off + len(self._chunk) - 1)  # all but the last byte (see _tail)
+        if self._chunk:
+            self._tail = self._chunk[-1:]
+        self._off += len(self._chunk)
+        self._chunk = data
+
+    def checkpoint(self, inp: int, start: int) -> None:
+        if self._hash is not None:
+            self._upto(inp)
+            self.digests.append("sha256:" + self._hash.hexdigest())
+        self._hashed = inp
+        self._hash = hashlib.sha256()
+        for piece in self._pieces(start, inp):
+            self._hash.update(piece)
+
+    def end(self, end: int) -> None:
+        self._upto(end)
+        self.digests.append("sha256:" + self._hash.hexdigest())
+        self._hash = None
+
+
 class _Stopped(Exception):
     """The reader closed the indexer before the end: the inflating thread leaves."""
 
@@ -82,13 +136,10 @@ class GzipIndexer:
             raise MemoryError(f"{self._z.name}: inflateInit2 failed")
         self.totin = self.totout = self._last = 0
         self.checkpoints: list[Checkpoint] = []
-        self.span_digests: list[str] = []
+        self._hasher = _SpanHasher()
+        self.span_digests = self._hasher.digests
         self.compressed_size = 0
-        self._hash = None  # the current span's sha256 (None before checkpoint 0)
-        self._hashed = 0  # compressed offset up to which bytes went into a hash (or were skipped)
-        self._chunk = b""  # the current input chunk, and where it starts in the compressed stream
-        self._chunk_off = 0
-        self._tail = b""  # the byte before the current chunk: a span may start there (bits != 0)
+        self._chunk_len = self._chunk_off = 0  # the current input chunk: its size and where it starts
         self._member_end = False
         self._done = False
         # the ring: the thread fills a segment, hands it over (``_ready``), and takes the next one only when
@@ -124,22 +175,6 @@ class GzipIndexer:
         finally:
             self._z.end(self._sref)
 
-    def _compressed(self, a: int, b: int) -> list:
-        """Bytes [a, b) of the compressed stream, in pieces; only the current chunk and the byte before it
-        are at hand."""
-        off = self._chunk_off
-        if a < off - len(self._tail) or b > off + len(self._chunk):
-            raise AssertionError(f"compressed bytes [{a},{b}) are not at hand")
-        if a >= off:
-            return [memoryview(self._chunk)[a - off:b - off]]
-        return [self._tail[a - off + 1:b - off + 1], memoryview(self._chunk)[:max(b - off, 0)]]
-
-    def _hash_upto(self, end: int) -> None:
-        if self._hash is not None and end > self._hashed:
-            for piece in self._compressed(self._hashed, end):
-                self._hash.update(piece)
-        self._hashed = max(self._hashed, end)
-
     def _window(self, w: int) -> bytes:
         """The 32 KiB of output before ring address ``w`` (the ring wraps; zeros before the stream's start)."""
         base = self._obase
@@ -149,32 +184,23 @@ class GzipIndexer:
 
     def _add_checkpoint(self, bits: int, w: int) -> None:
         cp = Checkpoint(self.totin, self.totout, bits, self._window(w))
-        # upstream's span i is [start(i), in(i+1)): when bits of the byte before ``in`` are still unread, that
-        # byte ends one span and begins the next (zinfo_builder.go getPerSpanDigests, gzip_zinfo.go:155-169)
-        if self._hash is not None:
-            self._hash_upto(cp.inp)
-            self.span_digests.append("sha256:" + self._hash.hexdigest())
-        self._hashed = cp.inp
-        self._hash = hashlib.sha256()
-        for piece in self._compressed(cp.start, cp.inp):
-            self._hash.update(piece)
+        self._ready.put(("checkpoint", cp.inp, cp.start))  # for the span digests (_SpanHasher)
         self.checkpoints.append(cp)
         self._last = self.totout
 
     def _next_chunk(self) -> bool:
         if self._stop:
             raise _Stopped()
-        self._hash_upto(self._chunk_off + len(self._chunk) - 1)  # all but the last byte (see _tail)
-        if self._chunk:
-            self._tail = self._chunk[-1:]
-        self._chunk_off += len(self._chunk)
+        self._chunk_off += self._chunk_len
         data = self._raw.read(CHUNK)
-        self._chunk = data if type(data) is bytes else bytes(data or b"")
-        if not self._chunk:
+        data = data if type(data) is bytes else bytes(data or b"")
+        self._chunk_len = len(data)
+        if not data:
             return False
-        ctypes.memmove(self._iaddr, self._chunk, len(self._chunk))
+        self._ready.put(("chunk", data))  # for the span digests (_SpanHasher)
+        ctypes.memmove(self._iaddr, data, len(data))
         self._strm.next_in = self._iaddr
-        self._strm.avail_in = len(self._chunk)
+        self._strm.avail_in = len(data)
         return True
 
     def _advance(self, start: int, room: int) -> int:
@@ -217,13 +243,10 @@ class GzipIndexer:
 
     def _finish(self) -> None:
         """The input ended right after a member: the last span runs to the end of the stream."""
-        end = self._chunk_off
-        if self._hash is None:
+        if not self.checkpoints:
             raise GzipIndexError("gzip stream without a deflate block")
-        self._hash_upto(end)
-        self.span_digests.append("sha256:" + self._hash.hexdigest())
-        self._hash = None
-        self.compressed_size = end
+        self.compressed_size = self._chunk_off
+        self._ready.put(("end", self._chunk_off))
         self._done = True
 
     # ================================================================== the reader's side
@@ -234,6 +257,14 @@ class GzipIndexer:
         if self._eof:
             return False
         item = self._ready.get()
+        while type(item) is tuple and type(item[0]) is str:  # span digest work, in stream order
+            if item[0] == "chunk":
+                self._hasher.chunk(item[1])
+            elif item[0] == "checkpoint":
+                self._hasher.checkpoint(item[1], item[2])
+            else:
+                self._hasher.end(item[1])
+            item = self._ready.get()
         if item is None:
             self._eof = True
             self._thread.join()
