@@ -15,7 +15,7 @@ import flatbuffers
 from flatbuffers import number_types as N
 from flatbuffers.table import Table
 
-from .fbwriter import FlatWriter
+from .fbwriter import _ZEROS, FlatWriter
 from .gzindex import GzipIndexer
 from .tartoc import TarToc, TocEntry
 
@@ -36,6 +36,8 @@ class Ztoc:
     checkpoints: bytes  # the gzip zinfo blob, or the TarZinfo flatbuffer
     version: str = VERSION
     build_tool: str = BUILD_TOOL
+    # ``prepare(e)`` of each entry, made while the layer was read (``marshal`` is quicker with them)
+    prepared: list | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def has_xattrs(self) -> bool:
         """Upstream's xattr optimization test (soci_index.go:1084-1101): any SCHILY.xattr record or opaque dir."""
@@ -52,13 +54,16 @@ def build_gzip(raw: BinaryIO, span_size: int, inflate: str = "auto") -> Ztoc:
     gz = GzipIndexer(raw, span_size, inflate)
     try:
         toc = TarToc(gz)
-        entries = list(toc.entries())
+        entries, prepared = [], []
+        for e in toc.entries():  # this thread has time to spare while the inflating thread works
+            entries.append(e)
+            prepared.append(prepare(e))
         gz.drain()
     finally:
         gz.close()  # on every path: the inflating thread no longer reads ``raw`` when we return
     return Ztoc(entries=entries, compressed_size=gz.compressed_size, uncompressed_size=toc.size,
                 algorithm=GZIP, max_span_id=len(gz.checkpoints) - 1, span_digests=gz.span_digests,
-                checkpoints=gz.zinfo())
+                checkpoints=gz.zinfo(), prepared=prepared)
 
 
 class _SpanHasher:
@@ -119,7 +124,9 @@ def _text(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _metadata(w: FlatWriter, e: TocEntry) -> int:
+def _strings_and_xattrs(w: FlatWriter, e: TocEntry) -> tuple[int, ...]:
+    """What upstream writes of an entry before its table: six strings, then the PAX records (a table of
+    two strings each, in key order) and their vector; the offsets the entry's table refers to."""
     string = w.string
     name, typ, link = string(_text(e.name)), string(_text(e.type)), string(_text(e.linkname))
     uname, gname, mtime = string(_text(e.uname)), string(_text(e.gname)), string(_text(e.mod_time))
@@ -130,7 +137,11 @@ def _metadata(w: FlatWriter, e: TocEntry) -> int:
         w.ref(0, key)
         w.ref(1, value)
         pairs.append(w.end())
-    xattrs = w.offsets_vector(pairs)
+    return name, typ, link, uname, gname, mtime, w.offsets_vector(pairs)
+
+
+def _metadata_table(w: FlatWriter, e: TocEntry, refs: tuple[int, ...]) -> int:
+    name, typ, link, uname, gname, mtime, xattrs = refs
     w.start(14)
     w.ref(0, name)
     w.ref(1, typ)
@@ -149,13 +160,75 @@ def _metadata(w: FlatWriter, e: TocEntry) -> int:
     return w.end()
 
 
+_PAIR_VTABLE = (8, 4, 12)  # a PAX record table's vtable key (FlatWriter.end): key and value refs, 12 bytes
+
+
+def prepare(e: TocEntry) -> tuple:
+    """``_strings_and_xattrs`` of an entry laid out ahead of ``marshal`` (on the tar reader's thread, while the
+    inflating thread works): ``marshal`` then only places the bytes and writes the entry's table.
+
+    They lay out the same wherever they land: every entry begins at an offset aligned to 4 (the tables and
+    strings before it end so), and strings, references and vectors need no more, so this is FlatWriter's
+    arithmetic from offset 0 (tests/drivers/test_soci_ztoc.py holds the bytes to upstream's). Only each record
+    table's offset to its vtable depends on where it lands: left as (offset, vtable key) for ``_place``.
+    """
+    pack, zeros = _U32.pack, _ZEROS
+    off, run, pieces, refs = 0, [], [], []
+
+    def string(data: bytes) -> int:
+        nonlocal off
+        n = len(data)
+        pad = -(off + n + 1) & 3
+        run.append(pack(n) + data + zeros[pad + 1])
+        off += n + 5 + pad
+        return off
+
+    for text in (e.name, e.type, e.linkname, e.uname, e.gname, e.mod_time):
+        refs.append(string(_text(text)))
+    pairs = []
+    for k in sorted(e.pax):
+        key, value = string(_text(k)), string(_text(e.pax[k]))
+        run.append(pack(off + 4 - key))  # the table: its two references, then its vtable offset (below)
+        run.append(pack(off + 8 - value))
+        off += 12
+        pieces.append(b"".join(reversed(run)))
+        pieces.append((off, _PAIR_VTABLE))
+        run = []
+        pairs.append(off)
+    n, end = len(pairs), off + 4 * len(pairs)
+    run.append(pack(n) + struct.pack(f"<{n}I", *[end - 4 * i - o for i, o in enumerate(pairs)]))
+    off = end + 4
+    refs.append(off)
+    pieces.append(b"".join(reversed(run)))
+    return pieces, off, refs
+
+
+def _place(w: FlatWriter, e: TocEntry, prepared: tuple) -> int:
+    pieces, size, refs = prepared
+    at = w.off
+    vtables = w._vtables
+    for p in pieces[1::2]:
+        if p[1] not in vtables:  # the first record table of its shape writes its vtable inline: write it all
+            return _metadata_table(w, e, _strings_and_xattrs(w, e))
+    assert at % 4 == 0
+    parts = w._parts
+    for p in pieces:
+        parts.append(p if type(p) is bytes else _I32.pack(vtables[p[1]] - (at + p[0])))
+    w.off = at + size
+    return _metadata_table(w, e, tuple(at + r for r in refs))
+
+
 def marshal(z: Ztoc) -> bytes:
     """The ztoc's flatbuffer, field for field in upstream's order (ztoc_marshaler.go:163-294)."""
     w = FlatWriter()
     version, tool = w.string(_text(z.version)), w.string(_text(z.build_tool))
     metas = [0] * len(z.entries)
     for i in range(len(z.entries) - 1, -1, -1):  # upstream builds them last to first
-        metas[i] = _metadata(w, z.entries[i])
+        e = z.entries[i]
+        if z.prepared is not None:
+            metas[i] = _place(w, e, z.prepared[i])
+        else:
+            metas[i] = _metadata_table(w, e, _strings_and_xattrs(w, e))
     meta_vec = w.offsets_vector(metas)
     w.start(1)
     w.ref(0, meta_vec)
