@@ -35,7 +35,8 @@ class _ZngStream(ctypes.Structure):
 def _zlib_ng() -> _Inflate | None:
     """zlib-ng's native ``zng_*`` functions, exported by the ``zlib-ng`` wheel's extension module.
 
-    ``zng_inflateInit2_`` checks the structure size we pass against its own (a layout change fails there).
+    ``zng_inflateInit2_`` checks the structure size we pass against its own: a wheel whose ``zng_stream``
+    differs fails that check here, once, and the system zlib is used instead.
     """
     try:
         import zlib_ng.zlib_ng as ext
@@ -50,9 +51,14 @@ def _zlib_ng() -> _Inflate | None:
         lib.zng_inflateEnd.argtypes = [ptr]
     except (ImportError, OSError, AttributeError, TypeError):
         return None
-    return _Inflate("zlib-ng " + ver.decode(), _ZngStream,
-                    lambda strm, wbits: lib.zng_inflateInit2_(strm, wbits, ver, ctypes.sizeof(_ZngStream)),
-                    lib.zng_inflate, lib.zng_inflateReset2, lib.zng_inflateEnd)
+    found = _Inflate("zlib-ng " + ver.decode(), _ZngStream,
+                     lambda strm, wbits: lib.zng_inflateInit2_(strm, wbits, ver, ctypes.sizeof(_ZngStream)),
+                     lib.zng_inflate, lib.zng_inflateReset2, lib.zng_inflateEnd)
+    probe = _ZngStream()
+    if found.init(ctypes.byref(probe), 47) != 0:  # Z_OK
+        return None
+    found.end(ctypes.byref(probe))
+    return found
 
 
 def _zlib() -> _Inflate:

@@ -186,3 +186,18 @@ def test_bad_gzip_layers_fail_clearly(blob, error):
     with pytest.raises(error) as exc:
         ztoc.build_gzip(io.BytesIO(blob), SPAN)
     assert str(exc.value)
+
+
+@pytest.mark.skipif("zlib-ng" not in BACKENDS, reason="the zlib-ng wheel is not installed")
+def test_a_zlib_ng_with_another_stream_layout_is_not_used(monkeypatch):
+    """zlib-ng is reached through its wheel's exported C API: a wheel whose zng_stream differs from ours must
+    fail zlib-ng's own size check when loaded, so the system zlib is used instead of a mis-read structure."""
+    import ctypes
+
+    class Wider(ctypes.Structure):
+        _fields_ = inflate._ZngStream._fields_ + [("extra", ctypes.c_long)]
+
+    monkeypatch.setattr(inflate, "_ZngStream", Wider)
+    assert inflate._zlib_ng() is None
+    monkeypatch.undo()
+    assert inflate._zlib_ng() is not None
