@@ -14,6 +14,7 @@ import itertools
 import json
 import random
 import tarfile
+import threading
 import zlib
 
 import pytest
@@ -181,11 +182,16 @@ def _huffman_gzip(data: bytes) -> bytes:
     (gzip.compress(pax_tar(), mtime=0) + b"garbage!" * 10, GzipIndexError),  # trailing garbage
     (gzip.compress(b"not a tar header" * 64, mtime=0), TarTocError),
     (gzip.compress(pax_tar()[:600_000], mtime=0), TarTocError),  # a whole gzip of a tar cut inside a file
+    # not a tar, 16 MiB inflated: the reader fails at once while the inflating thread waits on a full ring
+    (gzip.compress(b"not a tar header" * (1 << 20), 1, mtime=0), TarTocError),
 ])
 def test_bad_gzip_layers_fail_clearly(blob, error):
+    raw = io.BytesIO(blob)
     with pytest.raises(error) as exc:
-        ztoc.build_gzip(io.BytesIO(blob), SPAN)
+        ztoc.build_gzip(raw, SPAN)
     assert str(exc.value)
+    assert not [t for t in threading.enumerate() if t.name == "soci-inflate"]  # joined on the error path
+    raw.read()  # the stream is the caller's again (the provider reads the rest to verify it)
 
 
 @pytest.mark.skipif("zlib-ng" not in BACKENDS, reason="the zlib-ng wheel is not installed")
