@@ -37,6 +37,7 @@ CHUNK = 1 << 18  # compressed bytes per read (upstream reads 16 KiB; the result 
 SEG = 1 << 20  # output segment: the unit handed to the reader
 NSEG = 4  # segments in the ring: how far inflating may run ahead of the reader
 RING = SEG * NSEG
+NCHUNK = 8  # input chunks queued for the span digests at most (a stream of empty blocks makes no output)
 WINSIZE = 32768  # the checkpoint window (gzip_zinfo.h:62)
 _Z_NO_FLUSH, _Z_BUF_ERROR = 0, -5
 
@@ -146,6 +147,7 @@ class GzipIndexer:
         # the reader gave one back (``_free``): it never writes where the reader has yet to read
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._free = threading.Semaphore(NSEG - 1)
+        self._chunks_free = threading.Semaphore(NCHUNK)  # and input chunks, the same way
         self._stop = False
         self._rpos = self._rend = 0  # the reader's unread part of its current segment (ring addresses)
         self._holding = False  # the reader holds a segment (to give back when it moves on)
@@ -197,6 +199,9 @@ class GzipIndexer:
         self._chunk_len = len(data)
         if not data:
             return False
+        self._chunks_free.acquire()
+        if self._stop:
+            raise _Stopped()
         self._ready.put(("chunk", data))  # for the span digests (_SpanHasher)
         ctypes.memmove(self._iaddr, data, len(data))
         self._strm.next_in = self._iaddr
@@ -260,6 +265,7 @@ class GzipIndexer:
         while type(item) is tuple and type(item[0]) is str:  # span digest work, in stream order
             if item[0] == "chunk":
                 self._hasher.chunk(item[1])
+                self._chunks_free.release()
             elif item[0] == "checkpoint":
                 self._hasher.checkpoint(item[1], item[2])
             else:
@@ -323,5 +329,6 @@ class GzipIndexer:
         """Stop the inflating thread (if it still runs) and wait for it: ``raw`` is the caller's again."""
         if self._thread.is_alive():
             self._stop = True
-            self._free.release(NSEG)  # wherever it waits for a segment, it wakes up and sees ``_stop``
+            self._free.release(NSEG)  # wherever it waits, for a segment or a chunk slot, it wakes up and
+            self._chunks_free.release(NCHUNK)  # sees ``_stop``
             self._thread.join()
