@@ -286,6 +286,10 @@ class GzipIndexer:
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` inflated bytes (fewer only at the end); ``n < 0``: all that is left (tests only)."""
+        at = self._rpos
+        if 0 < n <= self._rend - at:  # the usual case: a tar header inside the current segment
+            self._rpos = at + n
+            return ctypes.string_at(self._obase + at, n)
         parts = []
         while n:
             have = self._rend - self._rpos
