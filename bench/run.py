@@ -165,12 +165,25 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+# ours (estargz at level 9 and again from the layer cache, zstd:chunked, estargz level 1, nydus, soci) and the
+# reference's runs (ctr-remote, against which the targets are set)
+PHASES = ("estargz", "zstdchunked", "estargz1", "nydus", "zran", "soci", "ctr-estargz", "ctr-zstdchunked")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3, help="runs of each measure (medians are reported)")
     ap.add_argument("--skip-reference", action="store_true", help="time ours only")
     ap.add_argument("--skip-big", action="store_true", help="skip the 1 GiB layer RSS measure")
+    ap.add_argument("--only", default=",".join(PHASES),
+                    help=f"comma-separated phases to run (default all: {','.join(PHASES)}); e.g. "
+                         "--only soci,zstdchunked,ctr-estargz for the soci ratios")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if args.skip_reference:
+        only -= {"ctr-estargz", "ctr-zstdchunked"}
+    if only - set(PHASES):
+        ap.error(f"unknown phases {sorted(only - set(PHASES))} (known: {','.join(PHASES)})")
     os.makedirs(CACHE, exist_ok=True)
     os.makedirs(RESULTS, exist_ok=True)
     rootfs = build_rootfs(CACHE)
@@ -182,52 +195,75 @@ def main() -> int:
         source = push_layer_image(client, f"{registry.host}/bench/rootfs:v1", rootfs)
         rows: dict[str, list[tuple[float, int, float]]] = {}
         sizes = {"source": image_size(client, source)}  # bytes of config + layers, per output format
+        big_sizes: dict[str, int] = {}
         ref_steps: dict[str, dict[str, list[float]]] = {}
+
+        loads: list[float] = []  # the 1-minute load average after each run: how shared the machine was
 
         def record(key, value):
             rows.setdefault(key, []).append(value)
-            print(f"  {key:28} {value[0]:7.2f} s wall {value[2]:7.2f} s CPU {value[1] / 1e6:7.1f} MB", flush=True)
+            loads.append(os.getloadavg()[0])
+            print(f"  {key:28} {value[0]:7.2f} s wall {value[2]:7.2f} s CPU {value[1] / 1e6:7.1f} MB"
+                  f"   load {loads[-1]:.1f}", flush=True)
 
         n = 0
         for rep in range(args.reps):
             print(f"rep {rep + 1}/{args.reps}", flush=True)
             for compression, level, ref_level in (("estargz", 9, 9), ("zstdchunked", 3, 0)):
                 n += 1
-                repo = fresh_repo(client, source, f"bench/ours-{n}")
-                run_dir = tempfile.mkdtemp(dir=work)
-                record(f"ours {compression}", ours_run(repo, run_dir, compression, level))
-                sizes[compression] = image_size(client, repo + "-acc")
-                if compression == "estargz":
-                    record("ours estargz again", ours_run(repo, run_dir, compression, level))
-                if not args.skip_reference:
+                if compression in only:
+                    repo = fresh_repo(client, source, f"bench/ours-{n}")
+                    run_dir = tempfile.mkdtemp(dir=work)
+                    record(f"ours {compression}", ours_run(repo, run_dir, compression, level))
+                    sizes[compression] = image_size(client, repo + "-acc")
+                    if compression == "estargz":
+                        record("ours estargz again", ours_run(repo, run_dir, compression, level))
+                if f"ctr-{compression}" in only:
                     repo = fresh_repo(client, source, f"bench/ref-{n}")
                     record(f"ctr-remote {compression}",
                            reference_run(repo, repo + "-ref", compression == "zstdchunked", ref_level,
                                          ref_steps.setdefault(f"ctr-remote {compression}", {})))
-            n += 1
-            repo = fresh_repo(client, source, f"bench/fast-{n}")
-            record("ours estargz level 1", ours_run(repo, tempfile.mkdtemp(dir=work), "estargz", 1))
-            n += 1
-            repo = fresh_repo(client, source, f"bench/nydus-{n}")
-            record("ours nydus", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus", 0))
-            sizes["nydus"] = image_size(client, repo + "-acc")
-            n += 1
-            repo = fresh_repo(client, source, f"bench/zran-{n}")
-            record("ours nydus oci_ref", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus oci_ref", 0))
-            sizes["nydus oci_ref (gzip layers unchanged)"] = image_size(client, repo + "-acc")
-            n += 1
-            repo = fresh_repo(client, source, f"bench/soci-{n}")
-            record("ours soci", ours_run(repo, tempfile.mkdtemp(dir=work), "soci", 0))
-            sizes["soci index (layers unchanged)"] = soci_index_size(client, repo + "-acc")
+            if "estargz1" in only:
+                n += 1
+                repo = fresh_repo(client, source, f"bench/fast-{n}")
+                record("ours estargz level 1", ours_run(repo, tempfile.mkdtemp(dir=work), "estargz", 1))
+            if "nydus" in only:
+                n += 1
+                repo = fresh_repo(client, source, f"bench/nydus-{n}")
+                record("ours nydus", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus", 0))
+                sizes["nydus"] = image_size(client, repo + "-acc")
+            if "zran" in only:
+                n += 1
+                repo = fresh_repo(client, source, f"bench/zran-{n}")
+                record("ours nydus oci_ref", ours_run(repo, tempfile.mkdtemp(dir=work), "nydus oci_ref", 0))
+                sizes["nydus oci_ref (gzip layers unchanged)"] = image_size(client, repo + "-acc")
+            if "soci" in only:
+                n += 1
+                repo = fresh_repo(client, source, f"bench/soci-{n}")
+                record("ours soci", ours_run(repo, tempfile.mkdtemp(dir=work), "soci", 0))
+                sizes["soci index (layers unchanged)"] = soci_index_size(client, repo + "-acc")
         if big:
             big_src = push_layer_image(client, f"{registry.host}/bench/big:v1", big)
-            record("ours 1 GiB layer level 1", ours_run(big_src, tempfile.mkdtemp(dir=work), "estargz", 1))
-            big_nydus = fresh_repo(client, big_src, "bench/big-nydus")
-            record("ours 1 GiB layer nydus", ours_run(big_nydus, tempfile.mkdtemp(dir=work), "nydus", 0))
-            big_soci = fresh_repo(client, big_src, "bench/big-soci")
-            record("ours 1 GiB layer soci", ours_run(big_soci, tempfile.mkdtemp(dir=work), "soci", 0))
-            big_zran = fresh_repo(client, big_src, "bench/big-zran")
-            record("ours 1 GiB layer nydus oci_ref", ours_run(big_zran, tempfile.mkdtemp(dir=work), "nydus oci_ref", 0))
+            if "estargz1" in only:
+                record("ours 1 GiB layer level 1", ours_run(big_src, tempfile.mkdtemp(dir=work), "estargz", 1))
+            if "nydus" in only:
+                big_nydus = fresh_repo(client, big_src, "bench/big-nydus")
+                record("ours 1 GiB layer nydus", ours_run(big_nydus, tempfile.mkdtemp(dir=work), "nydus", 0))
+            if "zran" in only:
+                big_zran = fresh_repo(client, big_src, "bench/big-zran")
+                record("ours 1 GiB layer nydus oci_ref",
+                       ours_run(big_zran, tempfile.mkdtemp(dir=work), "nydus oci_ref", 0))
+            if "soci" in only:
+                for rep in range(args.reps):
+                    big_soci = fresh_repo(client, big_src, f"bench/big-soci-{rep}")
+                    record("ours 1 GiB layer soci", ours_run(big_soci, tempfile.mkdtemp(dir=work), "soci", 0))
+                big_sizes["source"] = image_size(client, big_src)
+                big_sizes["soci index (layer unchanged)"] = soci_index_size(client, big_soci + "-acc")
+            if "zstdchunked" in only and "soci" in only:  # the soci / zstd:chunked ratio on the big layer too
+                for rep in range(args.reps):
+                    big_zstd = fresh_repo(client, big_src, f"bench/big-zstd-{rep}")
+                    record("ours 1 GiB layer zstdchunked",
+                           ours_run(big_zstd, tempfile.mkdtemp(dir=work), "zstdchunked", 3))
 
         med = {k: {"seconds": median([v[0] for v in vs]), "cpu_seconds": median([v[2] for v in vs]),
                    "peak_rss_mb": max(v[1] for v in vs) / 1e6, "runs": [v[0] for v in vs]}
@@ -256,7 +292,13 @@ def main() -> int:
             "estargz level 1 / ctr-remote level 9": ratio("ours estargz level 1", "ctr-remote estargz",
                                                           "cpu_seconds"),
             "nydus oci_ref / ctr-remote estargz": ratio("ours nydus oci_ref", "ctr-remote estargz", "cpu_seconds"),
+            "soci / ctr-remote estargz": ratio("ours soci", "ctr-remote estargz", "cpu_seconds"),
+            "soci / ours zstdchunked": ratio("ours soci", "ours zstdchunked", "cpu_seconds"),
+            "soci / ours zstdchunked, 1 GiB layer": ratio("ours 1 GiB layer soci", "ours 1 GiB layer zstdchunked",
+                                                          "cpu_seconds"),
         }
+        ratios["soci / ours zstdchunked, 1 GiB layer"] = ratio("ours 1 GiB layer soci",
+                                                               "ours 1 GiB layer zstdchunked")
         print("\n| measure | median wall s | median CPU s | peak RSS MB |\n|---|---|---|---|")
         for k, v in med.items():
             steps = ", ".join(f"{s} {w:.1f}" for s, w in v.get("steps", {}).items())
@@ -271,14 +313,23 @@ def main() -> int:
         print("\n| image bytes (rootfs) | value | / source |\n|---|---|---|")
         for k, v in sizes.items():
             print(f"| {k} | {v} | {v / sizes['source']:.3f} |")
+        if big_sizes:
+            print("\n| image bytes (1 GiB layer) | value | / source |\n|---|---|---|")
+            for k, v in big_sizes.items():
+                print(f"| {k} | {v} | {v / big_sizes['source']:.3f} |")
+        if loads:
+            print(f"\nload average (1 min) after the runs: min {min(loads):.1f}, median {median(loads):.1f}, "
+                  f"max {max(loads):.1f} on {os.cpu_count()} CPUs")
         load = os.getloadavg()
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = {"date": stamp, "cpus": os.cpu_count(), "loadavg_at_end": load,
-               "rootfs_bytes": os.path.getsize(rootfs), "medians": med, "ratios": ratios, "cpu_ratios": cpu_ratios, "image_bytes": sizes}
-        for name in (f"{stamp}.json", "latest.json"):
+               "rootfs_bytes": os.path.getsize(rootfs), "medians": med, "ratios": ratios, "cpu_ratios": cpu_ratios, "image_bytes": sizes,
+               "image_bytes_big": big_sizes, "loadavg_runs": loads, "phases": sorted(only)}
+        partial = set(args.only.split(",")) != set(PHASES)  # --only: latest.json stays the last full run
+        for name in ([f"{stamp}-partial.json"] if partial else [f"{stamp}.json", "latest.json"]):
             with open(os.path.join(RESULTS, name), "w") as fh:
                 json.dump(out, fh, indent=2)
-        print(f"\nwritten bench/results/{stamp}.json")
+        print(f"\nwritten bench/results/{stamp}{'-partial' if partial else ''}.json")
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)

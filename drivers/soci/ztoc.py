@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import struct
 from typing import BinaryIO
 
 import flatbuffers
 from flatbuffers import number_types as N
 from flatbuffers.table import Table
 
+from .fbwriter import _ZEROS, FlatWriter
 from .gzindex import GzipIndexer
 from .tartoc import TarToc, TocEntry
 
@@ -34,6 +36,8 @@ class Ztoc:
     checkpoints: bytes  # the gzip zinfo blob, or the TarZinfo flatbuffer
     version: str = VERSION
     build_tool: str = BUILD_TOOL
+    # ``prepare(e)`` of each entry, made while the layer was read (``marshal`` is quicker with them)
+    prepared: list | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def has_xattrs(self) -> bool:
         """Upstream's xattr optimization test (soci_index.go:1084-1101): any SCHILY.xattr record or opaque dir."""
@@ -45,15 +49,21 @@ class Ztoc:
         return False
 
 
-def build_gzip(raw: BinaryIO, span_size: int) -> Ztoc:
-    """The ztoc of a gzip layer read once from ``raw`` (read to its end)."""
-    gz = GzipIndexer(raw, span_size)
-    toc = TarToc(gz)
-    entries = list(toc.entries())
-    gz.drain()
+def build_gzip(raw: BinaryIO, span_size: int, inflate: str = "auto") -> Ztoc:
+    """The ztoc of a gzip layer read once from ``raw`` (read to its end); ``inflate``: see gzindex.backend."""
+    gz = GzipIndexer(raw, span_size, inflate)
+    try:
+        toc = TarToc(gz)
+        entries, prepared = [], []
+        for e in toc.entries():  # this thread has time to spare while the inflating thread works
+            entries.append(e)
+            prepared.append(prepare(e))
+        gz.drain()
+    finally:
+        gz.close()  # on every path: the inflating thread no longer reads ``raw`` when we return
     return Ztoc(entries=entries, compressed_size=gz.compressed_size, uncompressed_size=toc.size,
                 algorithm=GZIP, max_span_id=len(gz.checkpoints) - 1, span_digests=gz.span_digests,
-                checkpoints=gz.zinfo())
+                checkpoints=gz.zinfo(), prepared=prepared)
 
 
 class _SpanHasher:
@@ -105,75 +115,140 @@ def build_tar(raw: BinaryIO, span_size: int) -> Ztoc:
 
 
 # ------------------------------------------------------------------ the flatbuffer
-def _vector_of_offsets(b: flatbuffers.Builder, offsets: list[int]) -> int:
-    b.StartVector(4, len(offsets), 4)
-    for off in reversed(offsets):
-        b.PrependUOffsetTRelative(off)
-    return b.EndVector()
+_I8, _I32, _U32 = struct.Struct("<b"), struct.Struct("<i"), struct.Struct("<I")
 
 
-def _string(b: flatbuffers.Builder, text: str) -> int:
+def _text(text: str) -> bytes:
     # the tar's bytes as they were (tartoc decodes with surrogateescape): Go strings are raw bytes, so a
     # binary xattr value (PAX hdrcharset=BINARY, e.g. security.capability) is written byte for byte too
-    return b.CreateString(text, "utf-8", "surrogateescape")
+    return text.encode("utf-8", "surrogateescape")
 
 
-def _metadata(b: flatbuffers.Builder, e: TocEntry) -> int:
-    name, typ, link = _string(b, e.name), _string(b, e.type), _string(b, e.linkname)
-    uname, gname, mtime = _string(b, e.uname), _string(b, e.gname), _string(b, e.mod_time)
+def _strings_and_xattrs(w: FlatWriter, e: TocEntry) -> tuple[int, ...]:
+    """What upstream writes of an entry before its table: six strings, then the PAX records (a table of
+    two strings each, in key order) and their vector; the offsets the entry's table refers to."""
+    string = w.string
+    name, typ, link = string(_text(e.name)), string(_text(e.type)), string(_text(e.linkname))
+    uname, gname, mtime = string(_text(e.uname)), string(_text(e.gname)), string(_text(e.mod_time))
     pairs = []
     for k in sorted(e.pax):  # Go's sort.Strings: byte order, the same as Python's for UTF-8 text
-        key, value = _string(b, k), _string(b, e.pax[k])
-        b.StartObject(2)
-        b.PrependUOffsetTRelativeSlot(0, key, 0)
-        b.PrependUOffsetTRelativeSlot(1, value, 0)
-        pairs.append(b.EndObject())
-    xattrs = _vector_of_offsets(b, pairs)
-    b.StartObject(14)
-    b.PrependUOffsetTRelativeSlot(0, name, 0)
-    b.PrependUOffsetTRelativeSlot(1, typ, 0)
-    b.PrependInt64Slot(2, e.offset, 0)
-    b.PrependInt64Slot(3, e.size, 0)
-    b.PrependUOffsetTRelativeSlot(4, link, 0)
-    b.PrependInt64Slot(5, e.mode, 0)
-    b.PrependUint32Slot(6, e.uid & 0xFFFFFFFF, 0)
-    b.PrependUint32Slot(7, e.gid & 0xFFFFFFFF, 0)
-    b.PrependUOffsetTRelativeSlot(8, uname, 0)
-    b.PrependUOffsetTRelativeSlot(9, gname, 0)
-    b.PrependUOffsetTRelativeSlot(10, mtime, 0)
-    b.PrependInt64Slot(11, e.devmajor, 0)
-    b.PrependInt64Slot(12, e.devminor, 0)
-    b.PrependUOffsetTRelativeSlot(13, xattrs, 0)
-    return b.EndObject()
+        key, value = string(_text(k)), string(_text(e.pax[k]))
+        w.start(2)
+        w.ref(0, key)
+        w.ref(1, value)
+        pairs.append(w.end())
+    return name, typ, link, uname, gname, mtime, w.offsets_vector(pairs)
+
+
+def _metadata_table(w: FlatWriter, e: TocEntry, refs: tuple[int, ...]) -> int:
+    name, typ, link, uname, gname, mtime, xattrs = refs
+    w.start(14)
+    w.ref(0, name)
+    w.ref(1, typ)
+    w.i64(2, e.offset)
+    w.i64(3, e.size)
+    w.ref(4, link)
+    w.i64(5, e.mode)
+    w.scalar(6, _U32, e.uid & 0xFFFFFFFF)
+    w.scalar(7, _U32, e.gid & 0xFFFFFFFF)
+    w.ref(8, uname)
+    w.ref(9, gname)
+    w.ref(10, mtime)
+    w.i64(11, e.devmajor)
+    w.i64(12, e.devminor)
+    w.ref(13, xattrs)
+    return w.end()
+
+
+_PAIR_VTABLE = (8, 4, 12)  # a PAX record table's vtable key (FlatWriter.end): key and value refs, 12 bytes
+
+
+def prepare(e: TocEntry) -> tuple:
+    """``_strings_and_xattrs`` of an entry laid out ahead of ``marshal`` (on the tar reader's thread, while the
+    inflating thread works): ``marshal`` then only places the bytes and writes the entry's table.
+
+    They lay out the same wherever they land: every entry begins at an offset aligned to 4 (the tables and
+    strings before it end so), and strings, references and vectors need no more, so this is FlatWriter's
+    arithmetic from offset 0 (tests/drivers/test_soci_ztoc.py holds the bytes to upstream's). Only each record
+    table's offset to its vtable depends on where it lands: left as (offset, vtable key) for ``_place``.
+    """
+    pack, zeros = _U32.pack, _ZEROS
+    off, run, pieces, refs = 0, [], [], []
+
+    def string(data: bytes) -> int:
+        nonlocal off
+        n = len(data)
+        pad = -(off + n + 1) & 3
+        run.append(pack(n) + data + zeros[pad + 1])
+        off += n + 5 + pad
+        return off
+
+    for text in (e.name, e.type, e.linkname, e.uname, e.gname, e.mod_time):
+        refs.append(string(_text(text)))
+    pairs = []
+    for k in sorted(e.pax):
+        key, value = string(_text(k)), string(_text(e.pax[k]))
+        run.append(pack(off + 4 - key))  # the table: its two references, then its vtable offset (below)
+        run.append(pack(off + 8 - value))
+        off += 12
+        pieces.append(b"".join(reversed(run)))
+        pieces.append((off, _PAIR_VTABLE))
+        run = []
+        pairs.append(off)
+    n, end = len(pairs), off + 4 * len(pairs)
+    run.append(pack(n) + struct.pack(f"<{n}I", *[end - 4 * i - o for i, o in enumerate(pairs)]))
+    off = end + 4
+    refs.append(off)
+    pieces.append(b"".join(reversed(run)))
+    return pieces, off, refs
+
+
+def _place(w: FlatWriter, e: TocEntry, prepared: tuple) -> int:
+    pieces, size, refs = prepared
+    at = w.off
+    vtables = w._vtables
+    for p in pieces[1::2]:
+        if p[1] not in vtables:  # the first record table of its shape writes its vtable inline: write it all
+            return _metadata_table(w, e, _strings_and_xattrs(w, e))
+    assert at % 4 == 0
+    parts = w._parts
+    for p in pieces:
+        parts.append(p if type(p) is bytes else _I32.pack(vtables[p[1]] - (at + p[0])))
+    w.off = at + size
+    return _metadata_table(w, e, tuple(at + r for r in refs))
 
 
 def marshal(z: Ztoc) -> bytes:
-    b = flatbuffers.Builder(0)
-    version, tool = b.CreateString(z.version), b.CreateString(z.build_tool)
+    """The ztoc's flatbuffer, field for field in upstream's order (ztoc_marshaler.go:163-294)."""
+    w = FlatWriter()
+    version, tool = w.string(_text(z.version)), w.string(_text(z.build_tool))
     metas = [0] * len(z.entries)
     for i in range(len(z.entries) - 1, -1, -1):  # upstream builds them last to first
-        metas[i] = _metadata(b, z.entries[i])
-    meta_vec = _vector_of_offsets(b, metas)
-    b.StartObject(1)
-    b.PrependUOffsetTRelativeSlot(0, meta_vec, 0)
-    toc = b.EndObject()
-    checkpoints = b.CreateByteVector(z.checkpoints)
-    digests = _vector_of_offsets(b, [b.CreateString(d) for d in z.span_digests])
-    b.StartObject(4)
-    b.PrependInt32Slot(1, z.max_span_id, 0)
-    b.PrependUOffsetTRelativeSlot(2, digests, 0)
-    b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
-    b.PrependInt8Slot(0, _ALGO_ENUM[z.algorithm], 1)
-    info = b.EndObject()
-    b.StartObject(6)
-    b.PrependUOffsetTRelativeSlot(0, version, 0)
-    b.PrependUOffsetTRelativeSlot(1, tool, 0)
-    b.PrependUOffsetTRelativeSlot(4, toc, 0)
-    b.PrependInt64Slot(2, z.compressed_size, 0)
-    b.PrependInt64Slot(3, z.uncompressed_size, 0)
-    b.PrependUOffsetTRelativeSlot(5, info, 0)
-    b.Finish(b.EndObject())
-    return bytes(b.Output())
+        e = z.entries[i]
+        if z.prepared is not None:
+            metas[i] = _place(w, e, z.prepared[i])
+        else:
+            metas[i] = _metadata_table(w, e, _strings_and_xattrs(w, e))
+    meta_vec = w.offsets_vector(metas)
+    w.start(1)
+    w.ref(0, meta_vec)
+    toc = w.end()
+    checkpoints = w.bytes_vector(z.checkpoints)
+    digests = w.offsets_vector([w.string(_text(d)) for d in z.span_digests])
+    w.start(4)
+    w.scalar(1, _I32, z.max_span_id)
+    w.ref(2, digests)
+    w.ref(3, checkpoints)
+    w.scalar(0, _I8, _ALGO_ENUM[z.algorithm], 1)
+    info = w.end()
+    w.start(6)
+    w.ref(0, version)
+    w.ref(1, tool)
+    w.ref(4, toc)
+    w.i64(2, z.compressed_size)
+    w.i64(3, z.uncompressed_size)
+    w.ref(5, info)
+    return w.finish(w.end())
 
 
 # ------------------------------------------------------------------ reading one back

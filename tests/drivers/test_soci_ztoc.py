@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import random
 import tarfile
+import threading
 import zlib
 
 import pytest
@@ -21,7 +23,7 @@ from acceleration_sdk import oci
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from acceleration_sdk.testing import MATRIX, build_tar, cell_entries
-from drivers.soci import ztoc
+from drivers.soci import inflate, ztoc
 from drivers.soci.gzindex import GzipIndexError
 from drivers.soci.tartoc import TarTocError
 from tests.support import soci_tools
@@ -140,9 +142,15 @@ def reference_ztocs(client, ref: str) -> dict[str, bytes]:
     return out
 
 
-def ours(media_type: str, blob: bytes) -> bytes:
-    build = ztoc.build_tar if media_type == oci.OCI_LAYER else ztoc.build_gzip
-    return ztoc.marshal(build(io.BytesIO(blob), SPAN))
+def ours(media_type: str, blob: bytes, inflate: str = "auto") -> bytes:
+    if media_type == oci.OCI_LAYER:
+        return ztoc.marshal(ztoc.build_tar(io.BytesIO(blob), SPAN))
+    return ztoc.marshal(ztoc.build_gzip(io.BytesIO(blob), SPAN, inflate=inflate))
+
+
+# block ends, bits and windows are the deflate stream's: zlib-ng (the fast path) and the system zlib (the
+# fallback when the zlib-ng wheel is missing) must both give upstream's bytes
+BACKENDS = ["zlib"] + (["zlib-ng"] if inflate.available("zlib-ng") else [])
 
 
 def test_ztocs_match_upstream_soci_build(registry):
@@ -152,8 +160,8 @@ def test_ztocs_match_upstream_soci_build(registry):
         soci_tools.soci_build(f"{registry.host}/z:src", f"{registry.host}/z:ref", span_size=SPAN)
         ref = reference_ztocs(client, f"{registry.host}/z:ref")
     assert len(ref) == len(entries)
-    for mt, blob, _ in entries:
-        want, got = ref[sha(blob)], ours(mt, blob)
+    for (mt, blob, _), inflate in itertools.product(entries, BACKENDS):
+        want, got = ref[sha(blob)], ours(mt, blob, inflate)
         dw, dg = ztoc.decode(want), ztoc.decode(got)
         assert dg["entries"] == dw["entries"]
         for key in ("compressed_size", "uncompressed_size", "algorithm", "max_span_id", "span_digests", "version"):
@@ -173,8 +181,29 @@ def _huffman_gzip(data: bytes) -> bytes:
     (gzip.compress(pax_tar(), mtime=0)[:-5000], GzipIndexError),  # truncated
     (gzip.compress(pax_tar(), mtime=0) + b"garbage!" * 10, GzipIndexError),  # trailing garbage
     (gzip.compress(b"not a tar header" * 64, mtime=0), TarTocError),
+    (gzip.compress(pax_tar()[:600_000], mtime=0), TarTocError),  # a whole gzip of a tar cut inside a file
+    # not a tar, 16 MiB inflated: the reader fails at once while the inflating thread waits on a full ring
+    (gzip.compress(b"not a tar header" * (1 << 20), 1, mtime=0), TarTocError),
 ])
 def test_bad_gzip_layers_fail_clearly(blob, error):
+    raw = io.BytesIO(blob)
     with pytest.raises(error) as exc:
-        ztoc.build_gzip(io.BytesIO(blob), SPAN)
+        ztoc.build_gzip(raw, SPAN)
     assert str(exc.value)
+    assert not [t for t in threading.enumerate() if t.name == "soci-inflate"]  # joined on the error path
+    raw.read()  # the stream is the caller's again (the provider reads the rest to verify it)
+
+
+@pytest.mark.skipif("zlib-ng" not in BACKENDS, reason="the zlib-ng wheel is not installed")
+def test_a_zlib_ng_with_another_stream_layout_is_not_used(monkeypatch):
+    """zlib-ng is reached through its wheel's exported C API: a wheel whose zng_stream differs from ours must
+    fail zlib-ng's own size check when loaded, so the system zlib is used instead of a mis-read structure."""
+    import ctypes
+
+    class Wider(ctypes.Structure):
+        _fields_ = inflate._ZngStream._fields_ + [("extra", ctypes.c_long)]
+
+    monkeypatch.setattr(inflate, "_ZngStream", Wider)
+    assert inflate._zlib_ng() is None
+    monkeypatch.undo()
+    assert inflate._zlib_ng() is not None
