@@ -28,7 +28,7 @@ import threading
 from typing import Collection
 
 from acceleration_sdk.compression import open_decompressed
-from acceleration_sdk.errors import ConversionError
+from acceleration_sdk.errors import ConversionError, LayerError
 from acceleration_sdk.oci import INDEX_TYPES, Descriptor, Index, Manifest
 
 from . import layout as L
@@ -193,7 +193,9 @@ class DictCache:
             with image.open_blob(manifest.layers[-1]) as fh:
                 try:
                     boot, metas = read_bootstrap_layer(fh, name, layers)
-                except (tarfile.TarError, OSError, EOFError) as exc:
+                # LayerError: the SDK's decompressor (bad gzip/zstd); the walk would name the layer being
+                # converted, so it is said here that the dict's layer is the broken one
+                except (tarfile.TarError, OSError, EOFError, LayerError) as exc:
                     raise ConversionError(f"chunk_dict_ref {name}: its bootstrap layer is not a readable gzip tar "
                                           f"({exc})", reference=name) from None
             try:

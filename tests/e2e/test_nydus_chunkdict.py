@@ -392,3 +392,20 @@ def test_the_blob_meta_files_kept_are_bounded_together(tmp_path, registry, clien
                                               r"of its blob layers are more than \d+ bytes together"):
         convert(cfg(tmp_path / "work", host, chunk_dict_ref=dict_target), f"{host}/apps/app:v1")
     assert '"PUT ' not in registry.log()[mark:]
+
+
+def test_a_dict_whose_bootstrap_layer_is_corrupt_is_named_not_the_layer_converted(tmp_path, registry, client):
+    """A broken gzip in the dict's bootstrap layer fails the conversion naming chunk_dict_ref, not the source
+    layer that was being converted when the dict was loaded (which is intact)."""
+    host = registry.host
+    push_image(client, f"{host}/base/dict:v1", layers_a())
+    dict_target = convert(cfg(tmp_path / "dict-work", host), f"{host}/base/dict:v1").target
+    good = blob(client, parse(dict_target).name, manifest_of(client, dict_target)["layers"][-1]["digest"])
+    broken = good[:20] + bytes(200) + good[220:]
+    broken_ref = with_bootstrap_layer(client, dict_target, f"{host}/base/dict:broken", broken)
+    src = push_image(client, f"{host}/apps/app:v1", layers_b())
+    with pytest.raises(ConversionError) as info:
+        convert(cfg(tmp_path / "work", host, chunk_dict_ref=broken_ref), f"{host}/apps/app:v1")
+    assert f"chunk_dict_ref {host}/base/dict@sha256:" in str(info.value)
+    assert "its bootstrap layer is not a readable gzip tar (corrupt gzip stream" in str(info.value)
+    assert not any(layer["digest"] in str(info.value) for layer in src.manifest["layers"])
