@@ -27,7 +27,7 @@ from drivers.nydus.blobfile import BlobFile
 from drivers.nydus.media import BLOB_ANNOTATION, NYDUS_BLOB
 from drivers.nydus.reader import Rafs
 from drivers.nydus.validate import validate
-from tests.drivers.nydus_oracle import compare, flatten
+from tests.drivers.nydus_oracle import compare, device_files, flatten
 from tests.support import erofs, tars
 from tests.support.images import push_image, push_index
 
@@ -158,12 +158,7 @@ def test_image_b_built_against_image_a(tmp_path, registry, client):
     assert sorted(files) == sorted(["image/image.boot"] + [f"image/{b.blob_id}.blob.meta" for b in rafs.blobs])
     validate(rafs, blobs, strict=True)                                   # nydusd's rules, every chunk's data
     assert read_files(rafs, blobs) == expected_files(layers_b())
-    devices = []
-    for i, entry in enumerate(rafs.blobs):
-        dev = tmp_path / f"device{i}"
-        blobs[entry.blob_id].write_device(dev, entry.compressor)
-        devices.append(dev)
-    with erofs.mounted(boot, devices) as root:                           # loop devices detached in finally
+    with erofs.mounted(boot, device_files(tmp_path, blobs, rafs)) as root:   # loop devices detached in finally
         compare(flatten(layers_b()), erofs.snapshot(root))
 
     # again: both layers from the cache (keyed by the dict's digest), the very same image
@@ -318,12 +313,7 @@ def test_two_debian_rootfs_variants(tmp_path, registry, client):
     with gzip.open(rootfs_b) as fh:
         layer = fh.read()
     assert read_files(rafs, blobs) == expected_files([layer])
-    devices = []
-    for i, entry in enumerate(rafs.blobs):
-        dev = tmp_path / f"device{i}"
-        blobs[entry.blob_id].write_device(dev, entry.compressor)
-        devices.append(dev)
-    with erofs.mounted(boot, devices) as root:
+    with erofs.mounted(boot, device_files(tmp_path, blobs, rafs)) as root:
         compare(flatten([layer]), erofs.snapshot(root))
 
 
