@@ -9,6 +9,7 @@ snapshotter's oras client does -- the referrers tag -- and hand it to ``soci-ver
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -20,7 +21,7 @@ from acceleration_sdk import config as config_mod
 from acceleration_sdk import oci
 from acceleration_sdk.check import check_image
 from acceleration_sdk.engine import convert, skip_reason
-from acceleration_sdk.errors import ConversionError
+from acceleration_sdk.errors import ConversionError, DriverError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.referrers import is_referrers_tag, referrers_tag
 from acceleration_sdk.registry import RegistryClient
@@ -274,3 +275,31 @@ def test_accelctl_convert_and_check_a_v1_image(tmp_path, registry, client):
     assert (out.returncode, out.stdout) == (0, f"{repo}@{src.digest}\n"), out.stderr
     out = accelctl("check", f"{repo}:1")
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1].startswith("PASS"), out.stdout + out.stderr
+
+
+class FakeUnlistedPlanDriver(SociDriver):
+    """A fake: the real soci driver whose push plan names its tag or referrers without listing them among the
+    manifests to push, as a third-party driver might read PushPlan's fields."""
+
+    def convert(self, content, source):
+        from acceleration_sdk.push import PushPlan
+
+        out = super().convert(content, source)
+        if isinstance(out, PushPlan):                 # v1: the referrers only
+            return dataclasses.replace(out, manifests=())
+        return PushPlan(manifests=(), tag=out)        # v2: the tag only
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_push_plan_whose_tag_or_referrers_are_not_among_its_manifests_pushes_nothing(tmp_path, registry, client,
+                                                                                         version):
+    """Only the manifests a plan lists are pushed with their children before any tag moves: a tag or referrer
+    outside them is a DriverError before the first manifest is pushed, not a registry's refusal halfway."""
+    repo = f"{registry.host}/sociv1/unlisted"
+    push_image(client, f"{repo}:{version}", [big_tar(7)])
+    cfg = make_cfg(tmp_path / "w", index_version=version)
+    mark = len(registry.log())
+    with pytest.raises(DriverError, match="not among its manifests"):
+        convert(cfg, f"{repo}:{version}", driver=FakeUnlistedPlanDriver(dict(cfg.converter.driver.config)))
+    assert "/manifests/" not in "".join(line for line in registry.log()[mark:].splitlines(keepends=True)
+                                        if '"PUT ' in line)
