@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import random
 
 import pytest
 import requests
@@ -28,6 +27,8 @@ from acceleration_sdk.registry import RegistryClient
 from acceleration_sdk.session import HARBOR_DRIVER_NAME
 from drivers.soci import layout
 from drivers.soci.driver import SociDriver
+from tests.e2e.test_check_soci import FakeWrongSpanDriver
+from tests.e2e.test_soci_convert import big_tar
 from tests.support import soci_tools
 from tests.support.images import push_image, push_index, sha, simple_tar
 
@@ -47,11 +48,6 @@ def make_cfg(work, verify: bool = False, platforms: str = "", **opts):
 def client(registry):
     with RegistryClient() as c:
         yield c
-
-
-def big_tar(seed: int) -> bytes:
-    rnd = random.Random(seed)
-    return simple_tar({f"usr/lib/f{i}.bin": rnd.randbytes(rnd.randrange(1, 60_000)) for i in range(20)})
 
 
 def get_json(client, ref: str):
@@ -158,16 +154,6 @@ def test_platforms_filter_indexes_only_the_selected_platform_and_verifies_it(tmp
     assert referrers_index(client, repo, amd.digest) is None
     entries = referrers_index(client, repo, arm.digest)["manifests"]
     verify_v1(f"{repo}:1", entries[0]["digest"], "-platform", "linux/arm64")
-
-
-class FakeWrongSpanDriver(SociDriver):
-    """A fake: the real soci driver with the first span digest of every ztoc wrong, as a buggy builder would."""
-
-    def _build_all(self, content, layers):
-        built = super()._build_all(content, layers)
-        for z in built.values():
-            z.span_digests[0] = sha(b"wrong")
-        return built
 
 
 def test_a_failed_verify_changes_no_referrers_tag(tmp_path, registry, client):
