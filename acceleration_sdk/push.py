@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 from . import referrers as referrers_mod
 from .driver import ProgressEvent
-from .errors import ConversionError
+from .errors import ConversionError, DriverError
 from .oci import INDEX_TYPES, OCI_INDEX, Descriptor, Index, Manifest
 from .session import ConversionSession
 
@@ -34,7 +34,7 @@ class PushPlan:
     image it made, tagged at the target: :meth:`tagged`) and a plan when its output is not one tagged image.
 
     - ``manifests``: pushed by digest in this order, each with everything it points at;
-    - ``tag``: the manifest written at the target tag, last; ``None``: no tag is written;
+    - ``tag``: the manifest written at the target tag, last; ``None``: no tag is written; one of ``manifests``;
     - ``referrers``: manifests among ``manifests`` that carry a ``subject`` (in the target repository); on a
       registry without the referrers API each subject's referrers tag lists them afterwards
       (:mod:`acceleration_sdk.referrers`); ``replaces``: annotations that mark an older output of the same
@@ -85,6 +85,13 @@ def push_plan(session: ConversionSession, plan: PushPlan, before_tag: Callable[[
     referrers tags, then the target tag -- so a failure before the end moves no tag.
     """
     client, store, target = session.client, session.store, session.target
+    # only what ``manifests`` lists is pushed with its children: a tag or referrer outside it would be tagged
+    # without its children pushed first (or refused by the registry after the referrers tags moved)
+    listed = {d.digest for d in plan.manifests}
+    unlisted = [d.digest for d in (*([plan.tag] if plan.tag else ()), *plan.referrers) if d.digest not in listed]
+    if unlisted:
+        raise DriverError(f"the driver's push plan names {unlisted[0]} as its tag or a referrer, but it is not "
+                          "among its manifests (PushPlan.manifests: what is pushed); nothing was pushed")
     referrers = [referrers_mod.describe(store.read_bytes(d.digest), d) for d in plan.referrers]
     for subject in dict.fromkeys(r.subject for r in referrers):
         if client.head_manifest(target.with_digest(subject)) is None:

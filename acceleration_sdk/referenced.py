@@ -17,11 +17,10 @@ Rules, because the reference comes from configuration, not from the registry's w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import BinaryIO, Iterator
 
 from . import reference
-from .errors import ContentError, ConversionError, DigestMismatchError, ReferenceError_, RegistryError
+from .errors import ContentError, ConversionError, ReferenceError_, RegistryError
 from .oci import Descriptor
 from .reference import Reference
 
@@ -54,19 +53,6 @@ class ReferencedImage:
         s.fetch(desc, self.reference)
         with open(s.store.path(desc.digest), "rb") as fh:
             yield fh
-
-    def read_blob(self, desc: Descriptor, limit: int) -> bytes:
-        """A small blob of this image, whole (``limit`` bytes at most), verified as it is read."""
-        if desc.size > limit:
-            raise ConversionError(f"{self.reference}: blob {desc.digest} is {desc.size} bytes, more than the "
-                                  f"{limit} this read allows", reference=str(self.reference))
-        with self.open_blob(desc) as fh:
-            data = fh.read(limit + 1)
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
-        if actual != desc.digest or len(data) != desc.size:  # the store is a cache on disk
-            raise DigestMismatchError(f"blob {desc.digest} in the content store reads as {actual}",
-                                      digest=desc.digest, actual=actual)
-        return data
 
     def link_blob(self, desc: Descriptor) -> None:
         """``desc`` (a blob of this image) is part of the converted image: push it from this repository."""

@@ -1,6 +1,8 @@
 """The ``estargz`` driver: rewrites every layer as eStargz (gzip) or zstd:chunked, keeping the image's shape."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any, Mapping
 
@@ -73,9 +75,12 @@ class EStargzDriver(LayerDriver):
         return self._with_referrer
 
     def cache_key(self) -> str:
-        # workers change speed, not bytes
-        return (f"{self.name()}/{self.version()}/{self.compression}/{self.chunk_size}/{self.level}/"
-                f"{','.join(self.prioritized_files)}")
+        # workers change speed, not bytes. The prioritized files enter as a digest of the list: joined they
+        # were ambiguous (a recorded path may hold a comma: ("/a,/b",) and ("/a", "/b") made one key) and
+        # grew with the list (--prefetch-from: thousands of paths in every remote cache entry's annotation)
+        files = self.prioritized_files
+        listed = "sha256:" + hashlib.sha256(json.dumps(list(files)).encode()).hexdigest() if files else ""
+        return f"{self.name()}/{self.version()}/{self.compression}/{self.chunk_size}/{self.level}/{listed}"
 
     def convert_layer(self, content, desc: Descriptor) -> ConvertedLayer | None:
         from .writer import convert_tar

@@ -140,3 +140,14 @@ def three_layers() -> list[bytes]:
         tars.reg("etc/trusted", b"t", xattrs={"trusted.overlay.origin": b"o", "user.u": b"", "security.ima": b"i"}),
     ])
     return [base, middle, top]
+
+
+def device_files(tmp_path, blobs, rafs) -> list:
+    """One device file per entry of ``rafs``'s blob table, in table order (device i = blob i), each written from
+    ``blobs[blob id]`` (a BlobFile): what the kernel's EROFS ``device=`` options take, through loop devices."""
+    devices = []
+    for i, entry in enumerate(rafs.blobs):
+        dev = tmp_path / f"device{i}"
+        blobs[entry.blob_id].write_device(dev, entry.compressor)
+        devices.append(dev)
+    return devices

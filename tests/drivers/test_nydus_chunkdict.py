@@ -20,7 +20,7 @@ from drivers.nydus.layout import RafsError
 from drivers.nydus.media import BLOB_ANNOTATION, NYDUS_BLOB
 from drivers.nydus.reader import Rafs
 from drivers.nydus.validate import validate
-from tests.drivers.nydus_oracle import compare, flatten
+from tests.drivers.nydus_oracle import compare, device_files, flatten
 from tests.support import erofs, tars
 
 needs_kernel = erofs.requires_kernel()
@@ -178,12 +178,7 @@ def test_the_kernel_reads_a_deduplicated_image_through_the_dict_blob(tmp_path):
     boot.write_bytes(merge_bootstrap([result], OPTS, chunk_dict=cdict))
     rafs = Rafs(boot.read_bytes())
     blobs = {**dict_blobs, result.blob.digest.split(":")[1]: BlobFile(path)}
-    devices = []
-    for i, entry in enumerate(rafs.blobs):
-        dev = tmp_path / f"device{i}"
-        blobs[entry.blob_id].write_device(dev, entry.compressor)
-        devices.append(dev)
-    with erofs.mounted(boot, devices) as root:
+    with erofs.mounted(boot, device_files(tmp_path, blobs, rafs)) as root:
         seen = erofs.snapshot(root)
     compare(flatten([image_b()]), seen)
     assert seen["copy"].sha256.endswith(hashlib.sha256(SHARED).hexdigest())
@@ -220,12 +215,7 @@ def test_nydus_images_own_bootstrap_as_the_dict(tmp_path):
     blobs = {own_id: BlobFile(path), GOLDEN_ID: golden}
     validate(rafs, blobs, strict=True)
     assert read_files(rafs, blobs) == expected_files(layer)
-    devices = []
-    for i, entry in enumerate(rafs.blobs):
-        dev = tmp_path / f"device{i}"
-        blobs[entry.blob_id].write_device(dev, entry.compressor)
-        devices.append(dev)
-    with erofs.mounted(boot, devices) as root:
+    with erofs.mounted(boot, device_files(tmp_path, blobs, rafs)) as root:
         compare(flatten([layer]), erofs.snapshot(root))
 
 

@@ -8,6 +8,7 @@ from a configured registry; a layer converted against a dict is cached under tha
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from drivers.nydus.blobfile import BlobFile
 from drivers.nydus.media import BLOB_ANNOTATION, NYDUS_BLOB
 from drivers.nydus.reader import Rafs
 from drivers.nydus.validate import validate
-from tests.drivers.nydus_oracle import compare, flatten
+from tests.drivers.nydus_oracle import compare, device_files, flatten
 from tests.support import erofs, tars
 from tests.support.images import push_image, push_index
 
@@ -157,12 +158,7 @@ def test_image_b_built_against_image_a(tmp_path, registry, client):
     assert sorted(files) == sorted(["image/image.boot"] + [f"image/{b.blob_id}.blob.meta" for b in rafs.blobs])
     validate(rafs, blobs, strict=True)                                   # nydusd's rules, every chunk's data
     assert read_files(rafs, blobs) == expected_files(layers_b())
-    devices = []
-    for i, entry in enumerate(rafs.blobs):
-        dev = tmp_path / f"device{i}"
-        blobs[entry.blob_id].write_device(dev, entry.compressor)
-        devices.append(dev)
-    with erofs.mounted(boot, devices) as root:                           # loop devices detached in finally
+    with erofs.mounted(boot, device_files(tmp_path, blobs, rafs)) as root:   # loop devices detached in finally
         compare(flatten(layers_b()), erofs.snapshot(root))
 
     # again: both layers from the cache (keyed by the dict's digest), the very same image
@@ -317,10 +313,89 @@ def test_two_debian_rootfs_variants(tmp_path, registry, client):
     with gzip.open(rootfs_b) as fh:
         layer = fh.read()
     assert read_files(rafs, blobs) == expected_files([layer])
-    devices = []
-    for i, entry in enumerate(rafs.blobs):
-        dev = tmp_path / f"device{i}"
-        blobs[entry.blob_id].write_device(dev, entry.compressor)
-        devices.append(dev)
-    with erofs.mounted(boot, devices) as root:
+    with erofs.mounted(boot, device_files(tmp_path, blobs, rafs)) as root:
         compare(flatten([layer]), erofs.snapshot(root))
+
+
+def with_bootstrap_layer(client, dict_target: str, ref: str, layer: bytes) -> str:
+    """The dict image ``dict_target`` again at ``ref``, its bootstrap layer replaced by ``layer`` (gzip bytes)."""
+    manifest = manifest_of(client, dict_target)
+    repo = parse(ref)
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    client.push_blob(repo, digest, len(layer), io.BytesIO(layer))
+    manifest["layers"][-1] = dict(manifest["layers"][-1], digest=digest, size=len(layer))
+    raw = json.dumps(manifest).encode()
+    client.put_manifest(repo, raw, manifest["mediaType"])
+    return ref
+
+
+def bootstrap_members(client, dict_target: str) -> list[tuple[tarfile.TarInfo, bytes]]:
+    manifest = manifest_of(client, dict_target)
+    data = gzip.decompress(blob(client, parse(dict_target).name, manifest["layers"][-1]["digest"]))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [(m, tf.extractfile(m).read() if m.isfile() else b"") for m in tf.getmembers()]
+
+
+def test_blob_meta_files_of_no_dict_blob_are_never_read_into_memory(tmp_path, registry, client):
+    """A dict's bootstrap layer may name any number of image/<id>.blob.meta files, and 32 MiB of zeros gzip to
+    32 KiB: only the blob.meta of the dict's own blob layers is read, so a small layer cannot fill the memory."""
+    import tracemalloc
+
+    host = registry.host
+    push_image(client, f"{host}/base/dict:v1", layers_a())
+    dict_target = convert(cfg(tmp_path / "dict-work", host), f"{host}/base/dict:v1").target
+    fat = io.BytesIO()
+    with gzip.GzipFile(fileobj=fat, mode="wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w") as tf:
+        for info, data in bootstrap_members(client, dict_target):
+            tf.addfile(info, io.BytesIO(data))
+        for i in range(8):   # 256 MiB of blob.meta for blob ids no layer of the dict has
+            info = tarfile.TarInfo(f"image/{i:064x}.blob.meta")
+            info.size = 32 << 20
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
+    assert len(fat.getvalue()) < 2 << 20
+    fat_ref = with_bootstrap_layer(client, dict_target, f"{host}/base/dict:fat", fat.getvalue())
+    push_image(client, f"{host}/apps/app:v1", layers_b())
+    tracemalloc.start()
+    try:
+        result = convert(cfg(tmp_path / "work", host, chunk_dict_ref=fat_ref), f"{host}/apps/app:v1")
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak} bytes at the peak"
+    assert len(manifest_of(client, result.target)["layers"]) == 5      # still deduplicated against the dict
+
+
+def test_the_blob_meta_files_kept_are_bounded_together(tmp_path, registry, client, monkeypatch):
+    """Even the blob.meta of the dict's own blob layers (one per layer, any number of layers) is kept only up to
+    MAX_METAS bytes together; past it the conversion fails naming the dict, with nothing pushed."""
+    from drivers.nydus import chunkdict
+
+    host = registry.host
+    push_image(client, f"{host}/base/dict:v1", layers_a())
+    dict_target = convert(cfg(tmp_path / "dict-work", host), f"{host}/base/dict:v1").target
+    metas = [data for info, data in bootstrap_members(client, dict_target) if info.name.endswith(".blob.meta")]
+    assert len(metas) == 2
+    monkeypatch.setattr(chunkdict, "MAX_METAS", len(metas[0]) + len(metas[1]) - 1)   # the dict's two, less one
+    push_image(client, f"{host}/apps/app:v1", layers_b())
+    mark = len(registry.log())
+    with pytest.raises(ConversionError, match=rf"chunk_dict_ref {host}/base/dict@sha256:\w+: the blob.meta files "
+                                              r"of its blob layers are more than \d+ bytes together"):
+        convert(cfg(tmp_path / "work", host, chunk_dict_ref=dict_target), f"{host}/apps/app:v1")
+    assert '"PUT ' not in registry.log()[mark:]
+
+
+def test_a_dict_whose_bootstrap_layer_is_corrupt_is_named_not_the_layer_converted(tmp_path, registry, client):
+    """A broken gzip in the dict's bootstrap layer fails the conversion naming chunk_dict_ref, not the source
+    layer that was being converted when the dict was loaded (which is intact)."""
+    host = registry.host
+    push_image(client, f"{host}/base/dict:v1", layers_a())
+    dict_target = convert(cfg(tmp_path / "dict-work", host), f"{host}/base/dict:v1").target
+    good = blob(client, parse(dict_target).name, manifest_of(client, dict_target)["layers"][-1]["digest"])
+    broken = good[:20] + bytes(200) + good[220:]
+    broken_ref = with_bootstrap_layer(client, dict_target, f"{host}/base/dict:broken", broken)
+    src = push_image(client, f"{host}/apps/app:v1", layers_b())
+    with pytest.raises(ConversionError) as info:
+        convert(cfg(tmp_path / "work", host, chunk_dict_ref=broken_ref), f"{host}/apps/app:v1")
+    assert f"chunk_dict_ref {host}/base/dict@sha256:" in str(info.value)
+    assert "its bootstrap layer is not a readable gzip tar (corrupt gzip stream" in str(info.value)
+    assert not any(layer["digest"] in str(info.value) for layer in src.manifest["layers"])

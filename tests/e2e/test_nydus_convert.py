@@ -26,7 +26,7 @@ from drivers.nydus.blobfile import BlobFile
 from drivers.nydus.driver import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from drivers.nydus.reader import Rafs
 from drivers.nydus.validate import validate
-from tests.drivers.nydus_oracle import compare, flatten, three_layers
+from tests.drivers.nydus_oracle import compare, device_files, flatten, three_layers
 from tests.support import erofs, tars
 from tests.support.images import push_image, push_index, sha, simple_tar
 
@@ -104,15 +104,6 @@ def check_nydus_image(client, repo: str, manifest: dict, source_config: dict, tm
 
 def fetch_json_blob(client, repo: str, digest: str) -> dict:
     return json.loads(download(client, repo, digest, None))
-
-
-def device_files(tmp_path, blobs, rafs) -> list:
-    devices = []
-    for i, entry in enumerate(rafs.blobs):                                     # device i = blob table entry i
-        dev = tmp_path / f"device{i}"
-        blobs[entry.blob_id].write_device(dev, entry.compressor)
-        devices.append(dev)
-    return devices
 
 
 def kernel_view(tmp_path, boot, blobs, rafs) -> dict:

@@ -111,3 +111,26 @@ def test_help_names_the_flag():
     out = subprocess.run([sys.executable, "-m", "acceleration_sdk.cli", "convert", "--help"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "--prefetch-from FILE" in out.stdout
+
+
+def test_a_recorded_path_with_a_comma_does_not_share_a_cache_entry_with_two_paths(tmp_path, registry, client):
+    """The layer cache keys an eStargz layer by its prioritized files: the recorded path '/app/x,/app/y' (a file
+    in the directory 'app/x,') and the list ['/app/x', '/app/y'] are different layers, not one cache entry."""
+    files = {"app/x": b"x" * 100, "app/y": b"y" * 100, "app/x,/app/y": b"comma", "app/z": b"z"}
+    push_image(client, f"{registry.host}/prefetch/comma:v1", [simple_tar(files)])
+    src = f"{registry.host}/prefetch/comma:v1"
+    (tmp_path / "app.prefetch").write_text("/app/x,/app/y\n")
+    opts = {"compression": "estargz", "compression_level": 1}
+
+    def first_names(out) -> list[str]:
+        assert out.returncode == 0, out.stderr
+        target = out.stdout.strip()
+        (layer,) = json.loads(client.get_manifest(parse(target)).raw)["layers"]
+        with open(pulled(client, target, layer, tmp_path / "layer"), "rb") as fh:
+            return [e["name"] for e in read_toc(fh, oci.Descriptor.from_dict(layer))["entries"]
+                    if e["type"] not in ("chunk", "dir")][:3]
+
+    recorded = accelctl(tmp_path, "estargz", opts, "--prefetch-from", "app.prefetch", src)
+    assert first_names(recorded)[:2] == ["app/x,/app/y", ".prefetch.landmark"]
+    listed = accelctl(tmp_path, "estargz", dict(opts, prioritized_files=["/app/x", "/app/y"]), src)  # same work dir
+    assert first_names(listed) == ["app/x", "app/y", ".prefetch.landmark"]

@@ -11,26 +11,15 @@ import requests
 from acceleration_sdk import oci
 from drivers.nydus.merge import ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, EMPTY_LAYER_DIGEST
 from tests.service.images import push_image
-from tests.service.stack import ServiceStack
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(registry, tmp_path_factory):
+def stack(module_stack):
     nydus = {"driver": {"type": "nydus", "config": {"merge_manifest": "true", "fs_chunk_size": "0x1000"}},
              "rules": [{"tag_suffix": "-nydus"}]}
-    s = ServiceStack(tmp_path_factory.mktemp("stack"), registry.host, converter=nydus).start()
-    yield s
-    s.stop()
+    return module_stack(converter=nydus)
 
 
 def get(registry, path: str, accept: str) -> dict:
@@ -39,24 +28,25 @@ def get(registry, path: str, accept: str) -> dict:
     return resp.json()
 
 
-def test_a_push_converts_to_a_merged_index_through_the_service(stack, registry, tmp_path):
-    source_digest = push_image(registry.host, "library/web:1", tmp_path, files={"bin/web": b"#!/bin/sh\n" * 3000})
+def test_a_push_converts_to_a_merged_index_through_the_service(stack, module_registry, tmp_path):
+    source_digest = push_image(module_registry.host, "library/web:1", tmp_path,
+                               files={"bin/web": b"#!/bin/sh\n" * 3000})
     src = stack.source("library/web:1")
     resp = stack.post(src, sync=True)
     assert (resp.status_code, resp.content) == (200, b'"Ok"\n'), stack.logs()
     task = next(t for t in stack.tasks() if t["source"] == src)
     assert task["status"] == "COMPLETED" and task["reason"] == "", task
 
-    index = get(registry, "library/web/manifests/1-nydus", oci.OCI_INDEX)
+    index = get(module_registry, "library/web/manifests/1-nydus", oci.OCI_INDEX)
     assert index["mediaType"] == oci.OCI_INDEX
     plain, nydus = index["manifests"]
     assert "artifactType" not in plain and nydus["artifactType"] == ARTIFACT_TYPE
     assert plain["platform"] == nydus["platform"] == {"architecture": "amd64", "os": "linux"}
     accept = ", ".join(oci.MANIFEST_TYPES)
-    plain_m = get(registry, f"library/web/manifests/{plain['digest']}", accept)
-    nydus_m = get(registry, f"library/web/manifests/{nydus['digest']}", accept)
+    plain_m = get(module_registry, f"library/web/manifests/{plain['digest']}", accept)
+    nydus_m = get(module_registry, f"library/web/manifests/{nydus['digest']}", accept)
     assert plain_m["layers"][0]["digest"] == EMPTY_LAYER_DIGEST and len(plain_m["layers"]) == 2
-    source = get(registry, f"library/web/manifests/{source_digest}", accept)
+    source = get(module_registry, f"library/web/manifests/{source_digest}", accept)
     assert plain_m["layers"][1:] == source["layers"]
     assert nydus_m["config"]["mediaType"] == CONFIG_MEDIA_TYPE
     sizes = [m["config"]["size"] + sum(x["size"] for x in m["layers"]) for m in (plain_m, nydus_m)]

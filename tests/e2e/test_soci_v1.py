@@ -9,9 +9,9 @@ snapshotter's oras client does -- the referrers tag -- and hand it to ``soci-ver
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
-import random
 
 import pytest
 import requests
@@ -20,13 +20,15 @@ from acceleration_sdk import config as config_mod
 from acceleration_sdk import oci
 from acceleration_sdk.check import check_image
 from acceleration_sdk.engine import convert, skip_reason
-from acceleration_sdk.errors import ConversionError
+from acceleration_sdk.errors import ConversionError, DriverError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.referrers import is_referrers_tag, referrers_tag
 from acceleration_sdk.registry import RegistryClient
 from acceleration_sdk.session import HARBOR_DRIVER_NAME
 from drivers.soci import layout
 from drivers.soci.driver import SociDriver
+from tests.e2e.test_check_soci import FakeWrongSpanDriver
+from tests.e2e.test_soci_convert import big_tar
 from tests.support import soci_tools
 from tests.support.images import push_image, push_index, sha, simple_tar
 
@@ -46,11 +48,6 @@ def make_cfg(work, verify: bool = False, platforms: str = "", **opts):
 def client(registry):
     with RegistryClient() as c:
         yield c
-
-
-def big_tar(seed: int) -> bytes:
-    rnd = random.Random(seed)
-    return simple_tar({f"usr/lib/f{i}.bin": rnd.randbytes(rnd.randrange(1, 60_000)) for i in range(20)})
 
 
 def get_json(client, ref: str):
@@ -159,16 +156,6 @@ def test_platforms_filter_indexes_only_the_selected_platform_and_verifies_it(tmp
     verify_v1(f"{repo}:1", entries[0]["digest"], "-platform", "linux/arm64")
 
 
-class FakeWrongSpanDriver(SociDriver):
-    """A fake: the real soci driver with the first span digest of every ztoc wrong, as a buggy builder would."""
-
-    def _build_all(self, content, layers):
-        built = super()._build_all(content, layers)
-        for z in built.values():
-            z.span_digests[0] = sha(b"wrong")
-        return built
-
-
 def test_a_failed_verify_changes_no_referrers_tag(tmp_path, registry, client):
     """converter.verify checks the pushed v1 index before any tag moves: a wrong ztoc FAILs the conversion and
     the referrers tag keeps what it listed (here: nothing, then the good index of an earlier conversion)."""
@@ -274,3 +261,31 @@ def test_accelctl_convert_and_check_a_v1_image(tmp_path, registry, client):
     assert (out.returncode, out.stdout) == (0, f"{repo}@{src.digest}\n"), out.stderr
     out = accelctl("check", f"{repo}:1")
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1].startswith("PASS"), out.stdout + out.stderr
+
+
+class FakeUnlistedPlanDriver(SociDriver):
+    """A fake: the real soci driver whose push plan names its tag or referrers without listing them among the
+    manifests to push, as a third-party driver might read PushPlan's fields."""
+
+    def convert(self, content, source):
+        from acceleration_sdk.push import PushPlan
+
+        out = super().convert(content, source)
+        if isinstance(out, PushPlan):                 # v1: the referrers only
+            return dataclasses.replace(out, manifests=())
+        return PushPlan(manifests=(), tag=out)        # v2: the tag only
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_push_plan_whose_tag_or_referrers_are_not_among_its_manifests_pushes_nothing(tmp_path, registry, client,
+                                                                                         version):
+    """Only the manifests a plan lists are pushed with their children before any tag moves: a tag or referrer
+    outside them is a DriverError before the first manifest is pushed, not a registry's refusal halfway."""
+    repo = f"{registry.host}/sociv1/unlisted"
+    push_image(client, f"{repo}:{version}", [big_tar(7)])
+    cfg = make_cfg(tmp_path / "w", index_version=version)
+    mark = len(registry.log())
+    with pytest.raises(DriverError, match="not among its manifests"):
+        convert(cfg, f"{repo}:{version}", driver=FakeUnlistedPlanDriver(dict(cfg.converter.driver.config)))
+    assert "/manifests/" not in "".join(line for line in registry.log()[mark:].splitlines(keepends=True)
+                                        if '"PUT ' in line)
