@@ -31,7 +31,6 @@ from typing import BinaryIO
 
 from acceleration_sdk.zlib_raw import Z_BLOCK, Z_NEED_DICT, Z_OK, Z_STREAM_END, backend
 
-
 CHUNK = 1 << 18  # compressed bytes per read (upstream reads 16 KiB; the result does not depend on it)
 SEG = 1 << 20  # output segment: the unit handed to the reader
 NSEG = 4  # segments in the ring: how far inflating may run ahead of the reader
