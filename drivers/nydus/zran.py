@@ -25,72 +25,16 @@ import dataclasses
 import hashlib
 from typing import BinaryIO
 
-from acceleration_sdk.zlib_raw import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, WINSIZE, ZStream
+from acceleration_sdk.zlib_raw import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, WINSIZE, backend
 
 from .layout import RafsError
-from .zranctx import MAX_OUT, Context, system_zlib
+from .zranctx import MAX_OUT, Context
 
 READ_SIZE = 64 << 10                       # ZRAN_READER_BUF_SIZE (zlib_random.rs:26)
 OUT_SIZE = 256 << 10                       # inflate output per call (a block end stops a call earlier)
 DEFAULT_CHUNK = 1 << 20                    # RAFS_DEFAULT_CHUNK_SIZE: the limits derive from it, not from --chunk-size
 MIN_COMP, MAX_COMP, MAX_UNCOMP = DEFAULT_CHUNK // 2, DEFAULT_CHUNK, 2 * DEFAULT_CHUNK   # zran.rs:113-128
 GZIP_MAGIC = b"\x1f\x8b\x08"
-
-
-class ZngStream(ctypes.Structure):
-    """zlib-ng's native ``zng_stream``: z_stream's layout up to ``data_type``, then a 32-bit ``adler``."""
-
-    _fields_ = [("next_in", ctypes.c_void_p), ("avail_in", ctypes.c_uint32), ("total_in", ctypes.c_size_t),
-                ("next_out", ctypes.c_void_p), ("avail_out", ctypes.c_uint32), ("total_out", ctypes.c_size_t),
-                ("msg", ctypes.c_char_p), ("state", ctypes.c_void_p), ("zalloc", ctypes.c_void_p),
-                ("zfree", ctypes.c_void_p), ("opaque", ctypes.c_void_p), ("data_type", ctypes.c_int),
-                ("adler", ctypes.c_uint32), ("reserved", ctypes.c_ulong)]
-
-
-class _Inflate:
-    """The inflate calls the inflater makes, on zlib-ng when it is there (``zlib-ng`` in requirements.txt: its
-    extension module exports zlib-ng's native ``zng_*`` API; ~1.8x zlib's speed on the bench rootfs), else
-    on the system zlib. Block ends, pending bits and windows are the deflate stream's, not the library's."""
-
-    def __init__(self):
-        try:
-            from zlib_ng import zlib_ng as ext
-            lib = ctypes.CDLL(ext.__file__)
-            ptr = ctypes.POINTER(ZngStream)
-            lib.zng_inflateInit2.argtypes = [ptr, ctypes.c_int]
-            lib.zng_inflate.argtypes = [ptr, ctypes.c_int]
-            lib.zng_inflateReset.argtypes = [ptr]
-            lib.zng_inflateEnd.argtypes = [ptr]
-            lib.zng_inflateGetDictionary.argtypes = [ptr, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint32)]
-            self.name, self.Stream = "zlib-ng", ZngStream
-            self.init = lambda s, bits: lib.zng_inflateInit2(ctypes.byref(s), bits)
-            self.inflate, self.reset, self.end = lib.zng_inflate, lib.zng_inflateReset, lib.zng_inflateEnd
-            self.get_dictionary = lib.zng_inflateGetDictionary
-        except (ImportError, OSError, AttributeError):   # pragma: no cover - zlib-ng is in requirements.txt
-            lib = system_zlib()
-            self.name, self.Stream = "zlib", ZStream
-            self.init = lambda s, bits: lib.inflateInit2_(ctypes.byref(s), bits, lib.zlibVersion(),
-                                                          ctypes.sizeof(ZStream))
-            self.inflate, self.reset, self.end = lib.inflate, lib.inflateReset, lib.inflateEnd
-            self.get_dictionary = lib.inflateGetDictionary
-
-
-_INFLATE: _Inflate | None = None
-
-
-def _inflate_api(use_system: bool = False) -> _Inflate:
-    global _INFLATE
-    if use_system:
-        api = _Inflate.__new__(_Inflate)
-        lib = system_zlib()
-        api.name, api.Stream = "zlib", ZStream
-        api.init = lambda s, bits: lib.inflateInit2_(ctypes.byref(s), bits, lib.zlibVersion(), ctypes.sizeof(ZStream))
-        api.inflate, api.reset, api.end, api.get_dictionary = (lib.inflate, lib.inflateReset, lib.inflateEnd,
-                                                               lib.inflateGetDictionary)
-        return api
-    if _INFLATE is None:
-        _INFLATE = _Inflate()
-    return _INFLATE
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,14 +58,16 @@ class ZranInflater:
     inflate thread ahead of the parser was tried: with zlib-ng it cost more in queue hand-offs than it saved.)
     """
 
-    def __init__(self, raw: BinaryIO, hashing: bool = True, plain_zlib: bool = False):
-        self._raw, self._z = raw, _inflate_api(plain_zlib)
+    def __init__(self, raw: BinaryIO, hashing: bool = True, inflate: str = "auto"):
+        # ``inflate``: the library (acceleration_sdk.zlib_raw.backend), zlib-ng when installed; both give the
+        # same block ends, pending bits and windows (they are the deflate stream's), hence the same blob
+        self._raw, self._z = raw, backend(inflate)
         self._hashing = hashing    # off when the caller knows (and verifies) the layer digest
-        self._strm = self._z.Stream()
+        self._strm = self._z.stream()
         self._inbuf = ctypes.create_string_buffer(READ_SIZE)
         self._outbuf = ctypes.create_string_buffer(OUT_SIZE)
         self._dict = ctypes.create_string_buffer(WINSIZE)
-        if self._z.init(self._strm, 31) != Z_OK:
+        if self._z.init(ctypes.byref(self._strm), 31) != Z_OK:
             raise MemoryError("zlib inflateInit2 failed")
         self._open = True
         self.sha = hashlib.sha256()

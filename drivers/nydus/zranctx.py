@@ -8,7 +8,7 @@ Sources (dragonflyoss/nydus; /work/shared/NYDUS.md section 4): the 40-byte conte
 and ``ZranContextGenerator::to_vec`` (zran.rs:188-216); the window lookup (storage/src/meta/mod.rs:1076-1100);
 ``ZranDecoder::uncompress`` (utils/src/compress/zlib_random.rs:99-181), whose loop :func:`decode_context` follows
 exactly, so a slice nydusd cannot decode is refused here too. Reading uses the system zlib (``inflatePrime`` and
-``inflateSetDictionary`` through ``acceleration_sdk.zlib_raw``).
+``inflateSetDictionary`` through ``acceleration_sdk.zlib_raw.backend("zlib")``).
 """
 from __future__ import annotations
 
@@ -16,22 +16,12 @@ import ctypes
 import dataclasses
 import struct
 
-from acceleration_sdk.zlib_raw import Z_BLOCK, Z_OK, Z_STREAM_END, WINSIZE, ZStream, zlib_lib
+from acceleration_sdk.zlib_raw import Z_BLOCK, Z_OK, Z_STREAM_END, WINSIZE, Inflate, backend
 
 from .layout import RafsError
 
 MAX_OUT = 16 << 20                         # nydusd refuses a slice whose out_len exceeds RAFS_MAX_CHUNK_SIZE
 CONTEXT = struct.Struct("<QQQIIIBBBB")     # ZranInflateContext, 40 bytes (zran.rs:17-37)
-
-
-def system_zlib():
-    lib = zlib_lib()
-    if not getattr(lib, "_zran_ready", False):   # inflateGetDictionary: the window at a block end
-        lib.inflateGetDictionary.argtypes = [ctypes.POINTER(ZStream), ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint)]
-        lib.inflateReset.argtypes = [ctypes.POINTER(ZStream)]
-        lib._zran_ready = True
-    return lib
-
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,47 +71,48 @@ def decode_context(ctx: Context, data: bytes) -> bytes:
     a member end inside the slice skips the trailer and the next header (zlib_random.rs:99-181)."""
     if len(data) != ctx.in_len:
         raise RafsError(f"a ZRAN slice needs {ctx.in_len} gzip bytes, got {len(data)}")
-    lib, s = system_zlib(), ZStream()
-    if lib.inflateInit2_(ctypes.byref(s), -15, lib.zlibVersion(), ctypes.sizeof(ZStream)) != Z_OK:
+    z = backend("zlib")
+    s = z.stream()
+    if z.init(ctypes.byref(s), -15) != Z_OK:
         raise MemoryError("zlib inflateInit2 failed")
     try:
         inbuf = ctypes.create_string_buffer(data, len(data) or 1)
         out = ctypes.create_string_buffer(ctx.out_len or 1)
-        if ctx.bits and lib.inflatePrime(ctypes.byref(s), ctx.bits, ctx.byte >> (8 - ctx.bits)) != Z_OK:
+        if ctx.bits and z.prime(ctypes.byref(s), ctx.bits, ctx.byte >> (8 - ctx.bits)) != Z_OK:
             raise RafsError("zlib inflatePrime failed")
-        if ctx.window and lib.inflateSetDictionary(ctypes.byref(s), ctx.window, len(ctx.window)) != Z_OK:
+        if ctx.window and z.set_dictionary(ctypes.byref(s), ctx.window, len(ctx.window)) != Z_OK:
             raise RafsError("zlib inflateSetDictionary failed: a bad ZRAN window")
         s.next_in, s.avail_in = ctypes.addressof(inbuf), len(data)
         done = 0
         while True:   # nydusd's loop exactly: what it cannot decode, this refuses too
             s.next_out, s.avail_out = ctypes.addressof(out) + done, ctx.out_len - done
-            ret = lib.inflate(ctypes.byref(s), 0)
+            ret = z.inflate(ctypes.byref(s), 0)
             done = ctx.out_len - s.avail_out
             if ret == Z_OK and done == ctx.out_len:
                 return out.raw[:ctx.out_len]
             if ret == Z_STREAM_END:   # even with the output complete, nydusd goes on past the member's end
-                _skip_member_boundary(lib, s)
+                _skip_member_boundary(z, s)
                 continue
             msg = s.msg.decode("utf-8", "replace") if s.msg else f"zlib error {ret}"
             raise RafsError(f"a ZRAN slice at gzip byte {ctx.in_offset} does not inflate as nydusd inflates it "
                             f"({done} of {ctx.out_len} bytes): {msg}")
     finally:
-        lib.inflateEnd(ctypes.byref(s))
+        z.end(ctypes.byref(s))
 
 
-def _skip_member_boundary(lib, s: ZStream) -> None:
+def _skip_member_boundary(z: Inflate, s) -> None:
     if s.avail_in < 8:
         raise RafsError("a ZRAN slice ends inside a gzip trailer")
     s.next_in, s.avail_in = s.next_in + 8, s.avail_in - 8
     scratch = ctypes.create_string_buffer(WINSIZE)
-    if lib.inflateReset2(ctypes.byref(s), 31) != Z_OK:
+    if z.reset2(ctypes.byref(s), 31) != Z_OK:
         raise RafsError("zlib inflateReset2 failed")
     while True:   # the next member's header: inflate(Z_BLOCK) stops right after it
         s.next_out, s.avail_out = ctypes.addressof(scratch), WINSIZE
-        ret = lib.inflate(ctypes.byref(s), Z_BLOCK)
+        ret = z.inflate(ctypes.byref(s), Z_BLOCK)
         if ret != Z_OK:
             raise RafsError(f"a ZRAN slice crosses a gzip member boundary it cannot decode (zlib {ret})")
         if s.data_type & 0x80:
             break
-    if lib.inflateReset2(ctypes.byref(s), -15) != Z_OK:
+    if z.reset2(ctypes.byref(s), -15) != Z_OK:
         raise RafsError("zlib inflateReset2 failed")

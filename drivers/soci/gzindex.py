@@ -9,7 +9,7 @@ Where a block ends, how many bits of its last byte are unused and what the windo
 the deflate stream, not of how it is fed, so this loop differs from upstream's in how it gets there, not in
 what it finds:
 
-* zlib-ng's inflate when installed (``inflate.py``);
+* zlib-ng's inflate when installed (``acceleration_sdk.zlib_raw.backend``);
 * ``Z_BLOCK`` (one call per block) only where a checkpoint can fall: until the first one, and once
   ``span_size`` of output has passed since the last one. Before that, plain inflate calls are capped so
   output stops exactly at ``span_size`` past the last checkpoint: no block end they cross can qualify;
@@ -29,9 +29,7 @@ import struct
 import threading
 from typing import BinaryIO
 
-from acceleration_sdk.zlib_raw import Z_BLOCK, Z_NEED_DICT, Z_OK, Z_STREAM_END
-
-from .inflate import backend
+from acceleration_sdk.zlib_raw import Z_BLOCK, Z_NEED_DICT, Z_OK, Z_STREAM_END, backend
 
 CHUNK = 1 << 18  # compressed bytes per read (upstream reads 16 KiB; the result does not depend on it)
 SEG = 1 << 20  # output segment: the unit handed to the reader
@@ -134,7 +132,7 @@ class GzipIndexer:
         self._input = ctypes.create_string_buffer(CHUNK)
         self._iaddr = ctypes.addressof(self._input)
         if self._z.init(self._sref, 47) != Z_OK:
-            raise MemoryError(f"{self._z.name}: inflateInit2 failed")
+            raise MemoryError(f"{self._z}: inflateInit2 failed")
         self.totin = self.totout = self._last = 0
         self.checkpoints: list[Checkpoint] = []
         self._hasher = _SpanHasher()
@@ -217,8 +215,8 @@ class GzipIndexer:
             if s.avail_in == 0 and not self._next_chunk():
                 self._finish()
                 return 0
-            if self._z.reset(self._sref, 47) != Z_OK:
-                raise GzipIndexError(f"{self._z.name}: inflateReset2 failed")
+            if self._z.reset2(self._sref, 47) != Z_OK:
+                raise GzipIndexError(f"{self._z}: inflateReset2 failed")
             self._member_end = False
         if s.avail_in == 0 and not self._next_chunk():
             raise GzipIndexError(f"truncated gzip stream: it ends at byte {self._chunk_off} before the end of "
