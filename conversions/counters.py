@@ -42,8 +42,8 @@ def add(**deltas: int) -> None:
     A total nobody has added to yet has no row. Reading back which rows exist and inserting the rest is a
     race on PostgreSQL (READ COMMITTED): another transaction may insert and commit the row between our
     UPDATE (which did not see it) and our read (which does), and the addition is lost -- the first two
-    conversions to finish on a fresh database lost one conversion and its followers
-    (tests/service/test_races_on_postgresql.py). So a short UPDATE is undone, every row is made with
+    conversions to finish on a fresh database lost one conversion and its followers (tests/service/pg_races.py,
+    run on PostgreSQL by test_races_on_postgresql.py). So a short UPDATE is undone, every row is made with
     INSERT ... ON CONFLICT DO NOTHING (which waits for a concurrent insert of the same name to commit or
     roll back), and the UPDATE is done again: it then finds every row, and F() adds to the newest value.
     """

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -143,21 +144,30 @@ class PostgresServer:
         self.stop()
 
 
-def pytest_on_postgresql(test_file: str, *, deselect: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``test_file`` again in a child pytest whose ``DATABASE_URL`` is a fresh PostgreSQL (stopped after),
-    leaving out the tests ``-k`` matches with ``deselect`` (the caller). Skips when this run already is on
-    PostgreSQL. The caller asserts on the returned run (its stdout holds pytest's summary)."""
-    import pytest
-
-    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        pytest.skip("this run is the PostgreSQL one")
+def pytest_on_postgresql(test_file: str, *, deselect: str | None = None,
+                         env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``test_file`` (named explicitly, so pytest collects it even when its name is outside
+    ``python_files``) in a child pytest whose ``DATABASE_URL`` is a fresh PostgreSQL (stopped after), leaving
+    out the tests ``-k`` matches with ``deselect`` (the caller, when it is in that file). Always a server of
+    its own, even when this run already is on PostgreSQL: the child's result never depends on the parent's
+    database, and nothing is skipped. The caller asserts on the returned run, e.g. with ``outcomes``."""
     server = PostgresServer().start()
     try:
         return subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider",
-                               "-k", f"not {deselect}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                               *(["-k", f"not {deselect}"] if deselect else [])],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600,
                               env={**os.environ, **(env or {}), "DATABASE_URL": server.url})
     finally:
         server.stop()
+
+
+def outcomes(run: subprocess.CompletedProcess) -> dict[str, int]:
+    """The counts of a child pytest's last line ("1 failed, 5 passed, 2 warnings in 3.1s"), warnings left
+    out: e.g. ``{"failed": 1, "passed": 5}``. A caller compares the whole dict, so a test that failed,
+    errored, was skipped or was never collected changes it."""
+    lines = run.stdout.strip().splitlines()
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) ([a-z]+)", lines[-1] if lines else "")}
+    return {word: n for word, n in counts.items() if word not in ("warning", "warnings")}
 
 
 class RedisServer:
