@@ -192,9 +192,8 @@ def _naming_files(path: str, message: str) -> str:
     blob is verified chunk by chunk (its own, then what it reads from dict blobs) before its tree is read."""
     try:
         rafs = Rafs(BlobFile(path).bootstrap)
-        if found := re.match(r"inode (\d+): chunk \d+ of dict blob", message):   # read from a dict blob
-            names = [name for name, inode in rafs.walk() if inode.nid == int(found.group(1))][:1]
-        elif found := re.match(r"chunk (\d+)(?: of blob sha256:(\w+))?:", message):
+        # "chunk N:" (its own blob), "chunk N of blob sha256:X:" (validate), "chunk N of dict blob sha256:X:"
+        if found := re.match(r"chunk (\d+)(?: of (?:dict )?blob sha256:(\w+))?:", message):
             index, blob_id = int(found.group(1)), found.group(2)
             blobs = {i for i, b in enumerate(rafs.blobs) if b.blob_id == blob_id} if blob_id else {0}  # 0: its own
             names = [name for name, inode in rafs.walk() if stat.S_ISREG(inode.mode)
