@@ -66,17 +66,14 @@ class NydusChecker:
         self._dicts: dict[int, int | None] = {}   # chunk dict blob layers others read from -> entries on its turn
         self._get_layer = None                # the check's get_layer (bind): a layer's path, ahead of its turn
         # OCI-ref (zran) layers: their parsed blobs by *source* gzip digest hex (``.refcheck``), and how to fetch
-        # a blob of the checked repository (the gzip layers are not in the manifest): ``bind_spool``
+        # a blob of the checked repository (the gzip layers are not in the manifest): bind's ``spool``
         self.ref_blobs: dict = {}
         self.spool = None
 
-    def bind_spool(self, spool) -> None:
-        """``spool(descriptor) -> path``: a blob of the checked repository downloaded (verified) into the work
-        directory; the caller removes it."""
-        self.spool = spool
-
-    def bind(self, get_manifest, get_blob, *, get_layer) -> None:
-        self._get_layer = get_layer
+    def bind(self, get_manifest, get_blob, *, get_layer, spool) -> None:
+        """``get_layer(i)``: a later layer's path (chunk dict blobs), kept by the check for the layer's own turn;
+        ``spool(descriptor)``: any blob of the checked repository on disk (zran's gzip layers), removed here."""
+        self._get_layer, self.spool = get_layer, spool
 
     def check_manifest(self, manifest, config) -> None:
         """nydusify's manifest rule; blob layers' media types and annotations are checked with each layer."""

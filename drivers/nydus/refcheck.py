@@ -3,7 +3,7 @@ layers annotated ``containerd.io/snapshot/nydus-ref`` and bootstraps naming zran
 
 A zran layer cannot be read alone: its chunks are slices of the source gzip layer it names, which is not in
 the manifest but in the same repository (where nydusd fetches it). The checker spools that gzip layer through
-``bind_spool`` (acceleration_sdk.check: downloaded into the check's work directory, digest and size verified),
+``bind``'s ``spool`` (acceleration_sdk.check: downloaded into the check's work directory, digest and size verified),
 decodes every chunk from it through the blob's ZRAN contexts (sha256 against blob.digest, crc32c against the
 chunk table) and yields the entries for ``--source``; the merged bootstrap is then held to nydusd's rules and
 cross-checked against each zran blob's tables (``refblob.validate_ref``).
