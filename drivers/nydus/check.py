@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import re
 import stat
-import tarfile
 from typing import Iterator
 
-from acceleration_sdk.compression import open_decompressed
 from acceleration_sdk.errors import LayerError
 from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, Descriptor
 from acceleration_sdk.testing.entries import Allowances, LayerEntry
 
 from .blobfile import BlobFile
-from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
+from .bootlayer import read_bootstrap_layer
+from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .entries import read_layer
 from .layout import B_ZRAN, RafsError
 from .reader import Rafs
@@ -40,7 +39,6 @@ from .validate import validate
 # is no tar: its diff_id is its own digest.
 ALLOWANCES = Allowances(dropped=frozenset({"uname", "gname"}), mtime_precision=1.0, mtime_truncated=True,
                         implicit_dirs=True, keeps_order=False, tar_view=False, diff_id="blob")
-MAX_BOOTSTRAP = 512 << 20  # a bootstrap is metadata (a Debian rootfs: a few MB); bigger is refused, not read
 
 
 SHOWN = 3  # differences between the merged bootstrap and the layers named on the FAIL line
@@ -155,7 +153,8 @@ class NydusChecker:
             if desc.annotations.get(key) != value:
                 raise LayerError(f"annotation {key} is {desc.annotations.get(key)!r}, expected {value!r}",
                                  digest=desc.digest)
-        rafs = Rafs(_bootstrap(path))
+        with open(path, "rb") as fh:
+            rafs = Rafs(read_bootstrap_layer(fh)[0])   # image.boot only: the blob.meta files come with the blobs
         if rafs.blobs and all(b.features & B_ZRAN for b in rafs.blobs):   # an OCI-ref (zran) image
             from .refcheck import check_ref_bootstrap
             check_ref_bootstrap(self, rafs, desc)
@@ -202,15 +201,3 @@ def _naming_files(path: str, message: str) -> str:
     if not names:
         return message
     return f"{names[0]!r}" + (f" (and {len(names) - 1} more files)" if len(names) > 1 else "") + f": {message}"
-
-
-def _bootstrap(path: str) -> bytes:
-    """``image/image.boot`` from the bootstrap layer's tar, streamed through."""
-    want = f"{BOOTSTRAP_DIR}/image.boot"
-    with open(path, "rb") as fh, tarfile.open(fileobj=open_decompressed(fh), mode="r|") as tf:
-        for info in tf:
-            if info.name.lstrip("./") == want and info.isreg():
-                if info.size > MAX_BOOTSTRAP:
-                    raise LayerError(f"{want} is {info.size} bytes, more than {MAX_BOOTSTRAP}")
-                return tf.extractfile(info).read()
-    raise LayerError(f"the bootstrap layer holds no {want}")
