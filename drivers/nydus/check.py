@@ -105,7 +105,7 @@ class NydusChecker:
             raise LayerError(f"missing annotation {BLOB_ANNOTATION}: \"true\"", digest=desc.digest)
         if REF_ANNOTATION in desc.annotations:   # OCI-ref (zran): its chunks are slices of the gzip layer it names
             from .refcheck import check_ref_layer
-            return check_ref_layer(self, desc, path)
+            return check_ref_layer(self, index, desc, path)
         entries = self._entries(index, desc, path)
         if index not in self._dicts:
             return entries
@@ -158,7 +158,11 @@ class NydusChecker:
         if rafs.blobs and all(b.features & B_ZRAN for b in rafs.blobs):   # an OCI-ref (zran) image
             from .refcheck import check_ref_bootstrap
             check_ref_bootstrap(self, rafs, desc)
-            return
+        else:
+            self._check_blob_tables(rafs, desc)
+        self._check_trees(rafs, desc)
+
+    def _check_blob_tables(self, rafs: Rafs, desc: Descriptor) -> None:
         for b in rafs.blobs:
             if b.blob_id not in self._blobs:
                 raise LayerError(f"the bootstrap names blob sha256:{b.blob_id}, which is no layer of the image",
@@ -168,6 +172,9 @@ class NydusChecker:
                                  digest=desc.digest)
         # the blob layers' data was verified as they were read: here the tables must agree
         validate(rafs, {b.blob_id: self._blobs[b.blob_id] for b in rafs.blobs}, strict=True, verify_data=False)
+
+    def _check_trees(self, rafs: Rafs, desc: Descriptor) -> None:
+        """What nydusd mounts (the merged bootstrap) against the blob layers' own trees merged (zran ones too)."""
         if any(i not in self._trees for i in range(self._last)):  # a blob layer failed (its own line says why)
             return
         # the image's own layers by the history's count, else every blob layer but the dict blobs others read
