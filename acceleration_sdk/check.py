@@ -18,9 +18,12 @@ tag when ``converter.verify`` is on. Per image manifest (each platform of an ind
 
 A checker may also have ``check_manifest(manifest, config)``: rules about the whole manifest (a nydus image's
 bootstrap is its last layer), run before the layers; a problem is one ``FAIL <manifest>: <why>`` line. A checker
-whose layers read from later layers (nydus ``chunk_dict_ref``: the dict's blobs come after the layers pointing
-into them) takes ``get_layer`` in ``bind``: ``get_layer(i)`` spools layer ``i`` ahead of its turn (streamed to
-the work dir, digest verified) and keeps it until the manifest is checked; its own turn reuses that file.
+that reads blobs besides the layer at hand takes them from ``bind``, by keyword, as disk files (streamed to the
+work dir, digest and size verified, never in memory): ``spool(descriptor)`` any blob of the checked repository
+(nydus OCI-ref: the gzip layers the manifest does not list; the caller removes the file), and ``get_layer(i)``
+the manifest's layer ``i`` ahead of its turn, spooled once through the same download and kept until the manifest
+is checked (nydus ``chunk_dict_ref``: the dict's blobs come after the layers pointing into them); its own turn
+reuses that file.
 """
 from __future__ import annotations
 
@@ -191,20 +194,21 @@ def _check_manifest(client, ref, raw, desc, label, work, source, driver, fallbac
         name, checker = _checker(manifest, driver, fallback)
     except _Failed as exc:
         raise _Failed(f"{where}: {exc}") from None
-    ahead = _Ahead(client, ref, manifest.layers, work)
+    spooler = _Spooler(client, ref, manifest.layers, work)
     try:
-        return _check_layers(client, ref, desc, manifest, name, checker, ahead, where, work, source, say, failures,
+        return _check_layers(client, ref, desc, manifest, name, checker, spooler, where, work, source, say, failures,
                              referrers)
     finally:
-        ahead.close()
+        spooler.close()
 
 
-def _check_layers(client, ref, desc, manifest, name, checker, ahead, where, work, source, say, failures,
+def _check_layers(client, ref, desc, manifest, name, checker, spooler, where, work, source, say, failures,
                   referrers) -> int:
     bind = getattr(checker, "bind", None)
-    if bind is not None:  # the format keeps an index beside the image (SOCI's ztocs): the checker fetches it
+    if bind is not None:  # the checker reads more than the layer at hand (SOCI's ztocs, nydus's other blobs)
         extra = {"image": desc, "get_referrers": lambda: referrers(desc.digest),  # for SOCI v1's lookup
-                 "get_layer": ahead.get}
+                 "get_layer": spooler.get,  # nydus chunk_dict_ref: a later layer, kept for its own turn
+                 "spool": spooler.spool}    # nydus OCI-ref: the gzip layers its manifest does not list
         wanted = inspect.signature(bind).parameters
         try:
             bind(lambda digest: client.get_manifest(ref.with_digest(digest)).raw,
@@ -214,9 +218,6 @@ def _check_layers(client, ref, desc, manifest, name, checker, ahead, where, work
             raise _Failed(f"{where}: {name}: {exc}") from None
         except ValueError as exc:
             raise _Failed(f"{where}: {name}: unreadable ({exc})") from None
-    bind_spool = getattr(checker, "bind_spool", None)
-    if bind_spool is not None:  # layers that reference blobs outside the manifest (nydus OCI-ref: the gzip layers)
-        bind_spool(lambda d: _spool(client, ref, d, work, prefix="ref-"))
     config = json.loads(_small_blob(client, ref, manifest.config))
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(manifest.layers):
@@ -240,7 +241,7 @@ def _check_layers(client, ref, desc, manifest, name, checker, ahead, where, work
     for i, layer in enumerate(manifest.layers):
         head = layer.digest
         try:
-            detail = _check_layer(client, ref, i, layer, diff_ids[i], checker, work, source, source_layers, ahead)
+            detail = _check_layer(client, ref, i, layer, diff_ids[i], checker, work, source, source_layers, spooler)
         except Exception as exc:  # a hostile blob may break a parser anywhere: a FAIL line, not a traceback
             why = str(exc) if isinstance(exc, AccelError) else f"unreadable ({type(exc).__name__}: {exc})"
             line = f"FAIL {head}: {why}"
@@ -262,20 +263,27 @@ def _spool(client: RegistryClient, ref: Reference, desc: oci.Descriptor, work: s
     return path
 
 
-class _Ahead:
-    """Layers a checker asked for before their turn (``get_layer``): spooled once, kept until the manifest is
-    checked -- on disk, never in memory (a nydus chunk-dict blob may be bigger than any bound we would set)."""
+class _Spooler:
+    """The blobs a checker reads besides the layer at hand (``bind``'s ``spool`` and ``get_layer``), on disk,
+    never in memory (a nydus chunk-dict blob or gzip layer may be bigger than any bound we would set).
+
+    ``spool(descriptor)``: any blob of the checked repository; the caller removes the file. ``get(index)``: the
+    manifest's layer ``index`` through the same download, once, kept until :meth:`close` (the manifest is
+    checked): its own turn reuses the file (``paths``)."""
 
     def __init__(self, client: RegistryClient, ref: Reference, layers: list[oci.Descriptor], work: str):
         self._client, self._ref, self._layers, self._work = client, ref, layers, work
         self.paths: dict[int, str] = {}
+
+    def spool(self, desc: oci.Descriptor, prefix: str = "ref-") -> str:
+        return _spool(self._client, self._ref, desc, self._work, prefix)
 
     def get(self, index: int) -> str:
         if not 0 <= index < len(self._layers):
             raise LayerError(f"layer {index} asked for: the manifest has {len(self._layers)} layer(s)")
         path = self.paths.get(index)
         if path is None:  # a download that fails leaves no file and no entry: the next ask tries again
-            path = _spool(self._client, self._ref, self._layers[index], self._work, prefix=f"ahead{index}-")
+            path = self.spool(self._layers[index], prefix=f"ahead{index}-")
             self.paths[index] = path
         return path
 
@@ -285,11 +293,11 @@ class _Ahead:
         self.paths.clear()
 
 
-def _check_layer(client, ref, i, layer, diff_id, checker, work, source, source_layers, ahead: _Ahead) -> str:
+def _check_layer(client, ref, i, layer, diff_id, checker, work, source, source_layers, spooler: _Spooler) -> str:
     """One layer, spooled and removed again: the disk holds at most a layer and its source at a time, besides
     the layers the checker asked for ahead (kept, and not fetched again here)."""
-    if i in ahead.paths:
-        return _check_spooled(client, ahead.paths[i], i, layer, diff_id, checker, work, source, source_layers)
+    if i in spooler.paths:
+        return _check_spooled(client, spooler.paths[i], i, layer, diff_id, checker, work, source, source_layers)
     path = _spool(client, ref, layer, work)
     try:
         return _check_spooled(client, path, i, layer, diff_id, checker, work, source, source_layers)

@@ -81,17 +81,19 @@ class ImageChecker(Protocol):
         nydus bootstrap, a chunk dict blob: verify it in check_layer then). Problems raise ``AccelError`` (``LayerError``) with the reason. ``path`` is removed
         once the entries are read: keep what later layers need (parsed), not the path."""
 
-    # Optional: ``bind(get_manifest, get_blob, *, image, get_referrers)`` -- called once per image manifest
+    # Optional: ``bind(get_manifest, get_blob, *, image, get_referrers, get_layer, spool)`` -- once per manifest
     # before its layers when the checker has it, for formats that keep an index beside the image (SOCI's
     # ztocs): ``get_manifest(digest)`` returns a manifest's bytes from the checked repository,
     # ``get_blob(descriptor)`` a blob's bytes (bounded: 256 MiB), for the checker to fetch now or during
     # check_layer. The keywords are passed only when bind declares them: ``image`` is the image manifest's
     # descriptor, ``get_referrers()`` the descriptors of the manifests that refer to it (referrers API, else
-    # the referrers tag; SOCI index v1). ``get_layer(index)`` returns the path of the manifest's layer ``index``
-    # spooled ahead of its turn (streamed to the check's work dir, digest and size verified, never held in
-    # memory) and kept until the manifest is checked, for a layer that reads from a later one (nydus
-    # ``chunk_dict_ref``: the dict's blobs follow the layers pointing into them); that layer's own turn reuses
-    # the file. A failed download raises ``AccelError`` (the asking layer's FAIL line).
+    # the referrers tag; SOCI index v1). Blobs read as files, of any size, come spooled (streamed to
+    # the check's work dir, digest and size verified, never held in memory): ``spool(descriptor)`` returns the
+    # path of any blob of the checked repository, which the checker removes (nydus ``oci_ref``: the gzip layers
+    # the manifest does not list); ``get_layer(index)`` the path of the manifest's layer ``index`` spooled ahead
+    # of its turn through the same download and kept until the manifest is checked, for a layer that reads from
+    # a later one (nydus ``chunk_dict_ref``: the dict's blobs follow the layers pointing into them); that layer's
+    # own turn reuses the file. A failed download raises ``AccelError`` (the asking layer's FAIL line).
     # Optional: ``unpaired_detail(index) -> str`` -- the ``ok`` line's text for a layer ``check_layer`` returned
     # ``None`` for (no source counterpart: a nydus bootstrap, a chunk dict blob).
     # Optional: ``check_manifest(manifest, config)`` -- rules about the whole manifest (nydus: the bootstrap is

@@ -23,9 +23,9 @@ import re
 from typing import Iterable, Mapping
 
 from . import oci
-from .errors import NotFoundError, UnsupportedMediaTypeError
+from .errors import ConversionError, NotFoundError, UnsupportedMediaTypeError
 from .oci import Descriptor
-from .reference import Reference
+from .reference import Reference, is_digest
 from .registry import RegistryClient
 
 log = logging.getLogger("acceleration_sdk.referrers")
@@ -83,6 +83,49 @@ def list_referrers(client: RegistryClient, repo: Reference, subject: str) -> lis
     return list(oci.Index.from_json(fetched.raw, fetched.media_type, str(repo)).manifests)
 
 
+def _listed_index(tag: Reference, raw: bytes) -> dict:
+    """The index at the referrers tag, every entry a descriptor we can keep as it is (digest, size, media type,
+    annotations and artifactType of the right kinds). Anything else fails the conversion (ConversionError,
+    nothing tagged yet): the entries are other producers' (signatures, SBOMs), so a careful tool neither drops
+    what it cannot read nor guesses; the tag's owner fixes or deletes it."""
+    def malformed(why: str) -> ConversionError:
+        return ConversionError(f"the referrers tag {tag} holds a malformed index ({why}): not touching it; fix or "
+                               "delete that tag and convert again", reference=str(tag))
+
+    try:
+        top = json.loads(raw)
+    except ValueError as exc:   # JSONDecodeError, UnicodeDecodeError
+        raise malformed(f"not JSON: {exc}") from None
+    if not isinstance(top, dict):
+        raise malformed(f"{_kind(top)}, not an object")
+    if not isinstance(top.get("manifests"), list):
+        raise malformed(f"manifests is {_kind(top.get('manifests'))}, not a list")
+    for i, entry in enumerate(top["manifests"]):
+        where = f"manifests[{i}]"
+        if not isinstance(entry, dict):
+            raise malformed(f"{where} is {_kind(entry)}, not a descriptor")
+        digest, size = entry.get("digest"), entry.get("size")
+        if not is_digest(digest):
+            shown = repr(digest[:80]) if isinstance(digest, str) else _kind(digest)
+            raise malformed(f"{where}.digest is {shown}, not sha256:<64 hex> (or sha512:<128 hex>)")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise malformed(f"{where}.size is {size if isinstance(size, int) else _kind(size)}, not a byte count")
+        for key, kind in (("mediaType", str), ("artifactType", str), ("annotations", dict)):
+            if entry.get(key) is not None and not isinstance(entry[key], kind):   # null: absent, as Go reads it
+                raise malformed(f"{where}.{key} is {_kind(entry[key])}, not {'a string' if kind is str else 'a map'}")
+        if any(not isinstance(v, str) for v in (entry.get("annotations") or {}).values()):
+            raise malformed(f"{where}.annotations holds a value that is not a string")
+    return top
+
+
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean"}
+
+
+def _kind(value) -> str:
+    return "missing or null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TagUpdate:
     """A new referrers index for one subject, to be tagged last (``raw`` is already pushed by digest)."""
@@ -100,7 +143,8 @@ def prepare_tag_update(client: RegistryClient, repo: Reference, subject: str, ne
     ``artifactType`` whose annotations hold every pair of ``replaces`` (a stale output of the same producer:
     the new entry takes its place, so a client that picks the first one -- the SOCI snapshotter -- gets the
     new one), and an entry whose manifest is gone (the registry would refuse an index naming it). ``None``
-    when nothing changes.
+    when nothing changes. A malformed index at the tag (not an object, ``manifests`` not a list, an entry that is
+    no descriptor) is a ``ConversionError`` naming the tag: nothing of it is dropped or rewritten.
     """
     tag = repo.with_tag(referrers_tag(subject))
     top: dict = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": []}
@@ -109,10 +153,10 @@ def prepare_tag_update(client: RegistryClient, repo: Reference, subject: str, ne
         if fetched.media_type != oci.OCI_INDEX:
             raise UnsupportedMediaTypeError(f"{tag} is a {fetched.media_type}, not the OCI image index of the "
                                             "referrers tag schema: not touching it")
-        top = json.loads(fetched.raw)
+        top = _listed_index(tag, fetched.raw)
     except NotFoundError:
         fetched = None
-    old = [d for d in top.get("manifests") or () if isinstance(d, dict)]
+    old = list(top["manifests"])
     new = list(new)
     mine = {d["digest"] for d in new}
     kept: list[dict] = []

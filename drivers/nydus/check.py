@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import re
 import stat
-import tarfile
 from typing import Iterator
 
-from acceleration_sdk.compression import open_decompressed
 from acceleration_sdk.errors import LayerError
 from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, Descriptor
 from acceleration_sdk.testing.entries import Allowances, LayerEntry
 
 from .blobfile import BlobFile
-from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
+from .bootlayer import read_bootstrap_layer
+from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .entries import read_layer
 from .layout import B_ZRAN, RafsError
 from .reader import Rafs
@@ -40,7 +39,6 @@ from .validate import validate
 # is no tar: its diff_id is its own digest.
 ALLOWANCES = Allowances(dropped=frozenset({"uname", "gname"}), mtime_precision=1.0, mtime_truncated=True,
                         implicit_dirs=True, keeps_order=False, tar_view=False, diff_id="blob")
-MAX_BOOTSTRAP = 512 << 20  # a bootstrap is metadata (a Debian rootfs: a few MB); bigger is refused, not read
 
 
 SHOWN = 3  # differences between the merged bootstrap and the layers named on the FAIL line
@@ -66,17 +64,14 @@ class NydusChecker:
         self._dicts: dict[int, int | None] = {}   # chunk dict blob layers others read from -> entries on its turn
         self._get_layer = None                # the check's get_layer (bind): a layer's path, ahead of its turn
         # OCI-ref (zran) layers: their parsed blobs by *source* gzip digest hex (``.refcheck``), and how to fetch
-        # a blob of the checked repository (the gzip layers are not in the manifest): ``bind_spool``
+        # a blob of the checked repository (the gzip layers are not in the manifest): bind's ``spool``
         self.ref_blobs: dict = {}
         self.spool = None
 
-    def bind_spool(self, spool) -> None:
-        """``spool(descriptor) -> path``: a blob of the checked repository downloaded (verified) into the work
-        directory; the caller removes it."""
-        self.spool = spool
-
-    def bind(self, get_manifest, get_blob, *, get_layer) -> None:
-        self._get_layer = get_layer
+    def bind(self, get_manifest, get_blob, *, get_layer, spool) -> None:
+        """``get_layer(i)``: a later layer's path (chunk dict blobs), kept by the check for the layer's own turn;
+        ``spool(descriptor)``: any blob of the checked repository on disk (zran's gzip layers), removed here."""
+        self._get_layer, self.spool = get_layer, spool
 
     def check_manifest(self, manifest, config) -> None:
         """nydusify's manifest rule; blob layers' media types and annotations are checked with each layer."""
@@ -110,7 +105,7 @@ class NydusChecker:
             raise LayerError(f"missing annotation {BLOB_ANNOTATION}: \"true\"", digest=desc.digest)
         if REF_ANNOTATION in desc.annotations:   # OCI-ref (zran): its chunks are slices of the gzip layer it names
             from .refcheck import check_ref_layer
-            return check_ref_layer(self, desc, path)
+            return check_ref_layer(self, index, desc, path)
         entries = self._entries(index, desc, path)
         if index not in self._dicts:
             return entries
@@ -158,11 +153,16 @@ class NydusChecker:
             if desc.annotations.get(key) != value:
                 raise LayerError(f"annotation {key} is {desc.annotations.get(key)!r}, expected {value!r}",
                                  digest=desc.digest)
-        rafs = Rafs(_bootstrap(path))
+        with open(path, "rb") as fh:
+            rafs = Rafs(read_bootstrap_layer(fh)[0])   # image.boot only: the blob.meta files come with the blobs
         if rafs.blobs and all(b.features & B_ZRAN for b in rafs.blobs):   # an OCI-ref (zran) image
             from .refcheck import check_ref_bootstrap
             check_ref_bootstrap(self, rafs, desc)
-            return
+        else:
+            self._check_blob_tables(rafs, desc)
+        self._check_trees(rafs, desc)
+
+    def _check_blob_tables(self, rafs: Rafs, desc: Descriptor) -> None:
         for b in rafs.blobs:
             if b.blob_id not in self._blobs:
                 raise LayerError(f"the bootstrap names blob sha256:{b.blob_id}, which is no layer of the image",
@@ -172,6 +172,9 @@ class NydusChecker:
                                  digest=desc.digest)
         # the blob layers' data was verified as they were read: here the tables must agree
         validate(rafs, {b.blob_id: self._blobs[b.blob_id] for b in rafs.blobs}, strict=True, verify_data=False)
+
+    def _check_trees(self, rafs: Rafs, desc: Descriptor) -> None:
+        """What nydusd mounts (the merged bootstrap) against the blob layers' own trees merged (zran ones too)."""
         if any(i not in self._trees for i in range(self._last)):  # a blob layer failed (its own line says why)
             return
         # the image's own layers by the history's count, else every blob layer but the dict blobs others read
@@ -192,9 +195,8 @@ def _naming_files(path: str, message: str) -> str:
     blob is verified chunk by chunk (its own, then what it reads from dict blobs) before its tree is read."""
     try:
         rafs = Rafs(BlobFile(path).bootstrap)
-        if found := re.match(r"inode (\d+): chunk \d+ of dict blob", message):   # read from a dict blob
-            names = [name for name, inode in rafs.walk() if inode.nid == int(found.group(1))][:1]
-        elif found := re.match(r"chunk (\d+)(?: of blob sha256:(\w+))?:", message):
+        # "chunk N:" (its own blob), "chunk N of blob sha256:X:" (validate), "chunk N of dict blob sha256:X:"
+        if found := re.match(r"chunk (\d+)(?: of (?:dict )?blob sha256:(\w+))?:", message):
             index, blob_id = int(found.group(1)), found.group(2)
             blobs = {i for i, b in enumerate(rafs.blobs) if b.blob_id == blob_id} if blob_id else {0}  # 0: its own
             names = [name for name, inode in rafs.walk() if stat.S_ISREG(inode.mode)
@@ -206,15 +208,3 @@ def _naming_files(path: str, message: str) -> str:
     if not names:
         return message
     return f"{names[0]!r}" + (f" (and {len(names) - 1} more files)" if len(names) > 1 else "") + f": {message}"
-
-
-def _bootstrap(path: str) -> bytes:
-    """``image/image.boot`` from the bootstrap layer's tar, streamed through."""
-    want = f"{BOOTSTRAP_DIR}/image.boot"
-    with open(path, "rb") as fh, tarfile.open(fileobj=open_decompressed(fh), mode="r|") as tf:
-        for info in tf:
-            if info.name.lstrip("./") == want and info.isreg():
-                if info.size > MAX_BOOTSTRAP:
-                    raise LayerError(f"{want} is {info.size} bytes, more than {MAX_BOOTSTRAP}")
-                return tf.extractfile(info).read()
-    raise LayerError(f"the bootstrap layer holds no {want}")

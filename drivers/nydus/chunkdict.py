@@ -25,24 +25,18 @@ import collections
 import dataclasses
 import tarfile
 import threading
-from typing import Collection
 
-from acceleration_sdk.compression import open_decompressed
 from acceleration_sdk.errors import ConversionError, LayerError
 from acceleration_sdk.oci import INDEX_TYPES, Descriptor, Index, Manifest
 
 from . import layout as L
+from .bootlayer import BootstrapLayerError, read_bootstrap_layer
 from .layout import Chunk, RafsError
-from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, NYDUS_BLOB
+from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, NYDUS_BLOB
 from .reader import Rafs
 from .validate import validate
 
 DICT_LABEL = 1 << 20        # chunk labels at or above this name a dict blob (layer positions stay far below)
-MAX_BOOTSTRAP = 512 << 20   # the dict's image.boot is held in memory: metadata, a few MB for a Debian rootfs
-MAX_META = 64 << 20         # one blob.meta (16 bytes a chunk)
-# every blob.meta kept from one dict, together: the tar may name any number of them, and a gzip of zeros
-# makes 64 MiB of one cost 64 KiB of layer (256 MiB: 16M chunks, 64 GiB of data at the smallest chunk size)
-MAX_METAS = 256 << 20
 NYDUS_ARTIFACT = "application/vnd.nydus.image.manifest.v1+json"   # merge_manifest's nydus children
 NYDUS_OS_FEATURE = "nydus.remoteimage.v1"                          # older nydusify's mark
 # dict blob features this builder cannot point into: zran (oci_ref), batch, encrypted, tarfs chunks
@@ -144,33 +138,6 @@ def _is_nydus(manifest: Manifest) -> bool:
     return bool(manifest.layers) and manifest.layers[-1].annotations.get(BOOTSTRAP_ANNOTATION) == "true"
 
 
-def read_bootstrap_layer(fh, name: str, wanted: Collection[str]) -> tuple[bytes, dict[str, bytes]]:
-    """``image/image.boot`` and the ``image/<id>.blob.meta`` files of a bootstrap layer (gzip tar), streamed;
-    only the blob.meta of a blob id in ``wanted`` (the dict's blob layers) is kept, and at most MAX_METAS of
-    them together: the others are never read into memory."""
-    boot, metas, kept = None, {}, 0
-    with tarfile.open(fileobj=open_decompressed(fh), mode="r|") as tf:
-        for info in tf:
-            path = info.name.lstrip("./")
-            if not info.isreg() or not path.startswith(BOOTSTRAP_DIR + "/"):
-                continue
-            base = path[len(BOOTSTRAP_DIR) + 1:]
-            if base == "image.boot":
-                if info.size > MAX_BOOTSTRAP:
-                    raise ConversionError(f"chunk_dict_ref {name}: image.boot is {info.size} bytes, more than "
-                                          f"{MAX_BOOTSTRAP}")
-                boot = tf.extractfile(info).read()
-            elif base.endswith(".blob.meta") and info.size <= MAX_META and base[:-len(".blob.meta")] in wanted:
-                if kept + info.size > MAX_METAS:
-                    raise ConversionError(f"chunk_dict_ref {name}: the blob.meta files of its blob layers are more "
-                                          f"than {MAX_METAS} bytes together")
-                kept += info.size
-                metas[base[:-len(".blob.meta")]] = tf.extractfile(info).read()
-    if boot is None:
-        raise ConversionError(f"chunk_dict_ref {name}: the bootstrap layer holds no {BOOTSTRAP_DIR}/image.boot")
-    return boot, metas
-
-
 class DictCache:
     """Loaded dicts by manifest digest (a few: one per dict image and platform), shared by a driver's layers."""
 
@@ -191,8 +158,10 @@ class DictCache:
                                                             annotations={BLOB_ANNOTATION: "true"})
                       for d in manifest.layers[:-1] if d.media_type == NYDUS_BLOB}
             with image.open_blob(manifest.layers[-1]) as fh:
-                try:
-                    boot, metas = read_bootstrap_layer(fh, name, layers)
+                try:   # only the blob.meta of the dict's blob layers is kept (bounded: .bootlayer)
+                    boot, metas = read_bootstrap_layer(fh, layers)
+                except BootstrapLayerError as exc:
+                    raise ConversionError(f"chunk_dict_ref {name}: {exc}", reference=name) from None
                 # LayerError: the SDK's decompressor (bad gzip/zstd); the walk would name the layer being
                 # converted, so it is said here that the dict's layer is the broken one
                 except (tarfile.TarError, OSError, EOFError, LayerError) as exc:

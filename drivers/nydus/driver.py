@@ -4,7 +4,7 @@ The image layout is nydus-snapshotter's ``pkg/converter`` (facts and source line
 section 3): each source layer becomes ``application/vnd.oci.image.layer.nydus.blob.v1`` (the blob that
 ``nydus-image create --type tar-rafs --blob-inline-meta --features blob-toc`` writes; diff_id = its digest),
 and :meth:`NydusDriver.finalize_manifest` appends a gzip'd tar of ``image/image.boot`` (the merged bootstrap)
-and ``image/<blob id>.blob.meta`` files, with its diff_id and a history entry.
+and ``image/<blob id>.blob.meta`` files (``.bootlayer``), with its diff_id and a history entry.
 
 A blob depends only on the source layer, the compressor, the digester and the chunk size, so it is reusable
 across images (the layer caches); the bootstrap is per image. With ``chunk_dict_ref`` it depends on the dict too:
@@ -16,11 +16,7 @@ layer-cache hit, local or remote -- back from its blob's own per-layer bootstrap
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import logging
-import tarfile
 import collections
 import threading
 from typing import Any, Mapping
@@ -29,10 +25,11 @@ from acceleration_sdk.driver import ConvertedLayer, LayerDriver
 from acceleration_sdk.errors import DriverError
 from acceleration_sdk.oci import DOCKER_LAYER_GZIP, OCI_MANIFEST, OCI_LAYER_GZIP, Descriptor
 
+from .bootlayer import write_bootstrap_layer
 from .builder import BuildOptions, LayerResult, at_position, convert_layer, layer_from_blob, merge_bootstrap
 from .merge import ARTIFACT_TYPE, merged_entries
 from .chunkdict import ChunkDict, DictCache
-from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, BOOTSTRAP_DIR, FS_VERSION_ANNOTATION, NYDUS_BLOB
+from .media import BLOB_ANNOTATION, BOOTSTRAP_ANNOTATION, FS_VERSION_ANNOTATION, NYDUS_BLOB
 from .options import OPTIONS
 from .prefetch import patterns
 from .reader import Rafs
@@ -232,30 +229,3 @@ def link_dict_blobs(content, cdict: ChunkDict | None, rafs: Rafs, manifest: dict
         if entry.blob_id in cdict.metas:
             metas[entry.blob_id] = cdict.metas[entry.blob_id]
     return out
-
-
-class _Hashing:
-    """Hashes the uncompressed tar (the bootstrap layer's diff_id) on its way into gzip."""
-
-    def __init__(self, out):
-        self._out, self.sha = out, hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        return self._out.write(data)
-
-
-def write_bootstrap_layer(out, boot: bytes, metas: list[tuple[str, bytes]]) -> str:
-    """``image/`` (0755), ``image/image.boot`` (0444) and ``image/<id>.blob.meta`` files as tar+gzip into
-    ``out`` (nydus-snapshotter's packToTar: zero times, root owner); returns the uncompressed tar's sha256."""
-    with gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
-        hashing = _Hashing(gz)
-        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.USTAR_FORMAT) as tf:
-            folder = tarfile.TarInfo(BOOTSTRAP_DIR)
-            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
-            tf.addfile(folder)
-            for name, data in [("image.boot", boot)] + [(f"{blob_id}.blob.meta", meta) for blob_id, meta in metas]:
-                info = tarfile.TarInfo(f"{BOOTSTRAP_DIR}/{name}")
-                info.mode, info.size = 0o444, len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return "sha256:" + hashing.sha.hexdigest()

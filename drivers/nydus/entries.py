@@ -78,8 +78,9 @@ def _read(path: str, keep_data: bool = True, dict_paths: dict[str, str] | None =
                 entry = rafs.blobs[chunk.blob_index]
                 data = blobs[entry.blob_id].read_chunk(handles[entry.blob_id], chunk.index, entry.compressor)
                 if entry.blob_id != L.INLINE_BLOB_ID and codec.digest(entry.digester, data) != chunk.digest:
-                    raise RafsError(f"chunk {chunk.index} of dict blob sha256:{entry.blob_id} does not match its "
-                                    "digest")
+                    # "chunk N of dict blob sha256:X:" -- check._naming_files finds the files by that chunk
+                    raise RafsError(f"chunk {chunk.index} of dict blob sha256:{entry.blob_id}: its data does not "
+                                    "match its digest")
                 return data
 
             yield from walk_entries(rafs, read_chunk, keep_data)

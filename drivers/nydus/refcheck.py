@@ -3,10 +3,11 @@ layers annotated ``containerd.io/snapshot/nydus-ref`` and bootstraps naming zran
 
 A zran layer cannot be read alone: its chunks are slices of the source gzip layer it names, which is not in
 the manifest but in the same repository (where nydusd fetches it). The checker spools that gzip layer through
-``bind_spool`` (acceleration_sdk.check: downloaded into the check's work directory, digest and size verified),
+``bind``'s ``spool`` (acceleration_sdk.check: downloaded into the check's work directory, digest and size verified),
 decodes every chunk from it through the blob's ZRAN contexts (sha256 against blob.digest, crc32c against the
-chunk table) and yields the entries for ``--source``; the merged bootstrap is then held to nydusd's rules and
-cross-checked against each zran blob's tables (``refblob.validate_ref``).
+chunk table) and yields the entries for ``--source``; the merged bootstrap is then held to nydusd's rules,
+cross-checked against each zran blob's tables (``refblob.validate_ref``) and, by the checker, against the zran
+layers' own trees merged (as for plain nydus blobs).
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from acceleration_sdk.testing.entries import LayerEntry
 from .layout import RafsError
 from .reader import Rafs
 from .refblob import REF_ANNOTATION, RefBlob, read_ref_layer, validate_ref
+from .tree import from_bootstrap
 
 
-def check_ref_layer(checker, desc: Descriptor, path: str) -> Iterator[LayerEntry]:
-    """Parse the zran blob now (its tables are kept for the bootstrap), then read it with its gzip layer."""
+def check_ref_layer(checker, index: int, desc: Descriptor, path: str) -> Iterator[LayerEntry]:
+    """Parse the zran blob now (its tables are kept for the bootstrap), then read it with its gzip layer; once
+    read, its own tree is kept for the merged bootstrap's comparison (``NydusChecker._trees``)."""
     source = desc.annotations[REF_ANNOTATION]
     if not source.startswith("sha256:") or len(source) != 71:
         raise LayerError(f"annotation {REF_ANNOTATION} is {source!r}, not a sha256 layer digest", digest=desc.digest)
@@ -40,7 +43,13 @@ def check_ref_layer(checker, desc: Descriptor, path: str) -> Iterator[LayerEntry
         raise LayerError("a zran layer needs its source gzip layer, and this check cannot fetch blobs",
                          digest=desc.digest)
     size = own.blobs[0].compressed_size if own.blobs else None
-    return _entries(path, spool, Descriptor(media_type=OCI_LAYER_GZIP, digest=source, size=size or 0), size)
+    entries = _entries(path, spool, Descriptor(media_type=OCI_LAYER_GZIP, digest=source, size=size or 0), size)
+    return _then_tree(checker, index, own, entries)
+
+
+def _then_tree(checker, index: int, own: Rafs, entries: Iterator[LayerEntry]) -> Iterator[LayerEntry]:
+    yield from entries
+    checker._trees[index] = from_bootstrap(own, index)   # verified: what the merged bootstrap must show of it
 
 
 def _entries(path: str, spool, gz: Descriptor, size: int | None) -> Iterator[LayerEntry]:

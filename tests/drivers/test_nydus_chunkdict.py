@@ -251,5 +251,9 @@ def test_read_layer_follows_chunks_into_the_dict_blobs_it_is_given(tmp_path):
     coff, csize, _uoff, _usize = dict_blobs[a_id].chunk(0)
     data[coff + csize // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    with open(path, "rb") as fh, pytest.raises(RafsError, match=f"of dict blob sha256:{a_id}"):
+    with open(path, "rb") as fh, pytest.raises(RafsError, match=f"of dict blob sha256:{a_id}") as raised:
         list(read_layer(fh, dict_blobs={a_id: str(bad)}))
+    # accelctl check's FAIL line leads with the files of the layer that read the bad dict chunk
+    from drivers.nydus.check import _naming_files
+    named = _naming_files(str(path), str(raised.value))
+    assert named == f"'copy' (and 2 more files): {raised.value}", named   # copy, usr/shared, its link

@@ -260,3 +260,18 @@ def test_a_chunk_ending_where_a_gzip_member_ends_decodes_as_nydusd_decodes(tmp_p
     with io.BytesIO(gz) as g:
         problems = compare(list(tar_entries(io.BytesIO(tar))), list(read_ref_layer(str(path), g)), ALLOWANCES)
     assert not problems, problems[:5]
+
+
+def test_oci_ref_with_a_chunk_dict_is_refused_at_config_load_and_merge_manifest_is_not():
+    """zran chunks are slices of the source gzip layers: a chunk dict has nothing to deduplicate, so the pair is
+    refused when the config is loaded, naming the key. merge_manifest combines (tests/e2e/test_nydus_zran_merge)."""
+    from acceleration_sdk import config as config_mod
+    from acceleration_sdk.errors import ConfigError
+
+    def load(**opts):
+        return config_mod.from_dict({"provider": {"source": {"reg.example.com": {}}}, "converter": {
+            "driver": {"type": "nydus", "config": {"oci_ref": True, **opts}}}})
+
+    with pytest.raises(ConfigError, match="converter.driver.config.chunk_dict_ref: cannot be combined with oci_ref"):
+        load(chunk_dict_ref="reg.example.com/base/dict:v1-nydus")
+    assert load(merge_manifest=True).converter.driver.config["merge_manifest"] is True

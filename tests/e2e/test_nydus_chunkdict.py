@@ -368,14 +368,14 @@ def test_blob_meta_files_of_no_dict_blob_are_never_read_into_memory(tmp_path, re
 def test_the_blob_meta_files_kept_are_bounded_together(tmp_path, registry, client, monkeypatch):
     """Even the blob.meta of the dict's own blob layers (one per layer, any number of layers) is kept only up to
     MAX_METAS bytes together; past it the conversion fails naming the dict, with nothing pushed."""
-    from drivers.nydus import chunkdict
+    from drivers.nydus import bootlayer
 
     host = registry.host
     push_image(client, f"{host}/base/dict:v1", layers_a())
     dict_target = convert(cfg(tmp_path / "dict-work", host), f"{host}/base/dict:v1").target
     metas = [data for info, data in bootstrap_members(client, dict_target) if info.name.endswith(".blob.meta")]
     assert len(metas) == 2
-    monkeypatch.setattr(chunkdict, "MAX_METAS", len(metas[0]) + len(metas[1]) - 1)   # the dict's two, less one
+    monkeypatch.setattr(bootlayer, "MAX_METAS", len(metas[0]) + len(metas[1]) - 1)   # the dict's two, less one
     push_image(client, f"{host}/apps/app:v1", layers_b())
     mark = len(registry.log())
     with pytest.raises(ConversionError, match=rf"chunk_dict_ref {host}/base/dict@sha256:\w+: the blob.meta files "

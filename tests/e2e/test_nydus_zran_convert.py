@@ -214,3 +214,27 @@ def test_a_target_in_another_repository_gets_the_gzip_layers_too(tmp_path, regis
     check_ref_image(client, other, manifest, src.manifest, tmp_path)            # gzip layers read from `other`
     mounts = [line for line in registry.log()[mark:].splitlines() if "mount=" in line and "zran/elsewhere" in line]
     assert len(mounts) >= 3, registry.log()[mark:][-3000:]
+
+
+def test_a_file_the_merged_bootstrap_shows_otherwise_than_its_zran_layer_fails(tmp_path, registry, client):
+    """The merged bootstrap is held to the zran layers' own trees merged, as for a plain nydus image: a mode
+    changed in the merged bootstrap only (every table still agreeing with the zran blobs) FAILs, naming the file."""
+    import struct
+
+    from acceleration_sdk.check import check_image
+    from tests.e2e.test_check_nydus import variant
+
+    repo = f"{registry.host}/zran/trees"
+    push_image(client, f"{repo}:v1", three_layers())
+    result = convert(make_cfg(tmp_path / "work", fs_chunk_size="0x1000"), f"{repo}:v1")
+    checked = check_image(client, parse(result.target))
+    assert checked.ok and checked.lines[-2].endswith(", verified against the blob layers"), checked.lines
+
+    def chmod(boot, rafs):
+        inode = next(node for path, node in rafs.walk() if path == "etc/passwd")
+        struct.pack_into("<H", boot, inode.offset + 4, 0o100600)   # i_mode: 0644 -> 0600
+    bad = variant(client, result.target, "chmod", boot_edit=chmod)
+    checked = check_image(client, parse(bad))
+    boot_layer = json.loads(client.get_manifest(parse(bad)).raw)["layers"][-1]["digest"]
+    assert checked.lines[-1] == (f"FAIL {boot_layer}: the merged bootstrap differs from its blob layers merged: "
+                                 "'etc/passwd': mode 384, the layers give 420"), checked.lines

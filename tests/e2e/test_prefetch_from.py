@@ -15,7 +15,7 @@ from acceleration_sdk import oci
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from drivers.estargz.reader import read_toc
-from drivers.nydus.check import _bootstrap
+from drivers.nydus.bootlayer import read_bootstrap_layer
 from drivers.nydus.reader import Rafs
 from tests.support.images import push_image, simple_tar
 
@@ -65,7 +65,8 @@ def test_nydus_prefetch_table_holds_the_recorded_paths_after_prefetch_patterns(t
     assert "prefetch pattern '/missing/file' names nothing in the image" in out.stderr   # a warning, not silence
     target = out.stdout.strip()
     manifest = json.loads(client.get_manifest(parse(target)).raw)
-    rafs = Rafs(_bootstrap(pulled(client, target, manifest["layers"][-1], tmp_path / "boot")))
+    with open(pulled(client, target, manifest["layers"][-1], tmp_path / "boot"), "rb") as fh:
+        rafs = Rafs(read_bootstrap_layer(fh)[0])
     nids = {path: node.nid for path, node in rafs.walk()}
     assert rafs.prefetch == [nids["etc/passwd"], nids["app/main.py"], nids["usr/bin"], nids["etc/ld.so.cache"]]
 
