@@ -116,6 +116,8 @@ def test_convert_an_image_from_the_admin_form(browser, stack, registry, tmp_path
     field = browser.find_element(By.NAME, "source")
     field.send_keys(stack.source("library/formed:1"))
     browser.find_element(By.NAME, "_convert").click()
+    # click() may return before the answer to the POST is in: wait for the page after it
+    WebDriverWait(browser, 30).until(lambda b: "Convert an image" not in b.title)
     assert f"Started the conversion of {stack.source('library/formed:1')}." in browser.page_source
     stack.wait_tasks(lambda ts: any(t["source"].endswith("formed:1") and t["status"] == "COMPLETED" for t in ts),
                      what="the admin's conversion")
