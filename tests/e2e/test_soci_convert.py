@@ -120,6 +120,28 @@ def test_ztocs_are_reused_from_the_local_and_the_remote_cache(tmp_path, registry
             layout.ANN_LAYER_DIGEST], layout.ANN_SPAN_SIZE: str(SPAN)}
 
 
+def test_small_outputs_take_one_upload_each(tmp_path, registry, client):
+    """The ztoc and ``{}`` are uploaded as they are written and the push phase knows it (no HEAD of them after);
+    the SOCI index and the manifests are not uploaded as blobs, only PUT under /manifests/ by the push."""
+    repo = f"{registry.host}/soci/requests"
+    push_image(client, f"{repo}:v1", [big_tar(13)])
+    mark = len(registry.log())
+    convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    log = registry.log()[mark:]
+    top = manifest_of(client, f"{repo}:v1-soci")
+    image, soci_desc = top["manifests"]
+    soci = manifest_of(client, parse(repo).with_digest(soci_desc["digest"]))
+    ztoc_digest = soci["layers"][0]["digest"]
+    for blob in (ztoc_digest, soci["config"]["digest"]):
+        lines = [line for line in log.splitlines() if blob in line]
+        assert [line for line in lines if "/blobs/uploads/" in line and '"PUT ' in line], lines
+        assert not [line for line in lines if '"HEAD ' in line], lines
+    for manifest in (image["digest"], soci_desc["digest"]):
+        lines = [line for line in log.splitlines() if manifest in line]
+        assert not [line for line in lines if "/blobs/" in line], lines
+        assert [line for line in lines if '"PUT ' in line and "/manifests/" in line], lines
+
+
 @pytest.mark.parametrize("failing", ["ztoc", "config"])
 def test_a_failed_write_leaves_no_cache_entry_and_no_tag(tmp_path, registry, client, monkeypatch, failing):
     """The ztoc, the ``{}`` config and the manifests are written at once (drivers/soci/writes.py); when one of
