@@ -176,7 +176,8 @@ class EngineProvider:
         """
         session = self._session
         upload = session.client.start_upload(session.target) if session.stream_uploads else None
-        writer = UploadingIngest(session.store.writer(), upload, before_commit=self.verify_sources)
+        writer = UploadingIngest(session.store.writer(), upload, before_commit=self.verify_sources,
+                                 on_uploaded=session.uploaded.add)
         with self._lock:
             self._writers.append(writer)
         return writer

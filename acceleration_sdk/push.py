@@ -149,7 +149,9 @@ def push_blobs(session: ConversionSession, blobs: list[Descriptor]) -> None:
 
         # a blob of another image the driver linked (nydus: a chunk dict's blob) comes from that image's repository
         origin = session.linked_blobs.get(desc.digest, session.source)
-        if store.has(desc.digest):  # a linked blob the store has too: still a mount first, when one can be
+        if desc.digest in session.uploaded:  # streamed there as it was written, the registry said 201
+            how = "exists"
+        elif store.has(desc.digest):  # a linked blob the store has too: still a mount first, when one can be
             mount = origin if desc.digest in session.linked_blobs and origin.api_host == session.target.api_host \
                 else None
             how = client.push_blob(session.target, desc.digest, desc.size, store.path(desc.digest),
@@ -200,11 +202,14 @@ class UploadingIngest:
     ``before_commit`` runs first in :meth:`commit` (the provider verifies the driver's sources there); if it
     raises, the ingest and the upload are aborted, so the blob reaches neither the store nor the registry.
     The upload is best effort: when it fails, the blob is still committed to the store and the push phase
-    uploads it from there (its HEAD finds it missing). When it succeeds, the push phase finds it present.
+    uploads it from there (its HEAD finds it missing). When it succeeds, ``on_uploaded(digest)`` tells the
+    push phase (``session.uploaded``), which then skips its HEAD.
     """
 
-    def __init__(self, ingest, upload, before_commit: Callable[[], None] | None = None):
+    def __init__(self, ingest, upload, before_commit: Callable[[], None] | None = None,
+                 on_uploaded: Callable[[str], None] | None = None):
         self._ingest, self._upload, self._before_commit = ingest, upload, before_commit
+        self._on_uploaded = on_uploaded
         self.digest: str | None = None
 
     @property
@@ -226,7 +231,8 @@ class UploadingIngest:
             self.abort()
             raise
         if self._upload is not None:
-            self._upload.finish(digest)
+            if self._upload.finish(digest) and self._on_uploaded is not None:
+                self._on_uploaded(digest)
             self._upload = None
         self.digest = digest
         return digest

@@ -56,6 +56,9 @@ class ConversionSession:
     # converted blob digest -> the layer-cache entries (cache key, source digest) it came from or went into in
     # this conversion: what a failed converter.verify forgets (see forget_conversions)
     cache_entries: dict = dataclasses.field(default_factory=dict)
+    # converted blobs the target repository took while they were written (the stream upload's PUT got its 201):
+    # the push phase knows they are there without a HEAD each
+    uploaded: set = dataclasses.field(default_factory=set)
 
     def progress(self, event: ProgressEvent) -> None:
         if self.on_progress is not None:

@@ -29,6 +29,7 @@ from acceleration_sdk.session import HARBOR_DRIVER_NAME
 from . import layout, ztoc
 from .gzindex import GzipIndexError
 from .tartoc import TarTocError
+from .writes import Writes
 
 # containerd's images.DiffCompression: what upstream indexes (ztoc_builder.go:44-46) and skips (zstd)
 GZIP_TYPES = (oci.OCI_LAYER_GZIP, oci.DOCKER_LAYER_GZIP)
@@ -82,8 +83,19 @@ class SociDriver(Driver):
 
     # ------------------------------------------------------------------ the image
     def convert(self, content: ContentProvider, source: str) -> Descriptor | PushPlan:
-        if self.options["index_version"] == "v1":
-            return self._convert_v1(content, source)
+        writes = Writes(content)
+        try:
+            if self.options["index_version"] == "v1":
+                result = self._convert_v1(content, source, writes)
+            else:
+                result = self._convert_v2(content, source, writes)
+        except BaseException:
+            writes.close()
+            raise
+        writes.finish()  # every blob and manifest committed; only then the layer-cache entries
+        return result
+
+    def _convert_v2(self, content: ContentProvider, source: str, writes: Writes) -> Descriptor:
         root: Descriptor = content.root
         raw = content.store.read_bytes(root.digest)
         top = json.loads(raw)
@@ -115,9 +127,9 @@ class SociDriver(Driver):
             if index_src is not None and not content.wants_platform(desc):
                 continue  # converter.platforms: the converted image holds the selected platforms only
             manifest = json.loads(raw if index_src is None else content.read_manifest(desc))
-            index_desc = self._soci_index(content, manifest, dict(child.get("platform") or {}))
+            index_desc = self._soci_index(content, writes, manifest, dict(child.get("platform") or {}))
             new = layout.image_manifest(manifest, index_desc["digest"] if index_desc else None)
-            new_desc = self._write_json(content, new)
+            new_desc = writes.manifest(new)
             entry = dict(child, mediaType=oci.OCI_MANIFEST, digest=new_desc.digest, size=new_desc.size)
             entry["annotations"] = new.get("annotations")  # upstream: md.Annotations = manifest.annotations
             out_manifests.append(layout.descriptor(entry))
@@ -135,10 +147,10 @@ class SociDriver(Driver):
                                   f"least min_layer_size ({self.options['min_layer_size']} bytes); upstream refuses "
                                   "an empty index too", reference=source)
         top = layout.oci_index(index_src, out_manifests + soci_descs, content.harbor_annotations(self))
-        top_desc = self._write_json(content, top)
+        top_desc = writes.manifest(top)
         return top_desc.replace(media_type=oci.OCI_INDEX)
 
-    def _convert_v1(self, content: ContentProvider, source: str) -> PushPlan:
+    def _convert_v1(self, content: ContentProvider, source: str, writes: Writes) -> PushPlan:
         """One SOCI index v1 per image manifest of the source (the selected platforms), each a referrer of it;
         the source is not rewritten (soci_index.go:614-626: ``refers`` = the image manifest's descriptor)."""
         root: Descriptor = content.root
@@ -154,8 +166,8 @@ class SociDriver(Driver):
         for desc in images:
             manifest = json.loads(content.read_manifest(desc) if desc is not root
                                   else content.store.read_bytes(root.digest))
-            index_desc = self._soci_index(content, manifest, dict(desc.platform or {}), subject=desc.to_dict(),
-                                          annotations=harbor)
+            index_desc = self._soci_index(content, writes, manifest, dict(desc.platform or {}),
+                                          subject=desc.to_dict(), annotations=harbor)
             if index_desc is not None:
                 indexes.append(Descriptor.from_dict(index_desc))
         if not indexes:
@@ -167,23 +179,11 @@ class SociDriver(Driver):
         return PushPlan(manifests=tuple(indexes), tag=None, referrers=tuple(indexes), replaces=replaces,
                         attached_to=root)
 
-    def _write_json(self, content: ContentProvider, obj: Any) -> Descriptor:
-        data = oci.canonical_json(obj)
-        with content.blob_writer() as w:
-            w.write(data)
-            digest = w.commit()
-        return Descriptor(media_type=obj.get("mediaType", ""), digest=digest, size=len(data))
-
-    def _write_blob(self, content: ContentProvider, data: bytes) -> str:
-        with content.blob_writer() as w:
-            w.write(data)
-            return w.commit()
-
     # ------------------------------------------------------------------ one platform
-    def _soci_index(self, content: ContentProvider, manifest: dict, platform: dict, subject: dict | None = None,
-                    annotations: dict | None = None) -> dict | None:
-        """Build, write and describe the SOCI index of one image manifest; None when no layer qualifies.
-        With ``subject`` (v1) the index refers to that image manifest and carries ``annotations`` too."""
+    def _soci_index(self, content: ContentProvider, writes: Writes, manifest: dict, platform: dict,
+                    subject: dict | None = None, annotations: dict | None = None) -> dict | None:
+        """Build, write (started on ``writes``) and describe the SOCI index of one image manifest; None when no
+        layer qualifies. With ``subject`` (v1) the index refers to that image manifest and carries ``annotations``."""
         span, minimum = self.options["span_size"], self.options["min_layer_size"]
         layers = [dict(x) for x in manifest.get("layers") or ()]
         todo = [x for x in layers if x["mediaType"] in GZIP_TYPES + TAR_TYPES and x["size"] >= minimum]
@@ -208,14 +208,15 @@ class SociDriver(Driver):
                 z = built[layer["digest"]]
                 data = ztoc.marshal(z)
                 has_xattrs = z.has_xattrs()
-                desc = Descriptor(media_type=layout.SOCI_LAYER, digest=self._write_blob(content, data),
+                desc = Descriptor(media_type=layout.SOCI_LAYER, digest=writes.blob(data),
                                   size=len(data), annotations={CACHE_XATTRS: str(has_xattrs).lower()})
-            content.remember_conversion(platform, key, source, desc)  # the remote cache records per platform
+            # the remote cache records per platform; recorded once the ztoc (every write) has committed
+            writes.remember(platform, key, source, desc)
             disable = "xattr" in self.options["optimizations"] and not has_xattrs
             ztocs.append(layout.ztoc_descriptor(desc.digest, desc.size, layer, span, disable))
-        self._write_blob(content, layout.EMPTY_CONFIG)
+        writes.blob(layout.EMPTY_CONFIG)
         version = layout.SOCI_INDEX_V1 if subject is not None else layout.SOCI_INDEX_V2
-        desc = self._write_json(content, layout.soci_index(ztocs, ztoc.BUILD_TOOL, version, subject, annotations))
+        desc = writes.manifest(layout.soci_index(ztocs, ztoc.BUILD_TOOL, version, subject, annotations))
         return dict(desc.to_dict(), artifactType=version)
 
     def _build_all(self, content: ContentProvider, layers: list[dict]) -> dict[str, ztoc.Ztoc]:

@@ -16,9 +16,10 @@ import random
 import pytest
 
 from acceleration_sdk import config as config_mod
+from acceleration_sdk import content as content_mod
 from acceleration_sdk import oci
 from acceleration_sdk.engine import convert
-from acceleration_sdk.errors import ConfigError, LayerError, NotFoundError
+from acceleration_sdk.errors import ConfigError, LayerError, NotFoundError, StorageFullError
 from acceleration_sdk.reference import parse
 from acceleration_sdk.registry import RegistryClient
 from drivers.soci import layout
@@ -117,6 +118,59 @@ def test_ztocs_are_reused_from_the_local_and_the_remote_cache(tmp_path, registry
     assert soci["layers"][0]["annotations"] == {  # the cache's own annotation does not leak into the index
         layout.ANN_LAYER_MEDIA_TYPE: oci.OCI_LAYER_GZIP, layout.ANN_LAYER_DIGEST: soci["layers"][0]["annotations"][
             layout.ANN_LAYER_DIGEST], layout.ANN_SPAN_SIZE: str(SPAN)}
+
+
+def test_small_outputs_take_one_upload_each(tmp_path, registry, client):
+    """The ztoc and ``{}`` are uploaded as they are written and the push phase knows it (no HEAD of them after);
+    the SOCI index and the manifests are not uploaded as blobs, only PUT under /manifests/ by the push."""
+    repo = f"{registry.host}/soci/requests"
+    push_image(client, f"{repo}:v1", [big_tar(13)])
+    mark = len(registry.log())
+    convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    log = registry.log()[mark:]
+    top = manifest_of(client, f"{repo}:v1-soci")
+    image, soci_desc = top["manifests"]
+    soci = manifest_of(client, parse(repo).with_digest(soci_desc["digest"]))
+    ztoc_digest = soci["layers"][0]["digest"]
+    for blob in (ztoc_digest, soci["config"]["digest"]):
+        lines = [line for line in log.splitlines() if blob in line]
+        assert [line for line in lines if "/blobs/uploads/" in line and '"PUT ' in line], lines
+        assert not [line for line in lines if '"HEAD ' in line], lines
+    for manifest in (image["digest"], soci_desc["digest"]):
+        lines = [line for line in log.splitlines() if manifest in line]
+        assert not [line for line in lines if "/blobs/" in line], lines
+        assert [line for line in lines if '"PUT ' in line and "/manifests/" in line], lines
+
+
+@pytest.mark.parametrize("failing", ["ztoc", "config"])
+def test_a_failed_write_leaves_no_cache_entry_and_no_tag(tmp_path, registry, client, monkeypatch, failing):
+    """The ztoc, the ``{}`` config and the manifests are written at once (drivers/soci/writes.py); when one of
+    them fails, the conversion fails with that error, nothing is tagged, and no layer-cache entry was
+    recorded -- the next run indexes the layer again instead of trusting a ztoc that may not exist."""
+    repo = f"{registry.host}/soci/failwrite"
+    push_image(client, f"{repo}:v1", [big_tar(12)])
+    real_commit = content_mod.Ingest.commit
+
+    def commit(self, expected=None):  # fault injection: the disk fills up under one blob (the only big one: the ztoc)
+        if self.size > 100_000 if failing == "ztoc" else self.size == len(layout.EMPTY_CONFIG):
+            self.abort()
+            raise StorageFullError("no space left on the device under work_dir (injected)")
+        return real_commit(self, expected)
+
+    def run():
+        events = []
+        convert(make_cfg(tmp_path / "work"), f"{repo}:v1", progress=events.append)
+        return [e.message for e in events if e.phase == "convert" and e.message in ("indexing", "cached")]
+
+    with monkeypatch.context() as m:
+        m.setattr(content_mod.Ingest, "commit", commit)
+        with pytest.raises(StorageFullError, match="injected"):
+            run()
+    with pytest.raises(NotFoundError):
+        client.get_manifest(parse(f"{repo}:v1-soci"))
+    assert run() == ["indexing"]  # not "cached": the failed run recorded nothing
+    proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict")
+    assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_multi_arch_index_gets_one_soci_index_per_platform(tmp_path, registry, client):
