@@ -192,10 +192,15 @@ class SociDriver(Driver):
         # a ztoc depends on the layer and the span size only: reusable across images, hosts, the other options
         # and both index versions (the key predates v1: kept, so caches stay valid)
         key = f"{self.name()}/v2/ztoc-{ztoc.VERSION}/span_size={span}"
-        cached = {x["digest"]: content.cached_conversion(key, Descriptor.from_dict(x)) for x in todo}
+        cached = {}
+        for x in todo:
+            mine = writes.known(key, Descriptor.from_dict(x))  # another platform of this image shares the layer
+            cached[x["digest"]] = (mine,) if mine is not None else content.cached_conversion(key,
+                                                                                              Descriptor.from_dict(x))
         missing = [x for x in todo if cached[x["digest"]] is None]
         built = {}
         if missing:
+            writes.settle()  # the last platform's writes commit before this one's layers are opened
             built = self._build_all(content, missing)
         ztocs = []
         for layer in todo:  # image-layer order (soci_index.go:561-563)

@@ -32,6 +32,7 @@ class Writes:
         self._pool = concurrent.futures.ThreadPoolExecutor(WRITERS, thread_name_prefix="soci-write")
         self._pending: list[concurrent.futures.Future] = []
         self._entries: list[tuple[dict, str, Descriptor, Descriptor]] = []
+        self._known: dict[tuple[str, str], Descriptor] = {}  # (cache key, source digest) -> this conversion's
 
     def blob(self, data: bytes) -> str:
         """Start writing ``data`` as a blob (store + target repository); its digest, at once."""
@@ -49,6 +50,21 @@ class Writes:
     def remember(self, platform: dict, key: str, source: Descriptor, desc: Descriptor) -> None:
         """A layer-cache entry, recorded by :meth:`finish` once every write has committed."""
         self._entries.append((platform, key, source, desc))
+        self._known[(key, source.digest)] = desc
+
+    def known(self, key: str, source: Descriptor) -> Descriptor | None:
+        """A ztoc this conversion has already made (or taken from a cache) for ``source``: a layer shared by two
+        platforms is indexed once, although its cache entry is recorded only at :meth:`finish`."""
+        return self._known.get((key, source.digest))
+
+    def settle(self) -> None:
+        """Wait for the writes started so far; the first failure is raised. Called before layers are read
+        again: a blob write's commit verifies (and drains) the source streams the conversion has open, which
+        must never happen while a builder thread is reading one of them."""
+        concurrent.futures.wait(self._pending)
+        failed = next((f.exception() for f in self._pending if f.exception() is not None), None)
+        if failed is not None:
+            raise failed
 
     def finish(self) -> None:
         """Wait for every write; then record the cache entries. The first failure is raised, nothing recorded."""

@@ -192,6 +192,72 @@ def test_multi_arch_index_gets_one_soci_index_per_platform(tmp_path, registry, c
     assert socis[0]["annotations"][layout.ANN_MANIFEST_DIGEST] == images["amd64"]["digest"]
 
 
+def test_a_layer_two_platforms_share_is_indexed_once(tmp_path, registry, client):
+    """Cache entries are recorded only when every write committed (writes.finish), yet the second platform
+    must reuse the ztoc the first one just made, not index the same layer again."""
+    repo = f"{registry.host}/soci/shared"
+    shared = big_tar(20)
+    amd = push_image(client, f"{repo}:amd", [shared], platform=("linux", "amd64"), tag=False)
+    arm = push_image(client, f"{repo}:arm", [shared, big_tar(21)], platform=("linux", "arm64"), tag=False)
+    push_index(client, f"{repo}:v1", [amd, arm])
+    events = []
+    convert(make_cfg(tmp_path / "work"), f"{repo}:v1", progress=events.append)
+    seen = [(e.layer, e.message) for e in events if e.phase == "convert" and e.message in ("indexing", "cached")]
+    layer = amd.manifest["layers"][0]["digest"]
+    assert [m for d, m in seen if d == layer] == ["indexing", "cached"], seen
+    for arch in ("amd64", "arm64"):
+        proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict", "-platform", f"linux/{arch}")
+        assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_no_write_commits_while_a_layer_is_being_indexed(tmp_path, registry, client, monkeypatch):
+    """A blob write's commit verifies -- and drains -- every source stream the conversion has open. The small
+    writes run on a pool (writes.py): if one committed while the next platform's layer was being read by a
+    builder thread, it would take that stream's bytes away. Each write here waits (bounded) for a layer to be
+    read for the next platform; the driver must settle its writes before it opens that platform's layers."""
+    import threading
+    import time
+
+    from drivers.soci import driver as soci_driver
+    from drivers.soci import writes as soci_writes
+
+    repo = f"{registry.host}/soci/settle"
+    amd = push_image(client, f"{repo}:amd", [big_tar(22)], platform=("linux", "amd64"), tag=False)
+    arm = push_image(client, f"{repo}:arm", [big_tar(23)], platform=("linux", "arm64"), tag=False)
+    push_index(client, f"{repo}:v1", [amd, arm])
+    second, lock, overlaps = threading.Event(), threading.Lock(), []
+    active, calls = [0], [0]
+    real_ztoc, real_write = soci_driver.SociDriver._ztoc, soci_writes.Writes._write_blob
+
+    def ztoc(self, content, layer, stop):
+        with lock:
+            active[0] += 1
+            calls[0] += 1
+            if calls[0] == 2:  # the second platform's layer
+                second.set()
+        try:
+            time.sleep(0.2)  # a builder in the middle of its layer
+            return real_ztoc(self, content, layer, stop)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    def write_blob(self, data, digest):
+        second.wait(3)  # hold the write until the next platform's layer is read (or give up: the driver waits)
+        with lock:
+            if active[0]:
+                overlaps.append(digest)
+        return real_write(self, data, digest)
+
+    monkeypatch.setattr(soci_driver.SociDriver, "_ztoc", ztoc)
+    monkeypatch.setattr(soci_writes.Writes, "_write_blob", write_blob)
+    convert(make_cfg(tmp_path / "work"), f"{repo}:v1")
+    assert overlaps == [], f"blob writes committed while a layer was read: {overlaps}"
+    for arch in ("amd64", "arm64"):
+        proc = soci_tools.soci_verify(f"{repo}:v1-soci", "-strict", "-platform", f"linux/{arch}")
+        assert soci_tools.last_line(proc).startswith("soci: PASS"), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_platforms_filter_keeps_only_the_selected_platform(tmp_path, registry, client):
     repo = f"{registry.host}/soci/filtered"
     amd = push_image(client, f"{repo}:amd", [big_tar(5)], platform=("linux", "amd64"), tag=False)
