@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 
+from ..errors import DigestMismatchError
 from ..reference import Reference
 from .auth import repository_scope
 from .transport import Transport
@@ -89,7 +90,11 @@ class StreamingUpload:
                                        scopes=self._scopes, what=what, headers={"Content-Length": "0"})
                 if resp.status_code != 201:
                     raise self._t.error(resp, self._ref, what)
+                echoed = resp.headers.get("Docker-Content-Digest")
                 resp.close()
+                if echoed and echoed != self._digest:  # not our blob: the push phase uploads it from the store
+                    raise DigestMismatchError(f"blob {self._digest} for {self._ref.name}: the registry stored it "
+                                              f"as {echoed}", digest=self._digest, actual=echoed)
                 self.done = True
         except BaseException as exc:  # recorded; the blob is pushed again from the store
             self.error = exc

@@ -116,6 +116,18 @@ def test_transient_error_answers_are_retried_and_the_conversion_succeeds(tmp_pat
     assert_converted(registry, name, result)
 
 
+def test_an_upload_answered_201_for_another_digest_is_pushed_again(tmp_path, registry, proxy):
+    """A converted blob streams to the target while it is written; the push phase then trusts a 201 instead of
+    asking again (no HEAD). A 201 naming another digest (a confused proxy) must not count as our blob: it is
+    uploaded again from the store, and every blob the tag points at is really there."""
+    name = seed(registry, "wrong-201")
+    other = "sha256:" + "0" * 64
+    rule = proxy.add("PUT", r"/blobs/uploads/", status(201, headers={"Docker-Content-Digest": other}), times=1)
+    result = convert(make_cfg(tmp_path), f"{proxy.host}/{name}:v1", client=fast_client())
+    assert rule.applied == 1
+    assert_converted(registry, name, result)
+
+
 def test_retry_after_is_honoured(tmp_path, registry, proxy):
     name = seed(registry, "retry-after")
     proxy.add("GET", r"/manifests/v1$", status(429, headers={"Retry-After": "1"}, registry_code="TOOMANYREQUESTS"),
