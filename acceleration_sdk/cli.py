@@ -134,7 +134,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     # full collections a conversion's many small objects trigger (a ztoc's entries, a TOC) do not walk it
     # again each time -- tens of ms of a short conversion, on the thread that happens to allocate
     gc.freeze()
-    result = convert(cfg, args.source, progress=printer, **routed)
+    try:
+        result = convert(cfg, args.source, progress=printer, **routed)
+    finally:
+        gc.unfreeze()  # a caller of main() in its own process gets its collector back as it was
     if result.skipped:
         print(f"skipped {result.source}: {result.reason}", file=sys.stderr)
         print(result.source)
