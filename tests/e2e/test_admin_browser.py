@@ -88,7 +88,7 @@ def test_retry_a_failed_task_from_the_admin(browser, stack, registry, tmp_path):
 
     login(browser, stack)
     browser.find_element(By.LINK_TEXT, "FAILED").click()  # the status filter
-    assert "status__exact=FAILED" in browser.current_url
+    WebDriverWait(browser, 30).until(lambda b: "status__exact=FAILED" in b.current_url)  # click() may return first
     rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
     assert {r.find_element(By.CSS_SELECTOR, "td.field-status").text for r in rows} == {"FAILED"}
     target = next(r for r in rows if src in r.text)
@@ -96,7 +96,8 @@ def test_retry_a_failed_task_from_the_admin(browser, stack, registry, tmp_path):
     target.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("retry")
     browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
-    assert "Re-queued 1 failed task(s)." in browser.find_element(By.CSS_SELECTOR, "ul.messagelist").text
+    messages = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "ul.messagelist"))[0]
+    assert "Re-queued 1 failed task(s)." in messages.text
 
     browser.get(stack.url + "/admin/conversions/conversiontask/")
     deadline = time.monotonic() + 120
@@ -113,7 +114,7 @@ def test_convert_an_image_from_the_admin_form(browser, stack, registry, tmp_path
     push_image(registry.host, "library/formed:1", tmp_path)
     login(browser, stack)
     browser.find_element(By.ID, "convert-image").click()
-    field = browser.find_element(By.NAME, "source")
+    field = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.NAME, "source"))[0]
     field.send_keys(stack.source("library/formed:1"))
     browser.find_element(By.NAME, "_convert").click()
     # click() may return before the answer to the POST is in: wait for the page after it
@@ -194,7 +195,8 @@ def test_a_viewer_cannot_start_conversions_a_converter_can(browser, stack, regis
     browser.delete_all_cookies()
     login(browser, stack, "converter", "staff-e2e-pass-1")
     browser.find_element(By.ID, "convert-image").click()
-    browser.find_element(By.NAME, "source").send_keys("127.0.0.2:8080/latest/meta-data:1")
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.NAME, "source"))[0].send_keys(
+        "127.0.0.2:8080/latest/meta-data:1")
     browser.find_element(By.NAME, "_convert").click()
     error = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "ul.errorlist"))[0]
     assert "127.0.0.2:8080 is not a configured registry (provider.source)" in error.text
