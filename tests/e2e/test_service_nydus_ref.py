@@ -15,8 +15,7 @@ from acceleration_sdk.registry import RegistryClient
 from drivers.nydus.refblob import REF_ANNOTATION, read_ref_layer
 from tests.e2e.test_nydus_zran_convert import check_ref_image, download
 from tests.service.images import push_image, random_files
-from tests.service.stack import ServiceStack, manifest_exists
-from tests.support.registry import RegistryServer
+from tests.service.stack import manifest_exists
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +25,12 @@ ACCELD_REF = {"driver": {"type": "nydus", "config": {"work_dir": "/tmp", "oci_re
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
+def stack(module_stack):
+    return module_stack(converter=ACCELD_REF)  # on tests/e2e/conftest.py's module_registry
 
 
-@pytest.fixture(scope="module")
-def stack(registry, tmp_path_factory):
-    s = ServiceStack(tmp_path_factory.mktemp("stack"), registry.host, converter=ACCELD_REF).start()
-    yield s
-    s.stop()
-
-
-def test_acceld_ref_config_converts_through_the_service(stack, registry, tmp_path):
+def test_acceld_ref_config_converts_through_the_service(stack, module_registry, tmp_path):
+    registry = module_registry
     files = {"etc/app.conf": b"x=1\n", "bin/app": b"#!/bin/sh\n" * 30000, **random_files(6, 300_000)}
     push_image(registry.host, "library/zran:1", tmp_path, files=files)
     src = stack.source("library/zran:1")

@@ -28,7 +28,7 @@ from acceleration_sdk.session import HARBOR_DRIVER_NAME
 from drivers.soci import layout
 from drivers.soci.driver import SociDriver
 from tests.e2e.test_check_soci import FakeWrongSpanDriver
-from tests.e2e.test_soci_convert import big_tar
+from tests.e2e.test_soci_convert import big_tar, client  # noqa: F401 - client is a fixture
 from tests.support import soci_tools
 from tests.support.images import push_image, push_index, sha, simple_tar
 
@@ -42,12 +42,6 @@ def make_cfg(work, verify: bool = False, platforms: str = "", **opts):
     if platforms:
         converter["platforms"] = platforms
     return config_mod.from_dict({"provider": {"work_dir": str(work)}, "converter": converter})
-
-
-@pytest.fixture
-def client(registry):
-    with RegistryClient() as c:
-        yield c
 
 
 def get_json(client, ref: str):
